@@ -1,0 +1,169 @@
+"""The one table that decides, per call, which kernel runs, and why not when it can't.
+
+Each `KernelSpec` states what one implementation accepts (device and arch, dtypes, head dim, mask kind). A request
+(precision, backend) lists its candidate kernels in order; the first whose constraints all hold runs. When none
+does, the plan falls back to PyTorch SDPA with the first failed constraint as its reason (or the caller's
+`fallback="error"` raises it). `explain()` in the public API returns this decision without running anything.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from ._triton import HAS_TRITON, IMPORT_ERROR, interpreter_active
+from .problem import AttentionProblem
+
+PRECISIONS = ("auto", "fp4", "int8", "sdpa")
+BACKENDS = ("auto", "triton", "reference")
+MAX_HEAD_DIM = 256
+NATIVE_FP4_ARCHS = (100, 103, 120)  # tcgen05 block-scaled MMA (sm_100/103) and mma.sync block_scale (sm_120)
+
+
+@dataclass(frozen=True)
+class Plan:
+    precision: str  # what runs: "fp4" | "int8" | "sdpa"
+    backend: str  # "triton" | "reference" | "torch"
+    kernel: str  # e.g. "triton.int8", "triton.fp4.native", "triton.fp4.emulated", "reference.fp4", "torch.sdpa"
+    reason: str = ""  # why this differs from the request ("" when it ran as asked)
+    requested: tuple[str, str] = ("auto", "auto")
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.reason)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda" | "cpu" | ...
+    arch: int  # compute capability * 10 (90 for sm_90), 0 off CUDA
+    name: str = ""
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_info(index: int) -> DeviceInfo:
+    major, minor = torch.cuda.get_device_capability(index)
+    return DeviceInfo("cuda", major * 10 + minor, torch.cuda.get_device_name(index))
+
+
+def device_info(device: torch.device) -> DeviceInfo:
+    if device.type == "cuda":
+        return _cuda_info(device.index if device.index is not None else torch.cuda.current_device())
+    return DeviceInfo(device.type, 0)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    precision: str
+    backend: str
+    min_arch: int = 0  # CUDA only; 0 = any device (torch code)
+    archs: tuple[int, ...] = ()  # exact archs, when set
+    triton: bool = False  # needs Triton (and then runs on CPU tensors only through the interpreter)
+    interpretable: bool = True  # can run under TRITON_INTERPRET on CPU tensors
+    max_head_dim: int = 1 << 30
+    masks: tuple[str, ...] = ("none", "key_padding", "full")
+    probe: str = ""  # name of an extra runtime check in _PROBES
+    notes: str = field(default="", compare=False)
+
+    def check(self, p: AttentionProblem, dev: DeviceInfo) -> str:
+        """'' when this kernel can run the problem, else the first reason it cannot."""
+        if self.triton:
+            if not HAS_TRITON:
+                return f"Triton is not importable ({IMPORT_ERROR})"
+            if dev.kind == "cuda":
+                if self.archs and dev.arch not in self.archs:
+                    return f"{self.name} needs sm_{'/sm_'.join(map(str, self.archs))}, this GPU is sm_{dev.arch}"
+                if dev.arch < self.min_arch:
+                    return f"{self.name} needs sm_{self.min_arch}+, this GPU is sm_{dev.arch}"
+            elif dev.kind == "cpu":
+                if not interpreter_active():
+                    return "tensors are on the CPU (Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1)"
+                if not self.interpretable:
+                    return f"{self.name} cannot run in Triton's interpreter"
+            else:
+                return f"Triton kernels do not run on {dev.kind} tensors"
+        if max(p.head_dim, p.head_dim_v) > self.max_head_dim:
+            return f"head dim {max(p.head_dim, p.head_dim_v)} > {self.max_head_dim}"
+        if p.mask_kind not in self.masks:
+            return f"a {p.mask_kind.replace('_', '-')} attn_mask (varies along queries) is not supported by {self.name}"
+        if self.probe:
+            why = _PROBES[self.probe](p, dev)
+            if why:
+                return why
+        return ""
+
+
+def _native_fp4_probe(p: AttentionProblem, dev: DeviceInfo) -> str:
+    from .kernels import native_probe  # compiles the native kernel once per (arch, head dim)
+
+    return native_probe.failure_reason(dev.arch, p)
+
+
+_PROBES = {"native_fp4": _native_fp4_probe}
+
+KERNELS = {
+    s.name: s
+    for s in (
+        KernelSpec("triton.fp4.native", "fp4", "triton", archs=NATIVE_FP4_ARCHS, triton=True, interpretable=False,
+                   max_head_dim=MAX_HEAD_DIM, masks=("none", "key_padding"), probe="native_fp4",
+                   notes="NVFP4 tensor cores via tl.dot_scaled (e2m1, e4m3 scales, group 16)"),
+        KernelSpec("triton.fp4.emulated", "fp4", "triton", min_arch=80, triton=True, max_head_dim=MAX_HEAD_DIM,
+                   masks=("none", "key_padding"), notes="NVFP4 decoded exactly to bf16, bf16 tensor cores"),
+        KernelSpec("triton.int8", "int8", "triton", min_arch=80, triton=True, max_head_dim=MAX_HEAD_DIM,
+                   masks=("none", "key_padding"), notes="INT8 Q.K^T and INT8 P.V tensor cores"),
+        KernelSpec("reference.fp4", "fp4", "reference", notes="torch mirror of the fp4 kernel"),
+        KernelSpec("reference.int8", "int8", "reference", notes="torch mirror of the int8 kernel"),
+        KernelSpec("torch.sdpa", "sdpa", "torch", notes="torch.nn.functional.scaled_dot_product_attention"),
+    )
+}
+_CANDIDATES = {
+    ("fp4", "triton"): ("triton.fp4.native", "triton.fp4.emulated"),
+    ("int8", "triton"): ("triton.int8",),
+    ("fp4", "reference"): ("reference.fp4",),
+    ("int8", "reference"): ("reference.int8",),
+}
+
+
+def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> str:
+    """precision="auto": fp4 on Blackwell when its native kernel compiles, int8 on other sm_80+ GPUs, else sdpa
+    (off the GPU quantization buys no speed)."""
+    if dev.kind != "cuda":
+        return "sdpa"
+    if dev.arch in NATIVE_FP4_ARCHS and not KERNELS["triton.fp4.native"].check(p, dev):
+        return "fp4"
+    return "int8" if dev.arch >= 80 else "sdpa"
+
+
+def decide(p: AttentionProblem, precision: str = "auto", backend: str = "auto") -> Plan:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dev = device_info(p.device)
+    requested = (precision, backend)
+    if precision == "auto":
+        precision = resolve_auto_precision(p, dev)
+    if precision == "sdpa":
+        return Plan("sdpa", "torch", "torch.sdpa", "", requested)
+    kernel_backend = "triton" if backend == "auto" else backend
+    reasons = []
+    for name in _CANDIDATES[(precision, kernel_backend)]:
+        why = KERNELS[name].check(p, dev)
+        if not why:
+            spec = KERNELS[name]
+            return Plan(spec.precision, spec.backend, spec.name, "", requested)
+        reasons.append(why)
+    return Plan("sdpa", "torch", "torch.sdpa", f"{precision}/{kernel_backend} unavailable: {reasons[-1]}", requested)
+
+
+def table() -> list[dict]:
+    """The capability table as data (README and diagnostics print it)."""
+    return [
+        {"kernel": s.name, "precision": s.precision, "backend": s.backend,
+         "gpus": ("sm_" + "/sm_".join(map(str, s.archs))) if s.archs else (f"sm_{s.min_arch}+" if s.min_arch else "any"),
+         "interpreter": s.triton and s.interpretable, "max_head_dim": min(s.max_head_dim, 10 ** 9),
+         "masks": s.masks, "notes": s.notes}
+        for s in KERNELS.values()
+    ]

@@ -1,0 +1,42 @@
+"""Rounding helpers shared by the formats."""
+from __future__ import annotations
+
+import torch
+
+from .._triton import jit, tl
+
+# Adding then subtracting 1.5 * 2**23 rounds an fp32 value with |x| < 2**22 to the nearest integer, ties to even
+# (fp32 addition itself rounds to nearest even). It works identically in torch, on the GPU and in Triton's
+# interpreter, which has no libdevice `rint`. The literal is repeated inside the jit body because Triton
+# kernels may only read constexpr globals.
+RNE_MAGIC = 12582912.0
+
+
+def rne(x: torch.Tensor) -> torch.Tensor:
+    """Round fp32 to the nearest integer, ties to even (torch twin of `rne_jit`)."""
+    return torch.round(x)
+
+
+@jit
+def rne_jit(x):
+    return (x + 12582912.0) - 12582912.0
+
+
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """2**e for integer exponents in [-126, 127] (torch twin of `pow2_jit`)."""
+    return (((e.to(torch.int32) + 127) << 23)).view(torch.float32)
+
+
+@jit
+def pow2_jit(e):
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+def exponent(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2(a)) of a non-negative normal fp32 from its exponent bits; -127 for zero and subnormals."""
+    return ((a.to(torch.float32).view(torch.int32) >> 23) & 0xFF) - 127
+
+
+@jit
+def exponent_jit(a):
+    return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127

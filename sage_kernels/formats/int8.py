@@ -1,0 +1,35 @@
+"""Symmetric INT8 with one fp32 scale per row (per token), round to nearest even.
+
+scale = amax * (1/127); code = RNE(x * (127 / amax)), clamped to [-127, 127]; an all-zero row gets scale 0.
+(Divisions by constants are written as products with the fp32 reciprocal and data-dependent divisions as IEEE
+divisions, in torch and in Triton alike: torch itself turns `tensor / scalar` into a product.)
+Used for Q and K (per token, after smoothing and rotation), for V (per channel within each key block) and,
+inside the kernels, for P (per row within each key block, scale taken from the softmax statistics).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._triton import jit, tl
+from .common import rne, rne_jit
+
+INT8_MAX = 127.0
+
+
+def quantize_int8(x: torch.Tensor, dim: int = -1):
+    """Returns (codes int8, scale fp32 with `dim` kept as size 1)."""
+    x = x.to(torch.float32)
+    amax = x.abs().amax(dim=dim, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, INT8_MAX) / amax, torch.zeros_like(amax))
+    codes = rne(x * inv).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return codes, amax * (1.0 / INT8_MAX)
+
+
+@jit
+def quantize_int8_jit(x, AXIS: tl.constexpr):
+    """Twin of `quantize_int8` for a 2-D fp32 tile; returns (codes int8, scale fp32 reduced over AXIS)."""
+    amax = tl.max(tl.abs(x), axis=AXIS)
+    inv = tl.where(amax > 0, tl.math.div_rn(tl.full(amax.shape, 127.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
+    inv_b = tl.expand_dims(inv, AXIS)
+    codes = tl.minimum(tl.maximum(rne_jit(x * inv_b), -127.0), 127.0).to(tl.int8)
+    return codes, amax * (1.0 / 127.0)

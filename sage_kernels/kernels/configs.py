@@ -1,0 +1,28 @@
+"""Launch parameters per GPU generation, head dim and operand formats.
+
+Chosen from the sweeps in bench/tune_kernel.py (results in docs/BENCHMARKS.md); block sizes are fixed at
+BLOCK_M = BLOCK_N = 128 because the reference and the quantization blocks are defined with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .prepass import FMT_FP4_VALUES, FMT_INT8
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    num_warps: int
+    num_stages: int
+
+
+def launch_config(device: torch.device, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
+    if device.type != "cuda":  # interpreter: ignored
+        return LaunchConfig(4, 1)
+    if qk_format == FMT_INT8 and pv_format == FMT_INT8:
+        return LaunchConfig(8, 3 if dp <= 128 else 2)
+    if qk_format == FMT_FP4_VALUES:
+        return LaunchConfig(8, 2 if dp <= 128 else 1)
+    return LaunchConfig(8, 2)

@@ -1,0 +1,182 @@
+"""Pre-pass kernels: smoothing, rotation and quantization of Q, K, V, and the column-bias table.
+
+Each kernel reads the caller's tensors once through their strides (HND or NHD, no copies) and writes the padded
+operand buffers the attention kernel reads without bounds checks. The math is the reference's
+(sage_kernels/reference/quantized.py, `prepare_int8` / `prepare_fp4`); tests compare the two.
+"""
+from __future__ import annotations
+
+from .._triton import jit, tl
+from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_jit, tensor_scale_jit
+from ..formats.e4m3 import round_e4m3_jit
+from ..formats.int8 import quantize_int8_jit
+from .common import dot16, pack_pairs
+
+# Operand formats (constexpr values shared with attention.py)
+FMT_INT8 = 0  # int8 codes + fp32 scale per row
+FMT_FP4_VALUES = 1  # NVFP4 decoded to bf16 values (exact): the emulation kernel's operands
+FMT_FP4_CODES = 2  # NVFP4 packed codes + E4M3 block scales (+ fp32 second level): the native kernel's operands
+FMT_FP8 = 3  # V only: E4M3 values + fp32 scale per channel and key block (FP8 P.V mode)
+
+
+@jit
+def _load_rows(X, sxl, sxd, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
+    """[BT, DP] tile of rows row0.. of one (batch, head), zero outside [L, D]; also returns the row mask."""
+    rows = row0 + tl.arange(0, BT)
+    cols = tl.arange(0, DP)
+    live = rows < L
+    x = tl.load(X + rows[:, None] * sxl + cols[None, :] * sxd, mask=live[:, None] & (cols[None, :] < D), other=0.0)
+    return x, live
+
+
+@jit
+def prep_rows_kernel(
+    X, sxb, sxh, sxl, sxd,  # input (B, H, L, D) through strides
+    MEAN, smb, smh, smg,  # fp32 means: read (MEAN_MODE 1) or written per tile (MEAN_MODE 2)
+    KBAR, skb, skh,  # fp32 key means (B, Hk, D) for the LSE shift (Q only)
+    SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
+    ROT,  # (DP, DP) ±1 rotation, input dtype (int8 format only)
+    OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
+    H, L, L_pad, D, kv_group, row_factor, sm_scale,
+    BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
+    ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Q or K rows: subtract the mean (K smoothing / Q smoothing), optionally rotate, quantize per row."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    row0 = pid_t * BT
+    x_raw, live = _load_rows(X + b * sxb + h * sxh, sxl, sxd, row0, L, D, BT, DP)
+    x = x_raw.to(tl.float32)
+    cols = tl.arange(0, DP)
+    if MEAN_MODE == 1:
+        mean = tl.load(MEAN + b * smb + h * smh + cols)
+    elif MEAN_MODE == 2:  # mean of this tile's real rows: one Q smoothing block
+        n_live = tl.sum(live.to(tl.float32), axis=0)
+        mean = tl.math.div_rn(tl.sum(x, axis=0), tl.full((DP,), 1.0, tl.float32) * tl.maximum(n_live, 1.0))
+        tl.store(MEAN + b * smb + h * smh + pid_t * smg + cols, mean)
+    else:
+        mean = tl.zeros((DP,), tl.float32)
+    xs = tl.where(live[:, None], x - mean[None, :], 0.0)
+    out_rows = (pid_bh * L_pad + row0 + tl.arange(0, BT))
+    if WRITE_SHIFT:
+        kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
+        tl.store(SHIFT + out_rows, sm_scale * tl.sum(xs * kbar[None, :], axis=1))
+    if FORMAT == FMT_INT8:
+        if ROTATE:
+            r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
+            # (x - mean) R == x R - mean R: x R is exact from the raw inputs, mean R is fp32.
+            if X_FP32:
+                xr = tl.dot(x, r.to(tl.float32), input_precision="ieee")
+            else:
+                xr = dot16(x_raw, r, INTERPRET)
+            mr = tl.sum(mean[:, None] * r.to(tl.float32), axis=0)
+            xs = tl.where(live[:, None], xr - mr[None, :], 0.0)
+        codes, scale = quantize_int8_jit(xs, 1)
+        tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
+        tl.store(OUT_SCALE + out_rows, scale * row_factor)
+    else:
+        amax = tl.max(tl.abs(xs), axis=1)
+        g = tensor_scale_jit(amax)
+        g_inv = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), g)
+        r, sc = nvfp4_block_jit(tl.reshape(xs, (BT, DP // 16, 16)), g[:, None], g_inv[:, None])
+        if FORMAT == FMT_FP4_VALUES:
+            vals = tl.reshape(r * sc[:, :, None], (BT, DP)) * g[:, None]
+            tl.store(OUT + out_rows[:, None] * DP + cols[None, :], vals.to(tl.bfloat16))
+        else:
+            packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (BT, DP))), BT, DP)
+            half = tl.arange(0, DP // 2)
+            tl.store(OUT + out_rows[:, None] * (DP // 2) + half[None, :], packed)
+            sfc = tl.arange(0, DP // 16)
+            tl.store(OUT_SF + out_rows[:, None] * (DP // 16) + sfc[None, :], sc.to(OUT_SF.dtype.element_ty))
+            tl.store(OUT_SCALE + out_rows, g * row_factor)
+
+
+@jit
+def prep_v_kernel(
+    V, svb, svh, svl, svd,  # input (B, Hk, L, Dv) through strides
+    VMEAN,  # fp32 (B, Hk, DP) channel means, subtracted when SUB_MEAN
+    GV,  # fp32 (B * Hk,) second-level scale (fp4 formats)
+    OUT, OUT_SCALE, OUT_SF,
+    H, L, L_pad, D,
+    BN: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, SUB_MEAN: tl.constexpr,
+):
+    """One BN-token block of V: int8/fp8 per channel (scales per block, stored transposed, tokens contiguous) or
+    NVFP4 along tokens (values token-major for the emulation, packed codes transposed for the native kernel)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    row0 = pid_n * BN
+    x_raw, live = _load_rows(V + b * svb + h * svh, svl, svd, row0, L, D, BN, DP)
+    x = x_raw.to(tl.float32)
+    cols = tl.arange(0, DP)
+    toks = row0 + tl.arange(0, BN)
+    if SUB_MEAN:
+        x = tl.where(live[:, None], x - tl.load(VMEAN + pid_bh * DP + cols)[None, :], 0.0)
+    if FORMAT == FMT_INT8:
+        codes, scale = quantize_int8_jit(x, 0)
+        tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], codes)
+        tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, scale)
+    elif FORMAT == FMT_FP8:
+        amax = tl.max(tl.abs(x), axis=0)
+        inv = tl.where(amax > 0, tl.math.div_rn(tl.full((DP,), 448.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
+        # Rounded arithmetically first: the cast then only stores exact values (Triton's interpreter mis-rounds).
+        vals = round_e4m3_jit(x * inv[None, :])
+        tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], vals.to(OUT.dtype.element_ty))
+        tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, amax * (1.0 / 448.0))
+    else:
+        g = tl.load(GV + pid_bh)
+        g_inv = tl.math.div_rn(1.0, g)
+        xt = tl.reshape(tl.trans(x), (DP, BN // 16, 16))  # channels x key groups of 16
+        r, sc = nvfp4_block_jit(xt, g, g_inv)
+        if FORMAT == FMT_FP4_VALUES:
+            vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN))) * g
+            tl.store(OUT + (pid_bh * L_pad + toks[:, None]) * DP + cols[None, :], vals.to(tl.bfloat16))
+        else:
+            packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (DP, BN))), DP, BN)
+            half = row0 // 2 + tl.arange(0, BN // 2)
+            tl.store(OUT + pid_bh * DP * (L_pad // 2) + cols[:, None] * (L_pad // 2) + half[None, :], packed)
+            grp = row0 // 16 + tl.arange(0, BN // 16)
+            tl.store(OUT_SF + pid_bh * DP * (L_pad // 16) + cols[:, None] * (L_pad // 16) + grp[None, :],
+                     sc.to(OUT_SF.dtype.element_ty))
+
+
+@jit
+def column_bias_kernel(
+    QBAR, sqb, sqh, sqg,  # fp32 query means (B, Hq, G, D)
+    K, skb, skh, skl, skd,  # raw keys (B, Hk, Lk, D) through strides
+    KB, skbb, skbh,  # fp32 key bias (B|1, Hq|1, Lk), natural log, stride 0 where broadcast
+    OUT,  # fp32 (B, Hq, G_chunk, Lk_pad)
+    H, kv_group, g0, G_chunk, Lk, Lk_pad, D, c,
+    BG: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, HAS_KB: tl.constexpr, K_FP32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """c * (q̄_g . k_j) + log2(e) * bias_j for a [BG, BN] tile, -inf for padded keys.
+
+    q̄ is fp32; it is split into two terms of k's dtype (hi + lo) so that two 16-bit tensor-core dots give the
+    product to fp32 accuracy (the k values are exact in their own dtype)."""
+    pid_n = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    gs = pid_g * BG + tl.arange(0, BG)
+    cols = tl.arange(0, DP)
+    qbar = tl.load(QBAR + b * sqb + h * sqh + (g0 + gs)[:, None] * sqg + cols[None, :],
+                   mask=(gs[:, None] < G_chunk) & (cols[None, :] < D), other=0.0)
+    k, _ = _load_rows(K + b * skb + (h // kv_group) * skh, skl, skd, pid_n * BN, Lk, D, BN, DP)
+    if K_FP32:
+        acc = tl.dot(qbar, tl.trans(k), input_precision="ieee")
+    else:
+        hi = qbar.to(k.dtype)
+        lo = (qbar - hi.to(tl.float32)).to(k.dtype)
+        acc = dot16(hi, tl.trans(k), INTERPRET) + dot16(lo, tl.trans(k), INTERPRET)
+    keys = pid_n * BN + tl.arange(0, BN)
+    t = c * acc
+    if HAS_KB:
+        kb = tl.load(KB + b * skbb + h * skbh + keys, mask=keys < Lk, other=0.0)
+        t += 1.4426950408889634 * kb[None, :]
+    t = tl.where(keys[None, :] < Lk, t, float("-inf"))
+    tl.store(OUT + (pid_bh * G_chunk + gs[:, None]) * Lk_pad + keys[None, :], t, mask=gs[:, None] < G_chunk)

@@ -1,0 +1,211 @@
+"""Host side of the Triton path: allocate padded operand buffers, launch the pre-pass, launch attention.
+
+Extra device memory: the quantized Q, K, V (+ fp32 row scales) and the column-bias table, which is computed in
+chunks of query blocks so that it never exceeds the size of the quantized Q.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import transforms as T
+from .._triton import interpreter_active, triton
+from ..formats.e2m1 import tensor_scale
+from ..options import BLOCK_M, BLOCK_N, QuantOptions
+from ..problem import AttentionProblem
+from .attention import attention_kernel
+from .configs import launch_config
+from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, column_bias_kernel, prep_rows_kernel, prep_v_kernel
+
+_BIAS_ROWS = 64  # query blocks per column-bias program
+
+
+@dataclass
+class Operands:
+    q: torch.Tensor
+    q_scale: torch.Tensor
+    q_sf: torch.Tensor
+    k: torch.Tensor
+    k_scale: torch.Tensor
+    k_sf: torch.Tensor
+    v: torch.Tensor
+    v_scale: torch.Tensor
+    v_sf: torch.Tensor
+    g_v: torch.Tensor
+    v_mean: torch.Tensor | None
+    shift: torch.Tensor | None
+    q_means: torch.Tensor | None  # (B, Hq, G, DP) fp32 for the column bias, None when Q smoothing is off
+    qk_format: int
+    pv_format: int
+    dp: int
+    lq_pad: int
+    lk_pad: int
+
+
+def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
+    if precision == "int8":
+        return FMT_INT8, (FMT_FP8 if opts.pv == "fp8" else FMT_INT8)
+    f = FMT_FP4_CODES if native_fp4 else FMT_FP4_VALUES
+    return f, f
+
+
+def _pad_cols(x: torch.Tensor, dp: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, dp - x.shape[-1])).contiguous()
+
+
+def _empty(dev, dtype=torch.float32):
+    return torch.empty(1, dtype=dtype, device=dev)
+
+
+def _row_buffers(b, h, l_pad, dp, fmt, dev):
+    """(values/codes, fp32 per-row scale, E4M3 block scales) for Q or K in the given format."""
+    if fmt == FMT_INT8:
+        return (torch.empty(b, h, l_pad, dp, dtype=torch.int8, device=dev),
+                torch.empty(b, h, l_pad, dtype=torch.float32, device=dev), _empty(dev, torch.float8_e4m3fn))
+    if fmt == FMT_FP4_VALUES:
+        return torch.empty(b, h, l_pad, dp, dtype=torch.bfloat16, device=dev), _empty(dev), _empty(dev, torch.float8_e4m3fn)
+    return (torch.empty(b, h, l_pad, dp // 2, dtype=torch.uint8, device=dev),
+            torch.empty(b, h, l_pad, dtype=torch.float32, device=dev),
+            torch.empty(b, h, l_pad, dp // 16, dtype=torch.float8_e4m3fn, device=dev))
+
+
+def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool) -> Operands:
+    dev = p.device
+    b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
+    dp = T.padded_head_dim(max(p.head_dim, p.head_dim_v))
+    lq_pad = -(-max(lq, 1) // BLOCK_M) * BLOCK_M
+    lk_pad = -(-max(lk, 1) // BLOCK_N) * BLOCK_N
+    qk_fmt, pv_fmt = _formats(precision, opts, native_fp4)
+    x_fp32 = p.dtype == torch.float32
+    rotate = qk_fmt == FMT_INT8 and opts.rotate
+    rot = T.rotation(dp, dev, torch.bfloat16 if p.dtype == torch.bfloat16 else
+                     (torch.float16 if p.dtype == torch.float16 else torch.float32)) if rotate else _empty(dev)
+    row_factor = p.scale * T.LOG2E / (dp if rotate else 1) if qk_fmt != FMT_FP4_VALUES else 1.0
+
+    kbar = _pad_cols(T.key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
+    # --- Q ---
+    q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
+    shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
+    if opts.smooth_q == "block":
+        q_means = torch.empty(b, hq, lq_pad // BLOCK_M, dp, dtype=torch.float32, device=dev)
+        mean_mode = 2
+    elif opts.smooth_q == "global":
+        q_means = _pad_cols(T.query_means(p.q, "global"), dp)
+        mean_mode = 1
+    else:
+        q_means, mean_mode = None, 0
+    qm = q_means if q_means is not None else _empty(dev)
+    sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
+    prep_rows_kernel[(lq_pad // BLOCK_M, b * hq)](
+        p.q, *p.q.stride(), qm, sq[0], sq[1], sq[2], kbar,
+        *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
+        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
+        BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
+        INTERPRET=interpreter_active(),
+    )
+    # --- K ---
+    k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
+    prep_rows_kernel[(lk_pad // BLOCK_N, b * hk)](
+        p.k, *p.k.stride(), kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
+        _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
+        hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
+        BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
+        X_FP32=x_fp32, INTERPRET=interpreter_active(),
+    )
+    # --- V ---
+    v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
+    g_v = _empty(dev)
+    if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
+        amax = torch.maximum(p.v.amax(dim=(2, 3)), -p.v.amin(dim=(2, 3))).to(torch.float32) if lk else \
+            torch.zeros(b, hk, device=dev)
+        g_v = tensor_scale((2 if v_mean is not None else 1) * amax).reshape(-1).contiguous()
+    if pv_fmt == FMT_INT8:
+        v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.int8, device=dev)
+    elif pv_fmt == FMT_FP8:
+        v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.float8_e4m3fn, device=dev)
+    elif pv_fmt == FMT_FP4_VALUES:
+        v_buf = torch.empty(b, hk, lk_pad, dp, dtype=torch.bfloat16, device=dev)
+    else:
+        v_buf = torch.empty(b, hk, dp, lk_pad // 2, dtype=torch.uint8, device=dev)
+    v_scale = torch.empty(b, hk, lk_pad // BLOCK_N, dp, dtype=torch.float32, device=dev) \
+        if pv_fmt in (FMT_INT8, FMT_FP8) else _empty(dev)
+    v_sf = torch.empty(b, hk, dp, lk_pad // 16, dtype=torch.float8_e4m3fn, device=dev) \
+        if pv_fmt == FMT_FP4_CODES else _empty(dev, torch.float8_e4m3fn)
+    prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
+        p.v, *p.v.stride(), v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
+        hk, lk, lk_pad, p.head_dim_v,
+        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None,
+    )
+    if qk_fmt == FMT_FP4_VALUES:
+        q_scale = torch.tensor([p.scale * T.LOG2E], dtype=torch.float32, device=dev)
+    return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, g_v, v_mean,
+                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad)
+
+
+def _broadcast_strides(t: torch.Tensor):
+    return tuple(t.stride(i) if t.shape[i] > 1 else 0 for i in range(3))
+
+
+def _key_bias_table(p: AttentionProblem, lk_pad: int) -> torch.Tensor:
+    """Column bias without Q smoothing: log2(e) * mask and -inf padding, (B|1, Hq|1, 1, Lk_pad)."""
+    return T.column_bias(None, p.k, p.key_bias, p.scale, lk_pad, p.heads_q)
+
+
+def _bias_chunk(p: AttentionProblem, ops: Operands, g0: int, gc: int) -> torch.Tensor:
+    b, hq = p.batch, p.heads_q
+    out = torch.empty(b, hq, gc, ops.lk_pad, dtype=torch.float32, device=p.device)
+    kb = p.key_bias
+    kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
+    qm = ops.q_means
+    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-gc // _BIAS_ROWS), b * hq)](
+        qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride(),
+        kb if kb is not None else _empty(p.device), *kb_strides, out,
+        hq, hq // p.heads_kv, g0, gc, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
+        BG=_BIAS_ROWS, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
+        INTERPRET=interpreter_active(),
+    )
+    return out
+
+
+def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool = False):
+    """Returns (out in the caller's layout, lse (B, Hq, Lq) fp32 or None)."""
+    out, out_hnd = p.new_output()
+    lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device) if return_lse else None
+    if p.len_q == 0:
+        return out, lse
+    ops = prepare(p, precision, opts, return_lse, native_fp4)
+    cfg = launch_config(p.device, ops.dp, ops.qk_format, ops.pv_format)
+    n_qblocks = ops.lq_pad // BLOCK_M
+    if ops.q_means is None or ops.q_means.shape[2] == 1:
+        tables = [(0, n_qblocks, _key_bias_table(p, ops.lk_pad) if ops.q_means is None else
+                   _bias_chunk(p, ops, 0, 1), True)]
+    else:  # one table row per query block, computed in chunks bounded by the size of the quantized Q
+        per_block = p.batch * p.heads_q * ops.lk_pad * 4
+        budget = max(ops.q.numel() * ops.q.element_size(), per_block)
+        gc = max(1, min(n_qblocks, budget // per_block))
+        tables = [(g0, min(gc, n_qblocks - g0), None, False) for g0 in range(0, n_qblocks, gc)]
+    dummy = _empty(p.device)
+    for g0, gcount, table, broadcast in tables:
+        if table is None:
+            table = _bias_chunk(p, ops, g0, gcount)
+        sc = _broadcast_strides(table)
+        s_cg = 0 if broadcast else table.stride(2)
+        attention_kernel[(gcount, p.batch * p.heads_q)](
+            ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
+            out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
+            ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
+            ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
+            ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
+            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
+            ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
+            sc[0], sc[1], s_cg,
+            *out_hnd.stride(),
+            p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, g0,
+            p.head_dim_v,
+            BM=BLOCK_M, BN=BLOCK_N, DP=ops.dp, QK_FORMAT=ops.qk_format, PV_FORMAT=ops.pv_format,
+            IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
+            INTERPRET=interpreter_active(),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out, lse

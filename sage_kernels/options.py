@@ -1,0 +1,18 @@
+"""Options shared by the quantized backends."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMOOTH_Q_MODES = ("block", "global", "off")
+PV_MODES = ("int8", "fp8")
+BLOCK_M = 128  # query rows per kernel tile == Q smoothing block
+BLOCK_N = 128  # keys per kernel tile == V / P quantization block along tokens
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    smooth_q: str = "block"  # "block" (per 128 query tokens) | "global" | "off"
+    smooth_k: bool = True
+    smooth_v: bool = False  # subtract the per-channel token mean of V, add it back after normalisation
+    rotate: bool = True  # int8 only: Hadamard rotation of Q and K before per-token INT8
+    pv: str = "int8"  # int8 only: P.V in INT8 (default) or FP8 E4M3 (SageAttention2 style)
