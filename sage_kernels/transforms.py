@@ -76,8 +76,9 @@ def _hadamard_cpu(n: int) -> torch.Tensor:
     return _sign_flips(n)[:, None] * h  # diag(signs) @ H: rows flipped, still orthogonal up to the factor n
 
 
+@functools.lru_cache(maxsize=64)
 def rotation(n: int, device, dtype=torch.float32) -> torch.Tensor:
-    """[n, n] matrix R with entries ±1 and R R^T = n I (exact in every float dtype)."""
+    """[n, n] matrix R with entries ±1 and R R^T = n I (exact in every float dtype); cached per device."""
     return _hadamard_cpu(n).to(device=device, dtype=dtype)
 
 

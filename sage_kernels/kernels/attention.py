@@ -98,14 +98,14 @@ def attention_kernel(
     s_vb, s_vh, s_vr, s_vsblk,
     s_cb, s_ch, s_cg,
     s_ob, s_oh, s_ol, s_od,
-    Hq, kv_group, Lq, Lq_pad, Lk_pad, causal_offset, g0, DV,
+    Hq, kv_group, Lq, Lq_pad, Lk_pad, causal_offset, g0, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr,
     HAS_VMEAN: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q, K: operand buffers (B, H, L_pad, ...) with strides s_q*, s_k* (row stride s_ql / s_kl).
     QS / KS: fp32 per-row scales (int8: scale, Q's includes sm_scale*log2e/rotation; fp4 codes: second level;
-    fp4 values: QS is unused and the scalar score factor arrives through q_scale below). QSF / KSF: E4M3 block
+    fp4 values: QS is unused, the scores' factor sm_scale*log2(e) is qk_factor). QSF / KSF: E4M3 block
     scales (fp4 codes). V: INT8/FP8 (B, Hk, DP, Lk_pad) keys contiguous; FP4 values (B, Hk, Lk_pad, DP); FP4 codes
     (B, Hk, DP, Lk_pad/2). VS: per-block channel scales; VSF: V's E4M3 scales (B, Hk, DP, Lk_pad/16).
     COL: column bias (B|1, Hq|1, G, Lk_pad) log2 units. O: output, any strides. LSE (B, Hq, Lq) fp32.
@@ -126,7 +126,7 @@ def attention_kernel(
         q_scale = tl.load(QS + pid_bh * Lq_pad + offs_m)
     elif QK_FORMAT == FMT_FP4_VALUES:
         q = tl.load(q_rows + offs_d[None, :])
-        q_scale = tl.load(QS)  # scalar: sm_scale * log2(e)
+        q_scale = qk_factor  # scalar: sm_scale * log2(e)
     else:
         q = tl.load(q_rows + tl.arange(0, DP // 2)[None, :])
         q_sf = tl.load(QSF + (pid_bh * Lq_pad + offs_m)[:, None] * (DP // 16) + tl.arange(0, DP // 16)[None, :])

@@ -18,7 +18,18 @@ class LaunchConfig:
     num_stages: int
 
 
+_override: LaunchConfig | None = None
+
+
+def set_override(config: LaunchConfig | None) -> None:
+    """Force a launch config for the attention kernel (bench/tune_kernel.py sweeps with it); None restores."""
+    global _override
+    _override = config
+
+
 def launch_config(device: torch.device, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
+    if _override is not None:
+        return _override
     if device.type != "cuda":  # interpreter: ignored
         return LaunchConfig(4, 1)
     if qk_format == FMT_INT8 and pv_format == FMT_INT8:

@@ -5,6 +5,7 @@ chunks of query blocks so that it never exceeds the size of the quantized Q.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -137,8 +138,6 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         hk, lk, lk_pad, p.head_dim_v,
         BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None,
     )
-    if qk_fmt == FMT_FP4_VALUES:
-        q_scale = torch.tensor([p.scale * T.LOG2E], dtype=torch.float32, device=dev)
     return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, g_v, v_mean,
                     shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad)
 
@@ -147,8 +146,18 @@ def _broadcast_strides(t: torch.Tensor):
     return tuple(t.stride(i) if t.shape[i] > 1 else 0 for i in range(3))
 
 
+@functools.lru_cache(maxsize=32)
+def _padding_row(lk: int, lk_pad: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, 1, Lk_pad): 0 for real keys, -inf for padding (the whole column bias without smoothing or mask)."""
+    row = torch.zeros(1, 1, 1, lk_pad, dtype=torch.float32, device=device)
+    row[..., lk:] = float("-inf")
+    return row
+
+
 def _key_bias_table(p: AttentionProblem, lk_pad: int) -> torch.Tensor:
     """Column bias without Q smoothing: log2(e) * mask and -inf padding, (B|1, Hq|1, 1, Lk_pad)."""
+    if p.key_bias is None:
+        return _padding_row(p.len_k, lk_pad, p.device)
     return T.column_bias(None, p.k, p.key_bias, p.scale, lk_pad, p.heads_q)
 
 
@@ -202,7 +211,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             sc[0], sc[1], s_cg,
             *out_hnd.stride(),
             p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, g0,
-            p.head_dim_v,
+            p.head_dim_v, p.scale * T.LOG2E,
             BM=BLOCK_M, BN=BLOCK_N, DP=ops.dp, QK_FORMAT=ops.qk_format, PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
             INTERPRET=interpreter_active(),
