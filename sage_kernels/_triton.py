@@ -20,7 +20,9 @@ except Exception as exc:  # pragma: no cover - only on installs without triton
     triton = None
 
     class _StubLanguage:
-        constexpr = object
+        @staticmethod
+        def constexpr(value=None):  # annotations and constexpr globals still evaluate
+            return value
         float32 = int32 = int8 = uint8 = bfloat16 = float16 = None
 
     tl = _StubLanguage()

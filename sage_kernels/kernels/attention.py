@@ -17,7 +17,7 @@ from .._triton import jit, tl
 from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_jit
 from ..formats.e4m3 import round_e4m3_jit
 from .common import dot16, int32_to_f32, p_to_int8, pack_pairs
-from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8
+from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8
 
 
 @jit
@@ -34,11 +34,11 @@ def _attn_blocks(
     for start_n in range(lo, hi, BN):
         keys = start_n + offs_n
         # ---- scores t (log2 units) ----
-        if QK_FORMAT == FMT_INT8:
+        if QK_FORMAT == C_INT8:
             k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
             k_scale = tl.load(KS_base + keys)
             s = int32_to_f32(tl.dot(q, tl.trans(k))) * k_scale[None, :] * q_scale[:, None]
-        elif QK_FORMAT == FMT_FP4_VALUES:
+        elif QK_FORMAT == C_FP4_VALUES:
             k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
             s = dot16(q, tl.trans(k), INTERPRET) * q_scale
         else:
@@ -59,12 +59,12 @@ def _attn_blocks(
         e = tl.math.exp2(s - m_blk_safe[:, None])
         l_i = l_i * alpha + tl.sum(e, 1) * beta
         # ---- quantized P . V into a fresh accumulator ----
-        if PV_FORMAT == FMT_INT8:
+        if PV_FORMAT == C_INT8:
             v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
             v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
             pv = int32_to_f32(tl.dot(p_to_int8(e), tl.trans(v)))
             contrib = pv * (beta * (1.0 / 127.0))[:, None] * v_scale[None, :]
-        elif PV_FORMAT == FMT_FP8:
+        elif PV_FORMAT == C_FP8:
             v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
             v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
             p = e * 448.0
@@ -72,7 +72,7 @@ def _attn_blocks(
                 p = round_e4m3_jit(p)
             pv = tl.dot(p.to(v.dtype), tl.trans(v))
             contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale[None, :]
-        elif PV_FORMAT == FMT_FP4_VALUES:
+        elif PV_FORMAT == C_FP4_VALUES:
             v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
             r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
             p = tl.reshape(r * sc[:, :, None], (BM, BN))
@@ -121,10 +121,10 @@ def attention_kernel(
     offs_d = tl.arange(0, DP)
     q_rows = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_ql
     q_sf = 0
-    if QK_FORMAT == FMT_INT8:
+    if QK_FORMAT == C_INT8:
         q = tl.load(q_rows + offs_d[None, :])
         q_scale = tl.load(QS + pid_bh * Lq_pad + offs_m)
-    elif QK_FORMAT == FMT_FP4_VALUES:
+    elif QK_FORMAT == C_FP4_VALUES:
         q = tl.load(q_rows + offs_d[None, :])
         q_scale = qk_factor  # scalar: sm_scale * log2(e)
     else:
@@ -164,7 +164,7 @@ def attention_kernel(
 
     live = l_i > 0
     out = acc / tl.where(live, l_i, 1.0)[:, None]
-    if PV_FORMAT == FMT_FP4_CODES:
+    if PV_FORMAT == C_FP4_CODES:
         out = out * tl.load(GV + bhk)
     if HAS_VMEAN:
         out = tl.where(live[:, None], out + tl.load(VMEAN + bhk * DP + offs_d)[None, :], 0.0)

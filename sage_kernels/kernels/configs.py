@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .prepass import FMT_FP4_VALUES, FMT_INT8
 
 
@@ -27,10 +25,11 @@ def set_override(config: LaunchConfig | None) -> None:
     _override = config
 
 
-def launch_config(device: torch.device, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
+def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
+    """arch: compute capability * 10 of the target GPU; 0 for the interpreter (ignored there)."""
     if _override is not None:
         return _override
-    if device.type != "cuda":  # interpreter: ignored
+    if not arch:
         return LaunchConfig(4, 1)
     if qk_format == FMT_INT8 and pv_format == FMT_INT8:
         return LaunchConfig(8, 3 if dp <= 128 else 2)

@@ -12,11 +12,16 @@ from ..formats.e4m3 import round_e4m3_jit
 from ..formats.int8 import quantize_int8_jit
 from .common import dot16, pack_pairs
 
-# Operand formats (constexpr values shared with attention.py)
+# Operand formats: plain ints for host code, constexpr twins (C_*) for use inside kernels, which may only read
+# constexpr globals (Triton's interpreter accepts plain ones, the compiler does not).
 FMT_INT8 = 0  # int8 codes + fp32 scale per row
 FMT_FP4_VALUES = 1  # NVFP4 decoded to bf16 values (exact): the emulation kernel's operands
 FMT_FP4_CODES = 2  # NVFP4 packed codes + E4M3 block scales (+ fp32 second level): the native kernel's operands
 FMT_FP8 = 3  # V only: E4M3 values + fp32 scale per channel and key block (FP8 P.V mode)
+C_INT8 = tl.constexpr(FMT_INT8)
+C_FP4_VALUES = tl.constexpr(FMT_FP4_VALUES)
+C_FP4_CODES = tl.constexpr(FMT_FP4_CODES)
+C_FP8 = tl.constexpr(FMT_FP8)
 
 
 @jit
@@ -63,12 +68,13 @@ def prep_rows_kernel(
     if WRITE_SHIFT:
         kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
         tl.store(SHIFT + out_rows, sm_scale * tl.sum(xs * kbar[None, :], axis=1))
-    if FORMAT == FMT_INT8:
+    if FORMAT == C_INT8:
         if ROTATE:
             r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
             # (x - mean) R == x R - mean R: x R is exact from the raw inputs, mean R is fp32.
-            if X_FP32:
-                xr = tl.dot(x, r.to(tl.float32), input_precision="ieee")
+            if X_FP32:  # two bf16 terms carry fp32 inputs to ~2**-17, far below INT8's step
+                x_hi = x.to(tl.bfloat16)
+                xr = dot16(x_hi, r, INTERPRET) + dot16((x - x_hi.to(tl.float32)).to(tl.bfloat16), r, INTERPRET)
             else:
                 xr = dot16(x_raw, r, INTERPRET)
             mr = tl.sum(mean[:, None] * r.to(tl.float32), axis=0)
@@ -81,7 +87,7 @@ def prep_rows_kernel(
         g = tensor_scale_jit(amax)
         g_inv = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), g)
         r, sc = nvfp4_block_jit(tl.reshape(xs, (BT, DP // 16, 16)), g[:, None], g_inv[:, None])
-        if FORMAT == FMT_FP4_VALUES:
+        if FORMAT == C_FP4_VALUES:
             vals = tl.reshape(r * sc[:, :, None], (BT, DP)) * g[:, None]
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], vals.to(tl.bfloat16))
         else:
@@ -115,11 +121,11 @@ def prep_v_kernel(
     toks = row0 + tl.arange(0, BN)
     if SUB_MEAN:
         x = tl.where(live[:, None], x - tl.load(VMEAN + pid_bh * DP + cols)[None, :], 0.0)
-    if FORMAT == FMT_INT8:
+    if FORMAT == C_INT8:
         codes, scale = quantize_int8_jit(x, 0)
         tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], codes)
         tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, scale)
-    elif FORMAT == FMT_FP8:
+    elif FORMAT == C_FP8:
         amax = tl.max(tl.abs(x), axis=0)
         inv = tl.where(amax > 0, tl.math.div_rn(tl.full((DP,), 448.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
         # Rounded arithmetically first: the cast then only stores exact values (Triton's interpreter mis-rounds).
@@ -131,7 +137,7 @@ def prep_v_kernel(
         g_inv = tl.math.div_rn(1.0, g)
         xt = tl.reshape(tl.trans(x), (DP, BN // 16, 16))  # channels x key groups of 16
         r, sc = nvfp4_block_jit(xt, g, g_inv)
-        if FORMAT == FMT_FP4_VALUES:
+        if FORMAT == C_FP4_VALUES:
             vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN))) * g
             tl.store(OUT + (pid_bh * L_pad + toks[:, None]) * DP + cols[None, :], vals.to(tl.bfloat16))
         else:
@@ -156,7 +162,7 @@ def column_bias_kernel(
     """c * (q̄_g . k_j) + log2(e) * bias_j for a [BG, BN] tile, -inf for padded keys.
 
     q̄ is fp32; it is split into two terms of k's dtype (hi + lo) so that two 16-bit tensor-core dots give the
-    product to fp32 accuracy (the k values are exact in their own dtype)."""
+    product to fp32 accuracy (16-bit k values are exact; fp32 keys are split as well)."""
     pid_n = tl.program_id(0)
     pid_g = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -167,11 +173,14 @@ def column_bias_kernel(
     qbar = tl.load(QBAR + b * sqb + h * sqh + (g0 + gs)[:, None] * sqg + cols[None, :],
                    mask=(gs[:, None] < G_chunk) & (cols[None, :] < D), other=0.0)
     k, _ = _load_rows(K + b * skb + (h // kv_group) * skh, skl, skd, pid_n * BN, Lk, D, BN, DP)
-    if K_FP32:
-        acc = tl.dot(qbar, tl.trans(k), input_precision="ieee")
+    hi = qbar.to(tl.bfloat16 if K_FP32 else k.dtype)
+    lo = (qbar - hi.to(tl.float32)).to(hi.dtype)
+    if K_FP32:  # fp32 keys: split them too; the lo*lo term is below fp32 rounding
+        k_hi = k.to(tl.bfloat16)
+        k_lo = (k - k_hi.to(tl.float32)).to(tl.bfloat16)
+        acc = (dot16(hi, tl.trans(k_hi), INTERPRET) + dot16(lo, tl.trans(k_hi), INTERPRET)
+               + dot16(hi, tl.trans(k_lo), INTERPRET))
     else:
-        hi = qbar.to(k.dtype)
-        lo = (qbar - hi.to(tl.float32)).to(k.dtype)
         acc = dot16(hi, tl.trans(k), INTERPRET) + dot16(lo, tl.trans(k), INTERPRET)
     keys = pid_n * BN + tl.arange(0, BN)
     t = c * acc

@@ -12,6 +12,7 @@ import torch
 
 from .. import transforms as T
 from .._triton import interpreter_active, triton
+from ..capabilities import device_info
 from ..formats.e2m1 import tensor_scale
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
@@ -80,8 +81,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     qk_fmt, pv_fmt = _formats(precision, opts, native_fp4)
     x_fp32 = p.dtype == torch.float32
     rotate = qk_fmt == FMT_INT8 and opts.rotate
-    rot = T.rotation(dp, dev, torch.bfloat16 if p.dtype == torch.bfloat16 else
-                     (torch.float16 if p.dtype == torch.float16 else torch.float32)) if rotate else _empty(dev)
+    # ±1 entries are exact in 16 bits; fp32 inputs are split into two bf16 terms in the kernel
+    rot = T.rotation(dp, dev, torch.float16 if p.dtype == torch.float16 else torch.bfloat16) if rotate else _empty(dev)
     row_factor = p.scale * T.LOG2E / (dp if rotate else 1) if qk_fmt != FMT_FP4_VALUES else 1.0
 
     kbar = _pad_cols(T.key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
@@ -184,7 +185,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     if p.len_q == 0:
         return out, lse
     ops = prepare(p, precision, opts, return_lse, native_fp4)
-    cfg = launch_config(p.device, ops.dp, ops.qk_format, ops.pv_format)
+    cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format)
     n_qblocks = ops.lq_pad // BLOCK_M
     if ops.q_means is None or ops.q_means.shape[2] == 1:
         tables = [(0, n_qblocks, _key_bias_table(p, ops.lk_pad) if ops.q_means is None else

@@ -1,0 +1,195 @@
+"""Ahead-of-time compilation of exactly the launches the host code makes, on any machine (no GPU needed).
+
+`record_launches(fn)` runs host code with every Triton kernel of kernels/run.py replaced by a recorder;
+`compile_launch(launch, arch)` turns one recorded launch into `triton.compile(ASTSource(...), target=...)`.
+Triton's interpreter accepts code the compiler rejects, so CI compiles every kernel variant for real GPUs too:
+
+    python -m sage_kernels.kernels.aot --arch 90 80
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .._triton import triton
+from . import run as run_module
+from .configs import launch_config
+
+_KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel")
+_DTYPES = {torch.int8: "i8", torch.uint8: "u8", torch.int32: "i32", torch.float32: "fp32", torch.float16: "fp16",
+           torch.bfloat16: "bf16", torch.float8_e4m3fn: "fp8e4nv"}
+
+
+@dataclass
+class Launch:
+    kernel: object  # the JITFunction
+    grid: tuple
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.__name__ if hasattr(self.kernel, "__name__") else self.kernel.fn.__name__
+
+
+class _Recorder:
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append(Launch(self.kernel, grid, args, kwargs))
+
+
+@contextlib.contextmanager
+def recording():
+    """Replace the kernels the launcher calls with recorders; yields the list of recorded launches."""
+    launches: list[Launch] = []
+    saved = {name: getattr(run_module, name) for name in _KERNEL_NAMES}
+    try:
+        for name, kernel in saved.items():
+            setattr(run_module, name, _Recorder(kernel, launches))
+        yield launches
+    finally:
+        for name, kernel in saved.items():
+            setattr(run_module, name, kernel)
+
+
+def _arg_type(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"unsupported kernel argument {type(value).__name__}")
+
+
+def _divisible_by_16(value) -> bool:
+    """Triton's launch-time specialisation: aligned pointers and ints that are multiples of 16 get
+    tt.divisibility=16 (it enables 16-byte vector loads and async copies; without it loads are not pipelined).
+    Fresh torch allocations are 256-byte aligned, as on the GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.storage_offset() * value.element_size() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+
+
+def source_of(launch: Launch):
+    """(ASTSource, options) for a recorded launch, specialised as a real launch of it would be."""
+    from triton.compiler import ASTSource
+
+    fn = launch.kernel
+    signature, constexprs, attrs = {}, {}, {}
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        value = launch.args[i] if i < len(launch.args) else launch.kwargs[name]
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+        else:
+            signature[name] = _arg_type(value)
+            if not param.do_not_specialize and _divisible_by_16(value):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
+
+
+def compile_launch(launch: Launch, arch: int):
+    """Compile one launch for sm_<arch> (e.g. 90, 100, 120) with the launch config the host code would pick on
+    that GPU; returns triton's CompiledKernel (PTX in .asm["ptx"])."""
+    from triton.backends.compiler import GPUTarget
+
+    src, options = source_of(launch)
+    if launch.name == "attention_kernel":
+        kw = launch.kwargs
+        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"])
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def launch_key(launch: Launch) -> tuple:
+    src, options = source_of(launch)
+    return (launch.name, tuple(sorted(src.signature.items())), tuple(sorted((k, str(v)) for k, v in src.constants.items())),
+            tuple(sorted(options.items())))
+
+
+def variants(full: bool = True):
+    """Host calls covering the kernel specialisations the public API can launch (tiny CPU tensors); `full=False`
+    keeps one of each format and feature (CI), `full=True` adds every dtype and head dim."""
+    from ..options import QuantOptions
+    from ..problem import build_problem
+
+    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2):
+        q = torch.randn(1, hq, 130, d, dtype=dtype)
+        k, v = (torch.randn(1, hk, 260, d, dtype=dtype) for _ in range(2))
+        m = torch.ones(1, 1, 1, 260, dtype=torch.bool) if mask else None
+        return build_problem(q, k, v, is_causal=causal, attn_mask=m)
+
+    for precision in ("int8", "fp4"):
+        yield f"{precision} default", prob(), precision, QuantOptions(), False
+        yield f"{precision} causal+lse+mask+gqa", prob(causal=True, mask=True, hq=4), precision, QuantOptions(), True
+        yield f"{precision} global smoothing, smooth_v", prob(), precision, QuantOptions("global", smooth_v=True), False
+        if full:
+            yield f"{precision} no smoothing", prob(), precision, QuantOptions("off", False), False
+            for d in (64, 256):
+                yield f"{precision} d{d}", prob(d=d), precision, QuantOptions(), False
+            for dtype in (torch.float16, torch.float32):
+                yield f"{precision} {dtype}", prob(dtype=dtype), precision, QuantOptions(), False
+    yield "int8 pv=fp8", prob(), "int8", QuantOptions(pv="fp8"), False
+    yield "int8 fp32 inputs", prob(dtype=torch.float32), "int8", QuantOptions(), False
+    if full:
+        yield "int8 no rotation", prob(), "int8", QuantOptions(rotate=False), False
+
+
+def record_all(full: bool = True) -> list[Launch]:
+    """Every distinct launch of `variants(full)` (recorded from CPU tensors)."""
+    seen, unique = set(), []
+    for _, p, precision, opts, lse in variants(full):
+        with recording() as launches:
+            run_module.run(p, precision, opts, lse)
+        for launch in launches:
+            key = launch_key(launch)
+            if key not in seen:
+                seen.add(key)
+                unique.append(launch)
+    return unique
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="+", type=int, default=[90, 80])
+    ap.add_argument("--quick", action="store_true", help="one variant per format and feature (CI)")
+    args = ap.parse_args(argv)
+    from .. import _triton
+
+    if _triton.interpreter_active():
+        print("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled", file=sys.stderr)
+        return 2
+    launches = record_all(full=not args.quick)
+    failures = 0
+    for arch in args.arch:
+        for launch in launches:
+            if arch < 89 and launch.kwargs.get("PV_FORMAT") == run_module.FMT_FP8:
+                continue  # FP8 P.V is only planned on sm_89+
+            t0 = time.time()
+            try:
+                compiled = compile_launch(launch, arch)
+                meta = compiled.metadata
+                status = f"ok  shared={getattr(meta, 'shared', '?')}"
+            except Exception as exc:  # noqa: BLE001 - report every failing variant
+                failures += 1
+                status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            consts = {k: v for k, v in launch.kwargs.items() if k.isupper()}
+            print(f"sm_{arch} {launch.name:<20} {time.time() - t0:5.1f}s {status}  {consts}")
+    print(f"{len(launches)} launches x {len(args.arch)} archs, {failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Host side of the training backward: pre-pass (row statistics, per-channel INT8 of dO, Q and smoothed K), then
+the dK/dV and dQ kernels. Recomputes the forward's operands instead of saving them (only q, k, v, out, lse are
+kept between the passes, as FlashAttention does)."""
+from __future__ import annotations
+
+import torch
+
+from .. import transforms as T
+from .._triton import interpreter_active
+from ..problem import AttentionProblem
+from .config import DKV_BLOCK_K, DKV_STEP_Q, DQ_BLOCK_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q
+from .kernels import dkdv_kernel, dq_kernel, row_stats_kernel
+from .operands import broadcast_strides, quantize_channels, score_operands
+
+
+def _hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x if layout == "HND" else x.transpose(1, 2)
+
+
+def _grad_like(x: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient buffer shaped like the caller's x, its (B, H, L, D) view)."""
+    buf = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return buf, _hnd(buf, layout)
+
+
+def launch_config(device: torch.device, dp: int) -> tuple[int, int]:
+    """(num_warps, num_stages) for both backward kernels; ignored by the interpreter."""
+    if device.type != "cuda":
+        return 4, 1
+    return (8, 2) if dp >= 128 else (4, 2)
+
+
+def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+                      dlse: torch.Tensor | None):
+    """out, dout in p.out_layout; lse (B, Hq, Lq) fp32; dlse the same or None.
+    Returns dq, dk, dv shaped like the caller's q, k, v (p.layout), in their dtype."""
+    ops = score_operands(p, qk)
+    b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
+    dp, lq_pad, lk_pad = ops.dp, ops.lq_pad, ops.lk_pad
+    interp = interpreter_active()
+    out_h, dout_h = _hnd(out, p.out_layout), _hnd(dout, p.out_layout)
+
+    m_rows = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=p.device)
+    d_rows = torch.empty_like(m_rows)
+    dlse_c = dlse.to(torch.float32).contiguous() if dlse is not None else m_rows
+    row_stats_kernel[(lq_pad // FWD_BLOCK_Q, b * hq)](
+        out_h, *out_h.stride(), dout_h, *dout_h.stride(), lse.contiguous(), ops.shift, dlse_c, m_rows, d_rows,
+        hq, lq, lq_pad, p.head_dim_v, BT=FWD_BLOCK_Q, DP=dp, HAS_DLSE=dlse is not None,
+    )
+    do8, do_scale = quantize_channels(dout_h, lq_pad, dp, DKV_STEP_Q)
+    qc, qc_scale = quantize_channels(p.q, lq_pad, dp, DKV_STEP_Q)
+    kbar = T.key_mean(p.k, True).squeeze(2)
+    kc, kc_scale = quantize_channels(p.k, lk_pad, dp, DQ_STEP_K, mean=kbar)
+
+    dq, dq_h = _grad_like(p.q if p.layout == "HND" else p.q.transpose(1, 2), p.layout)
+    dk, dk_h = _grad_like(p.k if p.layout == "HND" else p.k.transpose(1, 2), p.layout)
+    dv, dv_h = _grad_like(p.v if p.layout == "HND" else p.v.transpose(1, 2), p.layout)
+    sc = broadcast_strides(ops.col)
+    warps, stages = launch_config(p.device, dp)
+    common = dict(BLOCK_V=FWD_BLOCK_K, DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp,
+                  num_warps=warps, num_stages=stages)
+    dkdv_kernel[(lk_pad // DKV_BLOCK_K, b * hk)](
+        ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
+        dout_h, *dout_h.stride(), do8, do_scale, qc, qc_scale,
+        dk_h, *dk_h.stride(), dv_h, *dv_h.stride(), sc[0], sc[1], dp,
+        hq, hq // hk, lq, lq_pad, lk, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
+        BN=DKV_BLOCK_K, SQ=DKV_STEP_Q, **common,
+    )
+    dq_kernel[(lq_pad // DQ_BLOCK_Q, b * hq)](
+        ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
+        dout_h, *dout_h.stride(), kc, kc_scale,
+        dq_h, *dq_h.stride(), sc[0], sc[1], dp,
+        hq, hq // hk, lq, lq_pad, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
+        BM=DQ_BLOCK_Q, SK=DQ_STEP_K, **common,
+    )
+    return dq, dk, dv

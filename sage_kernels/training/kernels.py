@@ -1,0 +1,255 @@
+"""Backward kernels of the training path (math: sage_kernels/training/reference.py).
+
+row_stats_kernel   per query row: D = rowsum(dO * O) - dLSE and the log2 row offset m (+inf where P must be 0)
+dkdv_kernel        one program per (KV block of DKV_BLOCK_K keys, batch * kv head); loops over the query heads of its
+                   group and over query steps of DKV_STEP_Q: dV += P^T.dO and dK += dS^T.Q in INT8
+dq_kernel          one program per (query block of DQ_BLOCK_Q, batch * query head); loops over key steps of
+                   DQ_STEP_K: dQ += dS.K in INT8
+dQ has its own kernel (recomputing S and dP) instead of fp32 atomics from dkdv_kernel: deterministic results,
+no zero-initialised fp32 buffer, no atomic contention, and the same code path in Triton's interpreter.
+"""
+from __future__ import annotations
+
+from .._triton import jit, tl
+from ..formats.int8 import quantize_int8_jit
+from ..kernels.common import dot16, int32_to_f32
+
+
+@jit
+def row_stats_kernel(
+    O, s_ob, s_oh, s_ol, s_od,  # forward output (B, Hq, Lq, Dv) through strides
+    DO, s_gb, s_gh, s_gl, s_gd,  # its gradient, same shape
+    LSE, SHIFT, DLSE,  # fp32 (B, Hq, Lq), (B, Hq, Lq_pad), (B, Hq, Lq) (DLSE read when HAS_DLSE)
+    M, DD,  # out: fp32 (B, Hq, Lq_pad)
+    Hq, Lq, Lq_pad, DV,
+    BT: tl.constexpr, DP: tl.constexpr, HAS_DLSE: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    rows = pid_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, DP)
+    live = rows < Lq
+    msk = live[:, None] & (cols[None, :] < DV)
+    o = tl.load(O + b * s_ob + h * s_oh + rows[:, None] * s_ol + cols[None, :] * s_od, mask=msk, other=0.0)
+    do = tl.load(DO + b * s_gb + h * s_gh + rows[:, None] * s_gl + cols[None, :] * s_gd, mask=msk, other=0.0)
+    d = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    if HAS_DLSE:
+        d -= tl.load(DLSE + pid_bh * Lq + rows, mask=live, other=0.0)
+    lse = tl.load(LSE + pid_bh * Lq + rows, mask=live, other=float("-inf"))
+    shift = tl.load(SHIFT + pid_bh * Lq_pad + rows)
+    m = tl.where(lse == float("-inf"), float("inf"), (lse - shift) * 1.4426950408889634)
+    tl.store(M + pid_bh * Lq_pad + rows, m)
+    tl.store(DD + pid_bh * Lq_pad + rows, tl.where(live, d, 0.0))
+
+
+@jit
+def _scores(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
+    """(queries, keys) scores in log2 units without the column bias, exactly as the forward kernel computes them:
+    INT8 codes times the k scale, then the q scale; or a 16-bit dot times the scalar q_scale."""
+    if QK16:
+        return dot16(q, tl.trans(k), INTERPRET) * q_scale
+    return int32_to_f32(tl.dot(q, tl.trans(k))) * k_scale[None, :] * q_scale[:, None]
+
+
+@jit
+def _scores_t(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
+    """The transpose of `_scores`, (keys, queries), with the same rounding (the products are taken in the same order)."""
+    if QK16:
+        return dot16(k, tl.trans(q), INTERPRET) * q_scale
+    return int32_to_f32(tl.dot(k, tl.trans(q))) * k_scale[:, None] * q_scale[None, :]
+
+
+@jit
+def _dequant_v(V_base, VS_base, keys, offs_d, s_vr, s_vsblk, BLOCK_V: tl.constexpr, DTYPE: tl.constexpr):
+    """(DP, n) tile of the forward's V, dequantized and rounded to the input dtype."""
+    codes = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
+    scale = tl.load(VS_base + (keys[None, :] // BLOCK_V) * s_vsblk + offs_d[:, None])
+    return (codes.to(tl.float32) * scale).to(DTYPE)
+
+
+@jit
+def _dkdv_steps(
+    dk, dv, k, k_scale, vt, col, keys,
+    Q_base, QS_base, M_base, DD_base, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
+    Lq, Lq_pad, causal_offset, DV, lo, hi,
+    SQ: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    offs_d = tl.arange(0, DP)
+    for i0 in range(lo, hi, SQ):
+        rows = i0 + tl.arange(0, SQ)
+        q = tl.load(Q_base + rows[:, None] * DP + offs_d[None, :])
+        if QK16:
+            q_scale = tl.load(QS_base)
+        else:
+            q_scale = tl.load(QS_base + rows)
+        st = _scores_t(q, q_scale, k, k_scale, QK16, INTERPRET) + col[:, None]  # (BN keys, SQ queries)
+        if MASKED:
+            st = tl.where(keys[:, None] <= rows[None, :] + causal_offset, st, float("-inf"))
+        m = tl.load(M_base + rows)
+        pt = tl.math.exp2(st - m[None, :])
+        # dV += P^T . dO: P per key over this step, dO per channel over this step
+        p8, p_scale = quantize_int8_jit(pt, 1)
+        do8 = tl.load(DO8_base + offs_d[None, :] * Lq_pad + rows[:, None])  # (SQ, DP), rows contiguous in memory
+        do_scale = tl.load(DOS_base + (i0 // SQ) * DP + offs_d)
+        dv += int32_to_f32(tl.dot(p8, do8)) * p_scale[:, None] * do_scale[None, :]
+        # dS^T = P^T * (dP^T - D), dP^T = Ṽ . dO^T in 16 bits
+        do = tl.load(DO_base + rows[:, None] * s_gl + offs_d[None, :] * s_gd,
+                     mask=(rows[:, None] < Lq) & (offs_d[None, :] < DV), other=0.0)
+        dpt = dot16(vt, tl.trans(do), INTERPRET)
+        dst = pt * (dpt - tl.load(DD_base + rows)[None, :])
+        # dK += dS^T . Q: dS per key over this step, Q per channel over this step
+        ds8, ds_scale = quantize_int8_jit(dst, 1)
+        qc = tl.load(QC_base + offs_d[None, :] * Lq_pad + rows[:, None])
+        qc_scale = tl.load(QCS_base + (i0 // SQ) * DP + offs_d)
+        dk += int32_to_f32(tl.dot(ds8, qc)) * ds_scale[:, None] * qc_scale[None, :]
+    return dk, dv
+
+
+@jit
+def dkdv_kernel(
+    Q, QS, K, KS, V, VS, COL, M, DD,
+    DO, s_gb, s_gh, s_gl, s_gd,
+    DO8, DOS, QC, QCS,
+    DK, s_dkb, s_dkh, s_dkl, s_dkd,
+    DVO, s_dvb, s_dvh, s_dvl, s_dvd,
+    s_cb, s_ch, s_vsblk,
+    Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, D, DV, sm_scale,
+    BN: tl.constexpr, SQ: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). V: INT8 codes
+    (B, Hk, DP, Lk_pad), VS (B, Hk, Lk_pad / BLOCK_V, DP). COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
+    DO8/QC: per-channel INT8 dO and Q (B, Hq, DP, Lq_pad), scales DOS/QCS (B, Hq, Lq_pad / SQ, DP)."""
+    pid_n = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    hk_count = Hq // kv_group
+    b = pid_bhk // hk_count
+    hk = pid_bhk % hk_count
+    keys = pid_n * BN + tl.arange(0, BN)
+    offs_d = tl.arange(0, DP)
+    k = tl.load(K + (pid_bhk * Lk_pad + keys)[:, None] * DP + offs_d[None, :])
+    if QK16:
+        k_scale = tl.load(KS)
+    else:
+        k_scale = tl.load(KS + pid_bhk * Lk_pad + keys)
+    vt = tl.trans(_dequant_v(V + pid_bhk * DP * Lk_pad, VS + pid_bhk * (Lk_pad // BLOCK_V) * DP, keys, offs_d,
+                             Lk_pad, s_vsblk, BLOCK_V, DO.dtype.element_ty))  # (BN, DP)
+    dk = tl.zeros((BN, DP), tl.float32)
+    dv = tl.zeros((BN, DP), tl.float32)
+    # Query steps: causal rows i see key j iff j <= i + causal_offset (bottom-right aligned).
+    hi = ((Lq + SQ - 1) // SQ) * SQ
+    lo = 0
+    full = 0
+    if IS_CAUSAL:
+        first_key = pid_n * BN
+        lo = tl.minimum(tl.maximum(first_key - causal_offset, 0) // SQ * SQ, hi)
+        full = tl.minimum(tl.maximum((first_key + BN - 1 - causal_offset + SQ - 1) // SQ * SQ, lo), hi)
+    for h in range(hk * kv_group, (hk + 1) * kv_group):
+        bh = b * Hq + h
+        col = tl.load(COL + b * s_cb + h * s_ch + keys)
+        Q_base = Q + bh * Lq_pad * DP
+        QS_base = QS + bh * Lq_pad
+        if QK16:
+            QS_base = QS
+        DO_base = DO + b * s_gb + h * s_gh
+        DO8_base = DO8 + bh * DP * Lq_pad
+        DOS_base = DOS + bh * (Lq_pad // SQ) * DP
+        QC_base = QC + bh * DP * Lq_pad
+        QCS_base = QCS + bh * (Lq_pad // SQ) * DP
+        if IS_CAUSAL:
+            dk, dv = _dkdv_steps(dk, dv, k, k_scale, vt, col, keys, Q_base, QS_base, M + bh * Lq_pad,
+                                 DD + bh * Lq_pad, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
+                                 Lq, Lq_pad, causal_offset, DV, lo, full, SQ, DP, QK16, True, INTERPRET)
+        dk, dv = _dkdv_steps(dk, dv, k, k_scale, vt, col, keys, Q_base, QS_base, M + bh * Lq_pad,
+                             DD + bh * Lq_pad, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
+                             Lq, Lq_pad, causal_offset, DV, full, hi, SQ, DP, QK16, False, INTERPRET)
+    live = keys[:, None] < Lk
+    tl.store(DK + b * s_dkb + hk * s_dkh + keys[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=live & (offs_d[None, :] < D))
+    tl.store(DVO + b * s_dvb + hk * s_dvh + keys[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+             dv.to(DVO.dtype.element_ty), mask=live & (offs_d[None, :] < DV))
+
+
+@jit
+def _dq_steps(
+    dq, q, q_scale, do, m, dd, rows,
+    K_base, KS_base, V_base, VS_base, KC_base, KCS_base, col_base,
+    Lk_pad, causal_offset, s_vsblk, lo, hi,
+    SK: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    offs_d = tl.arange(0, DP)
+    for j0 in range(lo, hi, SK):
+        keys = j0 + tl.arange(0, SK)
+        k = tl.load(K_base + keys[:, None] * DP + offs_d[None, :])
+        if QK16:
+            k_scale = tl.load(KS_base)
+        else:
+            k_scale = tl.load(KS_base + keys)
+        s = _scores(q, q_scale, k, k_scale, QK16, INTERPRET) + tl.load(col_base + keys)[None, :]
+        if MASKED:
+            s = tl.where(keys[None, :] <= rows[:, None] + causal_offset, s, float("-inf"))
+        p = tl.math.exp2(s - m[:, None])
+        v = _dequant_v(V_base, VS_base, keys, offs_d, Lk_pad, s_vsblk, BLOCK_V, do.dtype)  # (DP, SK)
+        ds = p * (dot16(do, v, INTERPRET) - dd[:, None])
+        # dQ += dS . K: dS per query over this step, smoothed K per channel over this step
+        ds8, ds_scale = quantize_int8_jit(ds, 1)
+        kc = tl.load(KC_base + offs_d[None, :] * Lk_pad + keys[:, None])  # (SK, DP), keys contiguous in memory
+        kc_scale = tl.load(KCS_base + (j0 // SK) * DP + offs_d)
+        dq += int32_to_f32(tl.dot(ds8, kc)) * ds_scale[:, None] * kc_scale[None, :]
+    return dq
+
+
+@jit
+def dq_kernel(
+    Q, QS, K, KS, V, VS, COL, M, DD,
+    DO, s_gb, s_gh, s_gl, s_gd,
+    KC, KCS,
+    DQ, s_dqb, s_dqh, s_dql, s_dqd,
+    s_cb, s_ch, s_vsblk,
+    Hq, kv_group, Lq, Lq_pad, Lk_pad, causal_offset, D, DV, sm_scale,
+    BM: tl.constexpr, SK: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Operands as in dkdv_kernel; KC: per-channel INT8 smoothed K (B, Hk, DP, Lk_pad), KCS (B, Hk, Lk_pad / SK, DP)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    bhk = b * (Hq // kv_group) + h // kv_group
+    rows = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, DP)
+    q = tl.load(Q + (bh * Lq_pad + rows)[:, None] * DP + offs_d[None, :])
+    if QK16:
+        q_scale = tl.load(QS)
+    else:
+        q_scale = tl.load(QS + bh * Lq_pad + rows)
+    do = tl.load(DO + b * s_gb + h * s_gh + rows[:, None] * s_gl + offs_d[None, :] * s_gd,
+                 mask=(rows[:, None] < Lq) & (offs_d[None, :] < DV), other=0.0)
+    m = tl.load(M + bh * Lq_pad + rows)
+    dd = tl.load(DD + bh * Lq_pad + rows)
+    K_base = K + bhk * Lk_pad * DP
+    KS_base = KS + bhk * Lk_pad
+    if QK16:
+        KS_base = KS
+    V_base = V + bhk * DP * Lk_pad
+    VS_base = VS + bhk * (Lk_pad // BLOCK_V) * DP
+    KC_base = KC + bhk * DP * Lk_pad
+    KCS_base = KCS + bhk * (Lk_pad // SK) * DP
+    col_base = COL + b * s_cb + h * s_ch
+    dq = tl.zeros((BM, DP), tl.float32)
+    hi = Lk_pad
+    full = 0
+    if IS_CAUSAL:  # keys below `full` are visible to every row of this block; none at or above `hi` is
+        last_row = pid_m * BM + BM - 1
+        hi = tl.minimum(tl.maximum(last_row + causal_offset + 1, 0) + SK - 1, Lk_pad) // SK * SK
+        full = tl.minimum(tl.maximum(pid_m * BM + causal_offset + 1, 0) // SK * SK, hi)
+        dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, V_base, VS_base, KC_base, KCS_base,
+                       col_base, Lk_pad, causal_offset, s_vsblk, full, hi, SK, BLOCK_V, DP, QK16, True, INTERPRET)
+    dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, V_base, VS_base, KC_base, KCS_base,
+                   col_base, Lk_pad, causal_offset, s_vsblk, 0, full if IS_CAUSAL else hi, SK, BLOCK_V, DP, QK16,
+                   False, INTERPRET)
+    tl.store(DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dql + offs_d[None, :] * s_dqd,
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=(rows[:, None] < Lq) & (offs_d[None, :] < D))
