@@ -26,7 +26,7 @@ import sage_kernels  # noqa: E402
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
-SWEEP = [(4, 2), (4, 3), (8, 2), (8, 3), (8, 4)]
+SWEEP = [(8, 3, 128), (8, 2, 128), (4, 2, 64), (4, 3, 64)]  # warps, stages, BM
 
 
 def tops(shape, ms):
@@ -97,6 +97,8 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, help="B,H,L,D")
     ap.add_argument("--precisions", nargs="*", default=["int8", "fp4"])
     ap.add_argument("--sweep", action="store_true", help="also sweep launch configs of the int8 kernel")
+    ap.add_argument("--sweep-precision", default="int8")
+    ap.add_argument("--sweep-pv", nargs="*", default=["int8"], help="P.V modes to sweep (int8 precision)")
     ap.add_argument("--variants", action="store_true", help="also time pv=fp8 and smooth_q=off")
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args()
@@ -115,6 +117,7 @@ def main():
             cands[f"sage3 {prec}"] = ours(prec)
         if args.variants:
             cands["sage3 int8 pv=fp8"] = ours("int8", pv="fp8")
+            cands["sage3 int8 pv=16bit"] = ours("int8", pv="16bit")
             cands["sage3 int8 smooth_q=off"] = ours("int8", smooth_q="off")
         for name, fn in cands.items():
             try:
@@ -127,23 +130,25 @@ def main():
             rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms), "extra_mb": mem,
                          "cos": cos, "rel_l1": l1})
         if args.sweep:
-            for nw, ns in SWEEP:
-                configs.set_override(configs.LaunchConfig(nw, ns))
-                try:
-                    ms = timed(lambda: ours("int8")(q, k, v))
-                    rows.append({"shape": shape_s, "impl": f"sage3 int8 w{nw}s{ns}", "ms": ms,
-                                 "tops": tops(shape, ms), "extra_mb": 0, "cos": 0, "rel_l1": 0})
-                except Exception as exc:  # noqa: BLE001
-                    print(f"{shape_s:>16} int8 w{nw}s{ns} FAILED {type(exc).__name__}: {str(exc)[:200]}")
-                finally:
-                    configs.set_override(None)
+            for pv in args.sweep_pv:
+                for nw, ns, bm in SWEEP:
+                    configs.set_override(configs.LaunchConfig(nw, ns, bm))
+                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}"
+                    try:
+                        ms = timed(lambda: ours(args.sweep_precision, pv=pv)(q, k, v))
+                        rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms),
+                                     "extra_mb": 0, "cos": 0, "rel_l1": 0})
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"{shape_s:>16} {name} FAILED {type(exc).__name__}: {str(exc)[:200]}")
+                    finally:
+                        configs.set_override(None)
         del q, k, v
         torch.cuda.empty_cache()
     base = {r["shape"]: r["ms"] for r in rows if r["impl"] == "sdpa_default"}
-    print(f"\n{'shape':>16} {'impl':<28} {'ms':>8} {'TOPS':>7} {'xSDPA':>6} {'MB+':>7} {'cos':>9} {'relL1':>7}")
+    print(f"\n{'shape':>16} {'impl':<34} {'ms':>8} {'TOPS':>7} {'xSDPA':>6} {'MB+':>7} {'cos':>9} {'relL1':>7}")
     for r in rows:
         ratio = base.get(r["shape"], float("nan")) / r["ms"]
-        print(f"{r['shape']:>16} {r['impl']:<28} {r['ms']:8.3f} {r['tops']:7.0f} {ratio:6.2f} {r['extra_mb']:7.0f} "
+        print(f"{r['shape']:>16} {r['impl']:<34} {r['ms']:8.3f} {r['tops']:7.0f} {ratio:6.2f} {r['extra_mb']:7.0f} "
               f"{r['cos']:9.6f} {r['rel_l1']:7.4f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_attention.json").write_text(json.dumps(

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SMOOTH_Q_MODES = ("block", "global", "off")
-PV_MODES = ("int8", "fp8")
+PV_MODES = ("int8", "fp8", "16bit")
 BLOCK_M = 128  # query rows per kernel tile == Q smoothing block
 BLOCK_N = 128  # keys per kernel tile == V / P quantization block along tokens
 
@@ -15,4 +15,4 @@ class QuantOptions:
     smooth_k: bool = True
     smooth_v: bool = False  # subtract the per-channel token mean of V, add it back after normalisation
     rotate: bool = True  # int8 only: Hadamard rotation of Q and K before per-token INT8
-    pv: str = "int8"  # int8 only: P.V in INT8 (default) or FP8 E4M3 (SageAttention2 style)
+    pv: str = "int8"  # int8 precision only: P.V in INT8, FP8 E4M3 (SageAttention2 style) or 16-bit (V unquantized)

@@ -110,6 +110,8 @@ def compile_launch(launch: Launch, arch: int):
         kw = launch.kwargs
         cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"])
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        if cfg.block_m != kw["BM"]:
+            src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args, {**kw, "BM": cfg.block_m}))
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
@@ -142,6 +144,7 @@ def variants(full: bool = True):
             for dtype in (torch.float16, torch.float32):
                 yield f"{precision} {dtype}", prob(dtype=dtype), precision, QuantOptions(), False
     yield "int8 pv=fp8", prob(), "int8", QuantOptions(pv="fp8"), False
+    yield "int8 pv=16bit", prob(causal=True, hq=4), "int8", QuantOptions(pv="16bit"), True
     yield "int8 fp32 inputs", prob(dtype=torch.float32), "int8", QuantOptions(), False
     if full:
         yield "int8 no rotation", prob(), "int8", QuantOptions(rotate=False), False

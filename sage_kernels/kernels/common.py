@@ -16,6 +16,14 @@ def dot16(a, b, AS_F32: tl.constexpr):
 
 
 @jit
+def dot16_acc(a, b, acc, AS_F32: tl.constexpr):
+    """acc + a @ b for 16-bit operands (see dot16), accumulating in the MMA's fp32 accumulator."""
+    if AS_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@jit
 def int32_to_f32(x):
     """Exact int32 -> fp32 for |x| < 2**22: an integer add and a float add instead of a conversion."""
     return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
@@ -23,8 +31,15 @@ def int32_to_f32(x):
 
 @jit
 def p_to_int8(e):
-    """e in [0, 1] -> int8 RNE(127 e) through the 1.5*2**23 trick (the add rounds, the low bits are the code)."""
-    return ((e * 127.0 + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000).to(tl.int8)
+    """e in [0, 1] -> int8 RNE(127 e): adding 1.5*2**23 rounds, and the code is the low byte of the sum's bits."""
+    return (e * 127.0 + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
+
+
+@jit
+def int32_scaled(x, scale, neg_magic_scale):
+    """fp32(x) * scale for int32 |x| < 2**22 in two instructions: the integer add makes the bits of 1.5*2**23 + x,
+    then one FMA multiplies and removes 1.5*2**23 * scale (neg_magic_scale = -12582912 * scale, precomputed)."""
+    return (x + 0x4B400000).to(tl.float32, bitcast=True) * scale + neg_magic_scale
 
 
 @jit

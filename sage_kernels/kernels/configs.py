@@ -1,7 +1,7 @@
 """Launch parameters per GPU generation, head dim and operand formats.
 
-Chosen from the sweeps in bench/tune_kernel.py (results in docs/BENCHMARKS.md); block sizes are fixed at
-BLOCK_M = BLOCK_N = 128 because the reference and the quantization blocks are defined with them.
+Chosen from the sweeps in bench/bench_attention.py --sweep (results in docs/BENCHMARKS.md). The key block BN is
+part of the math (P and V are quantized per key block) and stays fixed; the query block BM only splits the work.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .prepass import FMT_FP4_VALUES, FMT_INT8
 class LaunchConfig:
     num_warps: int
     num_stages: int
+    block_m: int = 128  # query rows per program: 64 or 128 (math-neutral)
 
 
 _override: LaunchConfig | None = None

@@ -18,10 +18,12 @@ FMT_INT8 = 0  # int8 codes + fp32 scale per row
 FMT_FP4_VALUES = 1  # NVFP4 decoded to bf16 values (exact): the emulation kernel's operands
 FMT_FP4_CODES = 2  # NVFP4 packed codes + E4M3 block scales (+ fp32 second level): the native kernel's operands
 FMT_FP8 = 3  # V only: E4M3 values + fp32 scale per channel and key block (FP8 P.V mode)
+FMT_V16 = 4  # V only: not quantized; the attention kernel reads the caller's 16-bit V directly
 C_INT8 = tl.constexpr(FMT_INT8)
 C_FP4_VALUES = tl.constexpr(FMT_FP4_VALUES)
 C_FP4_CODES = tl.constexpr(FMT_FP4_CODES)
 C_FP8 = tl.constexpr(FMT_FP8)
+C_V16 = tl.constexpr(FMT_V16)
 
 
 @jit

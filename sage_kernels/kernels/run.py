@@ -18,7 +18,8 @@ from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .configs import launch_config
-from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, column_bias_kernel, prep_rows_kernel, prep_v_kernel
+from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
+                      prep_v_kernel)
 
 _BIAS_ROWS = 64  # query blocks per column-bias program
 
@@ -47,7 +48,7 @@ class Operands:
 
 def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
     if precision == "int8":
-        return FMT_INT8, (FMT_FP8 if opts.pv == "fp8" else FMT_INT8)
+        return FMT_INT8, {"int8": FMT_INT8, "fp8": FMT_FP8, "16bit": FMT_V16}[opts.pv]
     f = FMT_FP4_CODES if native_fp4 else FMT_FP4_VALUES
     return f, f
 
@@ -116,6 +117,9 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         X_FP32=x_fp32, INTERPRET=interpreter_active(),
     )
     # --- V ---
+    if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
+        return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, p.v, _empty(dev), _empty(dev, torch.float8_e4m3fn),
+                        _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad)
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
     g_v = _empty(dev)
     if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
@@ -201,20 +205,22 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             table = _bias_chunk(p, ops, g0, gcount)
         sc = _broadcast_strides(table)
         s_cg = 0 if broadcast else table.stride(2)
-        attention_kernel[(gcount, p.batch * p.heads_q)](
+        attention_kernel[(gcount * (BLOCK_M // cfg.block_m), p.batch * p.heads_q)](
             ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
             out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
             ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
             ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
             ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
-            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
+            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2), ops.v.stride(3),
             ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
             sc[0], sc[1], s_cg,
             *out_hnd.stride(),
-            p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, g0,
+            p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, g0,
             p.head_dim_v, p.scale * T.LOG2E,
-            BM=BLOCK_M, BN=BLOCK_N, DP=ops.dp, QK_FORMAT=ops.qk_format, PV_FORMAT=ops.pv_format,
+            BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
+            PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
+            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad),
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

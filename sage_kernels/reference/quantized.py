@@ -67,6 +67,9 @@ def prepare_int8(p: AttentionProblem, o: QuantOptions, return_lse: bool) -> Prep
     c = p.scale * T.LOG2E / (dp if o.rotate else 1)
     b, hk = p.batch, p.heads_kv
     vb = v_s.view(b, hk, lk_pad // BLOCK_N, BLOCK_N, dp)
+    if o.pv == "16bit":  # V stays as given
+        return Prepared(q8, q_sc.squeeze(-1) * c, k8, k_sc.squeeze(-1), _pad_to(_pad_to(p.v, 3, dp), 2, lk_pad), None,
+                        col, None, shift, 1.0)
     if o.pv == "fp8":  # per-channel per-block scale mapping the block's amax to 448
         amax = vb.abs().amax(dim=3, keepdim=True)
         v_sc = amax * (1.0 / P_FP8_SCALE)
@@ -138,6 +141,12 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
         m_new_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
         m_blk_safe = torch.where(m_blk == float("-inf"), torch.zeros_like(m_blk), m_blk)
         alpha = torch.exp2(m - m_new_safe)
+        if precision == "int8" and o.pv == "16bit":  # plain online softmax, P rounded to V's dtype
+            e = torch.exp2(t - m_new_safe[..., None])
+            l = l * alpha + e.sum(dim=-1)
+            acc = acc * alpha[..., None] + e.to(vj.dtype).to(torch.float32) @ vj.to(torch.float32)
+            m = m_new
+            continue
         beta = torch.exp2(m_blk - m_new_safe)
         e = torch.exp2(t - m_blk_safe[..., None])  # block row max is exactly 1
         l = l * alpha + e.sum(dim=-1) * beta

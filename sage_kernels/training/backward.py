@@ -51,6 +51,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     qc, qc_scale = quantize_channels(p.q, lq_pad, dp, DKV_STEP_Q)
     kbar = T.key_mean(p.k, True).squeeze(2)
     kc, kc_scale = quantize_channels(p.k, lk_pad, dp, DQ_STEP_K, mean=kbar)
+    kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
 
     dq, dq_h = _grad_like(p.q if p.layout == "HND" else p.q.transpose(1, 2), p.layout)
     dk, dk_h = _grad_like(p.k if p.layout == "HND" else p.k.transpose(1, 2), p.layout)
@@ -68,9 +69,9 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     )
     dq_kernel[(lq_pad // DQ_BLOCK_Q, b * hq)](
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
-        dout_h, *dout_h.stride(), kc, kc_scale,
+        dout_h, *dout_h.stride(), kc, kc_scale, kbar_pad, dlse_c,
         dq_h, *dq_h.stride(), sc[0], sc[1], dp,
         hq, hq // hk, lq, lq_pad, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
-        BM=DQ_BLOCK_Q, SK=DQ_STEP_K, **common,
+        BM=DQ_BLOCK_Q, SK=DQ_STEP_K, HAS_DLSE=dlse is not None, **common,
     )
     return dq, dk, dv

@@ -1,39 +1,39 @@
-"""Training forward: the inference attention kernel launched on `score_operands`, always returning the LSE."""
+"""Host side of the training forward: operands, then one launch of forward_kernel (always with the LSE)."""
 from __future__ import annotations
 
 import torch
 
-from .. import transforms as T
 from .._triton import interpreter_active
-from ..capabilities import device_info
-from ..kernels.attention import attention_kernel
-from ..kernels.configs import launch_config
-from ..kernels.prepass import FMT_INT8
 from ..problem import AttentionProblem
 from .config import FWD_BLOCK_K, FWD_BLOCK_Q
-from .operands import ScoreOperands, broadcast_strides, score_operands
+from .forward_kernel import forward_kernel
+from .operands import ScoreOperands, score_operands
+
+
+def broadcast_strides(col: torch.Tensor) -> tuple[int, int]:
+    """(batch, head) strides of the column table, 0 where it broadcasts."""
+    return tuple(col.stride(i) if col.shape[i] > 1 else 0 for i in range(2))
+
+
+def launch_config(device: torch.device, dp: int) -> tuple[int, int]:
+    """(num_warps, num_stages); ignored by the interpreter. bench/bench_training.py --sweep checks them."""
+    if device.type != "cuda":
+        return 4, 1
+    return (8, 3) if dp <= 128 else (8, 2)
 
 
 def launch_forward(p: AttentionProblem, ops: ScoreOperands):
     """Returns (out in p.out_layout, lse (B, Hq, Lq) fp32 natural log, -inf on rows that see no key)."""
     out, out_hnd = p.new_output()
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device)
-    dummy = torch.empty(1, dtype=torch.float32, device=p.device)
-    cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, FMT_INT8)
+    warps, stages = launch_config(p.device, ops.dp)
     sc = broadcast_strides(ops.col)
-    attention_kernel[(ops.lq_pad // FWD_BLOCK_Q, p.batch * p.heads_q)](
-        ops.q, ops.q_scale, dummy, ops.k, ops.k_scale, dummy, ops.v, ops.v_scale, dummy, ops.col,
-        out_hnd, lse, ops.shift, dummy, dummy,
-        ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
-        ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
-        ops.v.stride(0), ops.v.stride(1), ops.v.stride(2), ops.dp,
-        sc[0], sc[1], 0,
-        *out_hnd.stride(),
-        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, 0, p.head_dim_v,
-        p.scale * T.LOG2E,
-        BM=FWD_BLOCK_Q, BN=FWD_BLOCK_K, DP=ops.dp, QK_FORMAT=ops.qk_format, PV_FORMAT=FMT_INT8,
-        IS_CAUSAL=p.is_causal, RETURN_LSE=True, HAS_VMEAN=False, INTERPRET=interpreter_active(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    forward_kernel[(ops.lq_pad // FWD_BLOCK_Q, p.batch * p.heads_q)](
+        ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, *sc,
+        out_hnd, *out_hnd.stride(), lse, ops.shift,
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, p.head_dim_v,
+        BM=FWD_BLOCK_Q, BN=FWD_BLOCK_K, DP=ops.dp, QK16=ops.qk == "16bit", IS_CAUSAL=p.is_causal,
+        HAS_COL=ops.has_col, INTERPRET=interpreter_active(), num_warps=warps, num_stages=stages,
     )
     return out, lse
 

@@ -76,34 +76,44 @@ def _dkdv_steps(
     Lq, Lq_pad, causal_offset, DV, lo, hi,
     SQ: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    # Pointers advance by one step per iteration (cheap on the GPU, and the interpreter checks every integer op).
     offs_d = tl.arange(0, DP)
+    rows = lo + tl.arange(0, SQ)
+    q_ptrs = Q_base + rows[:, None] * DP + offs_d[None, :]
+    qs_ptrs = QS_base + rows
+    row_ptrs = rows  # offsets into M, DD
+    do_ptrs = DO_base + rows[:, None] * s_gl + offs_d[None, :] * s_gd
+    chan_rows = offs_d[None, :] * Lq_pad + rows[:, None]  # (SQ, DP) into the per-channel INT8 dO and Q
+    chan_scales = (lo // SQ) * DP + offs_d
+    col_ok = offs_d[None, :] < DV
     for i0 in range(lo, hi, SQ):
-        rows = i0 + tl.arange(0, SQ)
-        q = tl.load(Q_base + rows[:, None] * DP + offs_d[None, :])
+        q = tl.load(q_ptrs)
         if QK16:
             q_scale = tl.load(QS_base)
         else:
-            q_scale = tl.load(QS_base + rows)
+            q_scale = tl.load(qs_ptrs)
         st = _scores_t(q, q_scale, k, k_scale, QK16, INTERPRET) + col[:, None]  # (BN keys, SQ queries)
         if MASKED:
             st = tl.where(keys[:, None] <= rows[None, :] + causal_offset, st, float("-inf"))
-        m = tl.load(M_base + rows)
-        pt = tl.math.exp2(st - m[None, :])
+        pt = tl.math.exp2(st - tl.load(M_base + row_ptrs)[None, :])
         # dV += P^T . dO: P per key over this step, dO per channel over this step
         p8, p_scale = quantize_int8_jit(pt, 1)
-        do8 = tl.load(DO8_base + offs_d[None, :] * Lq_pad + rows[:, None])  # (SQ, DP), rows contiguous in memory
-        do_scale = tl.load(DOS_base + (i0 // SQ) * DP + offs_d)
-        dv += int32_to_f32(tl.dot(p8, do8)) * p_scale[:, None] * do_scale[None, :]
+        do8 = tl.load(DO8_base + chan_rows)
+        dv += int32_to_f32(tl.dot(p8, do8)) * p_scale[:, None] * tl.load(DOS_base + chan_scales)[None, :]
         # dS^T = P^T * (dP^T - D), dP^T = Ṽ . dO^T in 16 bits
-        do = tl.load(DO_base + rows[:, None] * s_gl + offs_d[None, :] * s_gd,
-                     mask=(rows[:, None] < Lq) & (offs_d[None, :] < DV), other=0.0)
-        dpt = dot16(vt, tl.trans(do), INTERPRET)
-        dst = pt * (dpt - tl.load(DD_base + rows)[None, :])
+        do = tl.load(do_ptrs, mask=(rows[:, None] < Lq) & col_ok, other=0.0)
+        dst = pt * (dot16(vt, tl.trans(do), INTERPRET) - tl.load(DD_base + row_ptrs)[None, :])
         # dK += dS^T . Q: dS per key over this step, Q per channel over this step
         ds8, ds_scale = quantize_int8_jit(dst, 1)
-        qc = tl.load(QC_base + offs_d[None, :] * Lq_pad + rows[:, None])
-        qc_scale = tl.load(QCS_base + (i0 // SQ) * DP + offs_d)
-        dk += int32_to_f32(tl.dot(ds8, qc)) * ds_scale[:, None] * qc_scale[None, :]
+        qc = tl.load(QC_base + chan_rows)
+        dk += int32_to_f32(tl.dot(ds8, qc)) * ds_scale[:, None] * tl.load(QCS_base + chan_scales)[None, :]
+        rows += SQ
+        q_ptrs += SQ * DP
+        qs_ptrs += SQ
+        row_ptrs += SQ
+        do_ptrs += SQ * s_gl
+        chan_rows += SQ
+        chan_scales += DP
     return dk, dv
 
 
@@ -181,9 +191,13 @@ def _dq_steps(
     INTERPRET: tl.constexpr,
 ):
     offs_d = tl.arange(0, DP)
+    keys = lo + tl.arange(0, SK)
+    k_ptrs = K_base + keys[:, None] * DP + offs_d[None, :]
+    v_ptrs = V_base + offs_d[:, None] * Lk_pad + keys[None, :]  # (DP, SK) INT8 V, keys contiguous
+    chan_keys = offs_d[None, :] * Lk_pad + keys[:, None]  # (SK, DP) into the per-channel INT8 smoothed K
+    chan_scales = (lo // SK) * DP + offs_d
     for j0 in range(lo, hi, SK):
-        keys = j0 + tl.arange(0, SK)
-        k = tl.load(K_base + keys[:, None] * DP + offs_d[None, :])
+        k = tl.load(k_ptrs)
         if QK16:
             k_scale = tl.load(KS_base)
         else:
@@ -192,13 +206,18 @@ def _dq_steps(
         if MASKED:
             s = tl.where(keys[None, :] <= rows[:, None] + causal_offset, s, float("-inf"))
         p = tl.math.exp2(s - m[:, None])
-        v = _dequant_v(V_base, VS_base, keys, offs_d, Lk_pad, s_vsblk, BLOCK_V, do.dtype)  # (DP, SK)
+        v_scale = tl.load(VS_base + (j0 // BLOCK_V) * s_vsblk + offs_d)
+        v = (tl.load(v_ptrs).to(tl.float32) * v_scale[:, None]).to(do.dtype)  # Ṽ^T (DP, SK), as in dkdv_kernel
         ds = p * (dot16(do, v, INTERPRET) - dd[:, None])
         # dQ += dS . K: dS per query over this step, smoothed K per channel over this step
         ds8, ds_scale = quantize_int8_jit(ds, 1)
-        kc = tl.load(KC_base + offs_d[None, :] * Lk_pad + keys[:, None])  # (SK, DP), keys contiguous in memory
-        kc_scale = tl.load(KCS_base + (j0 // SK) * DP + offs_d)
-        dq += int32_to_f32(tl.dot(ds8, kc)) * ds_scale[:, None] * kc_scale[None, :]
+        kc = tl.load(KC_base + chan_keys)
+        dq += int32_to_f32(tl.dot(ds8, kc)) * ds_scale[:, None] * tl.load(KCS_base + chan_scales)[None, :]
+        keys += SK
+        k_ptrs += SK * DP
+        v_ptrs += SK
+        chan_keys += SK
+        chan_scales += DP
     return dq
 
 
@@ -206,14 +225,15 @@ def _dq_steps(
 def dq_kernel(
     Q, QS, K, KS, V, VS, COL, M, DD,
     DO, s_gb, s_gh, s_gl, s_gd,
-    KC, KCS,
+    KC, KCS, KBAR, DLSE,
     DQ, s_dqb, s_dqh, s_dql, s_dqd,
     s_cb, s_ch, s_vsblk,
     Hq, kv_group, Lq, Lq_pad, Lk_pad, causal_offset, D, DV, sm_scale,
     BM: tl.constexpr, SK: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DLSE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Operands as in dkdv_kernel; KC: per-channel INT8 smoothed K (B, Hk, DP, Lk_pad), KCS (B, Hk, Lk_pad / SK, DP)."""
+    """Operands as in dkdv_kernel; KC: per-channel INT8 smoothed K (B, Hk, DP, Lk_pad), KCS (B, Hk, Lk_pad / SK, DP).
+    KBAR: fp32 key means (B, Hk, DP); DLSE: fp32 (B, Hq, Lq), read when HAS_DLSE (the exact smooth-K term)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -251,5 +271,8 @@ def dq_kernel(
     dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, V_base, VS_base, KC_base, KCS_base,
                    col_base, Lk_pad, causal_offset, s_vsblk, 0, full if IS_CAUSAL else hi, SK, BLOCK_V, DP, QK16,
                    False, INTERPRET)
+    if HAS_DLSE:
+        dlse = tl.load(DLSE + bh * Lq + rows, mask=rows < Lq, other=0.0)
+        dq += dlse[:, None] * tl.load(KBAR + bhk * DP + offs_d)[None, :]
     tl.store(DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dql + offs_d[None, :] * s_dqd,
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=(rows[:, None] < Lq) & (offs_d[None, :] < D))

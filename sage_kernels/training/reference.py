@@ -10,8 +10,10 @@ scores in log2 units and m_i = (LSE_i - shift_i) * log2(e) (+inf on rows that se
     dV  = sum over 64-query steps: P per key and dO per channel, INT8
     dK  = scale * sum over 64-query steps: dS per key and Q per channel, INT8
     dQ  = scale * sum over 64-key steps: dS per query and smoothed K per channel, INT8
-K smoothing needs no dQ correction term: rowsum(dS) = 0 exactly (a per-row score shift does not change softmax), and
-adding the computed, nonzero rowsum times k̄ would only amplify D's rounding by |k̄|.
+    dQ += scale * dLSE * k̄           the smooth-K term, exact
+The smooth-K term of dQ is rowsum(dS) * k̄, and rowsum(dS) = dLSE exactly (softmax ignores a per-row score shift,
+the LSE does not). Taking the exact dLSE instead of the computed rowsum keeps D's rounding from being amplified by
+|k̄| (SageBwd adds the computed rowsum; with a large key bias that costs dQ accuracy).
 """
 from __future__ import annotations
 
@@ -117,5 +119,9 @@ def reference_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: tor
     k_c, k_s = k_c.repeat_interleave(g, dim=1), k_s.repeat_interleave(g, dim=1)
     ds_rows = ds.view(b, hq, lq, lk_pad // DQ_STEP_K, DQ_STEP_K).transpose(2, 3)  # (B, Hq, S, Lq, step)
     dsq_c, dsq_s = quantize_int8(ds_rows, dim=4)
-    dq = ((_int_dot(dsq_c, k_c) * dsq_s) * k_s).sum(2) * p.scale
+    dq = ((_int_dot(dsq_c, k_c) * dsq_s) * k_s).sum(2)
+    if dlse is not None:
+        kbar = torch.nn.functional.pad(T.key_mean(p.k, True), (0, dp - p.head_dim)).repeat_interleave(g, dim=1)
+        dq = dq + dlse[..., None] * kbar
+    dq = dq * p.scale
     return dq[..., :p.head_dim], dk[:, :, :lk, :p.head_dim], dv[:, :, :lk, :p.head_dim_v]
