@@ -22,89 +22,124 @@ from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
 
 @jit
+def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
+            BN: tl.constexpr, DP: tl.constexpr, QK_FORMAT: tl.constexpr, MASKED: tl.constexpr,
+            HAS_COL: tl.constexpr, INTERPRET: tl.constexpr):
+    """Scores of one key block in log2 units: dequantized Q.K^T plus the column bias, causal mask applied."""
+    offs_d = tl.arange(0, DP)
+    keys = start_n + tl.arange(0, BN)
+    # ---- scores t (log2 units) ----
+    if QK_FORMAT == C_INT8:
+        k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
+        k_scale = tl.load(KS_base + keys)
+        s = int32_scaled(tl.dot(q, tl.trans(k)), k_scale[None, :], (-12582912.0 * k_scale)[None, :])
+    elif QK_FORMAT == C_FP4_VALUES:
+        k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
+        s = dot16(q, tl.trans(k), INTERPRET)
+    else:
+        k = tl.load(K_base + keys[:, None] * s_kl + tl.arange(0, DP // 2)[None, :])
+        k_sf = tl.load(KSF_base + keys[:, None] * (DP // 16) + tl.arange(0, DP // 16)[None, :])
+        k_g = tl.load(KS_base + keys)
+        s = tl.dot_scaled(q, q_sf, "e2m1", tl.trans(k), k_sf, "e2m1") * k_g[None, :]
+    if QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
+        if HAS_COL:
+            s = s * q_scale + tl.load(col_base + keys)[None, :]
+        else:
+            s = s * q_scale
+    elif HAS_COL:
+        s = tl.fma(s, q_scale[:, None], tl.load(col_base + keys)[None, :])
+    else:
+        s = s * q_scale[:, None]
+    if MASKED:
+        s = tl.where(keys[None, :] <= offs_m[:, None] + causal_offset, s, float("-inf"))
+    return s
+
+
+@jit
+def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk, Lk, DV,
+            BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, PV_FORMAT: tl.constexpr, INTERPRET: tl.constexpr):
+    """Online-softmax update with one key block's scores: quantize P, P.V, rescale and accumulate."""
+    keys = start_n + tl.arange(0, BN)
+    offs_d = tl.arange(0, DP)
+    # ---- online softmax with the block's own max ----
+    m_blk = tl.max(s, 1)
+    m_new = tl.maximum(m_i, m_blk)
+    m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_new_safe)
+    if PV_FORMAT == C_V16:  # unquantized V: plain online softmax, P in V's 16-bit type, in-place accumulate
+        e = tl.math.exp2(s - m_new_safe[:, None])
+        l_i = l_i * alpha + tl.sum(e, 1)
+        v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :],
+                    mask=(keys[:, None] < Lk) & (offs_d[None, :] < DV), other=0.0)
+        acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
+    else:
+        # quantized P: relative to the block's own max (beta = that max relative to the running one)
+        m_blk_safe = tl.where(m_blk == float("-inf"), 0.0, m_blk)
+        beta = tl.math.exp2(m_blk - m_new_safe)
+        e = tl.math.exp2(s - m_blk_safe[:, None])
+        l_i = l_i * alpha + tl.sum(e, 1) * beta
+        # ---- quantized P . V into a fresh accumulator ----
+        if PV_FORMAT == C_INT8:
+            v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
+            v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
+            pv = int32_scaled(tl.dot(p_to_int8(e), tl.trans(v)), v_scale[None, :], (-12582912.0 * v_scale)[None, :])
+            contrib = pv * (beta * (1.0 / 127.0))[:, None]
+        elif PV_FORMAT == C_FP8:
+            v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
+            v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
+            p = e * 448.0
+            if INTERPRET:  # interpreter only: its fp32 -> fp8 cast mis-rounds (triton#8322)
+                p = round_e4m3_jit(p)
+            pv = tl.dot(p.to(v.dtype), tl.trans(v))
+            contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale[None, :]
+        elif PV_FORMAT == C_FP4_VALUES:
+            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
+            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
+            p = tl.reshape(r * sc[:, :, None], (BM, BN))
+            pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
+            contrib = pv * (beta * (1.0 / 2688.0))[:, None]
+        else:
+            v = tl.load(V_base + offs_d[:, None] * s_vr + (start_n // 2 + tl.arange(0, BN // 2))[None, :])
+            v_sf = tl.load(VSF_base + offs_d[:, None] * s_vsblk + (start_n // 16 + tl.arange(0, BN // 16))[None, :])
+            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
+            p_codes = pack_pairs(e2m1_codes_jit(tl.reshape(r, (BM, BN))), BM, BN)
+            pv = tl.dot_scaled(p_codes, sc.to(tl.float8e4nv), "e2m1", tl.trans(v), v_sf, "e2m1")
+            contrib = pv * (beta * (1.0 / 2688.0))[:, None]
+        acc = acc * alpha[:, None] + contrib
+    m_i = m_new
+    return acc, l_i, m_i
+
+
+@jit
 def _attn_blocks(
     acc, l_i, m_i, q, q_sf, q_scale,
     K_base, KS_base, KSF_base, V_base, VS_base, VSF_base, col_base,
-    s_kl, s_vr, s_vd, s_vsblk,
+    s_kl, s_vr, s_vsblk,
     offs_m, causal_offset, lo, hi, Lk, DV,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, MASKED: tl.constexpr, HAS_COL: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    PIPELINE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    offs_n = tl.arange(0, BN)
-    offs_d = tl.arange(0, DP)
-    for start_n in range(lo, hi, BN):
-        keys = start_n + offs_n
-        # ---- scores t (log2 units) ----
-        if QK_FORMAT == C_INT8:
-            k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
-            k_scale = tl.load(KS_base + keys)
-            s = int32_scaled(tl.dot(q, tl.trans(k)), k_scale[None, :], (-12582912.0 * k_scale)[None, :])
-        elif QK_FORMAT == C_FP4_VALUES:
-            k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
-            s = dot16(q, tl.trans(k), INTERPRET)
-        else:
-            k = tl.load(K_base + keys[:, None] * s_kl + tl.arange(0, DP // 2)[None, :])
-            k_sf = tl.load(KSF_base + keys[:, None] * (DP // 16) + tl.arange(0, DP // 16)[None, :])
-            k_g = tl.load(KS_base + keys)
-            s = tl.dot_scaled(q, q_sf, "e2m1", tl.trans(k), k_sf, "e2m1") * k_g[None, :]
-        if QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
-            if HAS_COL:
-                s = s * q_scale + tl.load(col_base + keys)[None, :]
-            else:
-                s = s * q_scale
-        elif HAS_COL:
-            s = tl.fma(s, q_scale[:, None], tl.load(col_base + keys)[None, :])
-        else:
-            s = s * q_scale[:, None]
-        if MASKED:
-            s = tl.where(keys[None, :] <= offs_m[:, None] + causal_offset, s, float("-inf"))
-        # ---- online softmax with the block's own max ----
-        m_blk = tl.max(s, 1)
-        m_new = tl.maximum(m_i, m_blk)
-        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_new_safe)
-        if PV_FORMAT == C_V16:  # unquantized V: plain online softmax, P in V's 16-bit type, in-place accumulate
-            e = tl.math.exp2(s - m_new_safe[:, None])
-            l_i = l_i * alpha + tl.sum(e, 1)
-            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :] * s_vd,
-                        mask=(keys[:, None] < Lk) & (offs_d[None, :] < DV), other=0.0)
-            acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
-        else:
-            # quantized P: relative to the block's own max (beta = that max relative to the running one)
-            m_blk_safe = tl.where(m_blk == float("-inf"), 0.0, m_blk)
-            beta = tl.math.exp2(m_blk - m_new_safe)
-            e = tl.math.exp2(s - m_blk_safe[:, None])
-            l_i = l_i * alpha + tl.sum(e, 1) * beta
-            # ---- quantized P . V into a fresh accumulator ----
-            if PV_FORMAT == C_INT8:
-                v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
-                v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
-                pv = int32_scaled(tl.dot(p_to_int8(e), tl.trans(v)), v_scale[None, :], (-12582912.0 * v_scale)[None, :])
-                contrib = pv * (beta * (1.0 / 127.0))[:, None]
-            elif PV_FORMAT == C_FP8:
-                v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
-                v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
-                p = e * 448.0
-                if INTERPRET:  # interpreter only: its fp32 -> fp8 cast mis-rounds (triton#8322)
-                    p = round_e4m3_jit(p)
-                pv = tl.dot(p.to(v.dtype), tl.trans(v))
-                contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale[None, :]
-            elif PV_FORMAT == C_FP4_VALUES:
-                v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
-                r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
-                p = tl.reshape(r * sc[:, :, None], (BM, BN))
-                pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
-                contrib = pv * (beta * (1.0 / 2688.0))[:, None]
-            else:
-                v = tl.load(V_base + offs_d[:, None] * s_vr + (start_n // 2 + tl.arange(0, BN // 2))[None, :])
-                v_sf = tl.load(VSF_base + offs_d[:, None] * s_vsblk + (start_n // 16 + tl.arange(0, BN // 16))[None, :])
-                r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
-                p_codes = pack_pairs(e2m1_codes_jit(tl.reshape(r, (BM, BN))), BM, BN)
-                pv = tl.dot_scaled(p_codes, sc.to(tl.float8e4nv), "e2m1", tl.trans(v), v_sf, "e2m1")
-                contrib = pv * (beta * (1.0 / 2688.0))[:, None]
-            acc = acc * alpha[:, None] + contrib
-        m_i = m_new
+    """Key blocks [lo, hi). PIPELINE issues the next block's Q.K^T before this block's softmax, so the tensor
+    cores work while the softmax runs (costs one more score tile of registers)."""
+    if PIPELINE:
+        if hi > lo:
+            s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, lo,
+                        BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
+            for start_n in range(lo, hi - BN, BN):
+                s_next = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset,
+                                 start_n + BN, BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
+                acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
+                                        Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
+                s = s_next
+            acc, l_i, m_i = _update(acc, l_i, m_i, s, hi - BN, V_base, VS_base, VSF_base, s_vr, s_vsblk,
+                                    Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
+    else:
+        for start_n in range(lo, hi, BN):
+            s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
+                        BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
+            acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
+                                    Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
     return acc, l_i, m_i
 
 
@@ -113,13 +148,13 @@ def attention_kernel(
     Q, QS, QSF, K, KS, KSF, V, VS, VSF, COL, O, LSE, SHIFT, VMEAN, GV,
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
-    s_vb, s_vh, s_vr, s_vd, s_vsblk,
+    s_vb, s_vh, s_vr, s_vsblk,
     s_cb, s_ch, s_cg,
-    s_ob, s_oh, s_ol, s_od,
+    s_ob, s_oh, s_ol,
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, g0, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr,
-    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, PIPELINE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q, K: operand buffers (B, H, L_pad, ...) with strides s_q*, s_k* (row stride s_ql / s_kl).
     QS / KS: fp32 per-row scales (int8: scale, Q's includes sm_scale*log2e/rotation; fp4 codes: second level;
@@ -127,7 +162,7 @@ def attention_kernel(
     scales (fp4 codes). V: INT8/FP8 (B, Hk, DP, Lk_pad) keys contiguous; FP4 values (B, Hk, Lk_pad, DP); FP4 codes
     (B, Hk, DP, Lk_pad/2). VS: per-block channel scales; VSF: V's E4M3 scales (B, Hk, DP, Lk_pad/16).
     COL: column bias (B|1, Hq|1, G, Lk_pad) log2 units; HAS_COL=False when it is all zero (no Q smoothing, no
-    mask, no padded keys) and is skipped. O: output, any strides. LSE (B, Hq, Lq) fp32.
+    mask, no padded keys) and is skipped. O: output (B, H, L, D) view, unit stride along D. LSE (B, Hq, Lq) fp32.
     SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). GV: fp32 (B*Hk,)."""
     pid_bh = tl.program_id(1)
     pid_m = g0 * (SMOOTH_BLOCK // BM) + tl.program_id(0)  # g0: first 128-row smoothing block of this launch
@@ -170,18 +205,18 @@ def attention_kernel(
         mid = (tl.maximum(first_row + 1, 0) // BN) * BN
         mid = tl.minimum(mid, hi)
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
-                                     VSF_base, col_base, s_kl, s_vr, s_vd, s_vsblk, offs_m, causal_offset, 0, mid,
+                                     VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, mid,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, PIPELINE, INTERPRET)
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
-                                     VSF_base, col_base, s_kl, s_vr, s_vd, s_vsblk, offs_m, causal_offset, mid, hi,
+                                     VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, mid, hi,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, PIPELINE, INTERPRET)
     else:
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
-                                     VSF_base, col_base, s_kl, s_vr, s_vd, s_vsblk, offs_m, causal_offset, 0, Lk_pad,
+                                     VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, Lk_pad,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, PIPELINE, INTERPRET)
 
     live = l_i > 0
     out = acc / tl.where(live, l_i, 1.0)[:, None]
@@ -191,7 +226,7 @@ def attention_kernel(
         out = tl.where(live[:, None], out + tl.load(VMEAN + bhk * DP + offs_d)[None, :], 0.0)
     out = tl.where(live[:, None], out, 0.0)
     row_ok = offs_m < Lq
-    o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :] * s_od
+    o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < DV))
     if RETURN_LSE:
         lse = (m_i + tl.math.log2(tl.where(live, l_i, 1.0))) * 0.6931471805599453

@@ -27,18 +27,19 @@ C_V16 = tl.constexpr(FMT_V16)
 
 
 @jit
-def _load_rows(X, sxl, sxd, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
-    """[BT, DP] tile of rows row0.. of one (batch, head), zero outside [L, D]; also returns the row mask."""
+def _load_rows(X, sxl, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
+    """[BT, DP] tile of rows row0.. of one (batch, head), zero outside [L, D]; also returns the row mask.
+    The last dim must be contiguous (the host guarantees it): a runtime column stride would defeat vector loads."""
     rows = row0 + tl.arange(0, BT)
     cols = tl.arange(0, DP)
     live = rows < L
-    x = tl.load(X + rows[:, None] * sxl + cols[None, :] * sxd, mask=live[:, None] & (cols[None, :] < D), other=0.0)
+    x = tl.load(X + rows[:, None] * sxl + cols[None, :], mask=live[:, None] & (cols[None, :] < D), other=0.0)
     return x, live
 
 
 @jit
 def prep_rows_kernel(
-    X, sxb, sxh, sxl, sxd,  # input (B, H, L, D) through strides
+    X, sxb, sxh, sxl,  # input (B, H, L, D) through strides, D contiguous
     MEAN, smb, smh, smg,  # fp32 means: read (MEAN_MODE 1) or written per tile (MEAN_MODE 2)
     KBAR, skb, skh,  # fp32 key means (B, Hk, D) for the LSE shift (Q only)
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
@@ -54,7 +55,7 @@ def prep_rows_kernel(
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_t * BT
-    x_raw, live = _load_rows(X + b * sxb + h * sxh, sxl, sxd, row0, L, D, BT, DP)
+    x_raw, live = _load_rows(X + b * sxb + h * sxh, sxl, row0, L, D, BT, DP)
     x = x_raw.to(tl.float32)
     cols = tl.arange(0, DP)
     if MEAN_MODE == 1:
@@ -103,7 +104,7 @@ def prep_rows_kernel(
 
 @jit
 def prep_v_kernel(
-    V, svb, svh, svl, svd,  # input (B, Hk, L, Dv) through strides
+    V, svb, svh, svl,  # input (B, Hk, L, Dv) through strides, Dv contiguous
     VMEAN,  # fp32 (B, Hk, DP) channel means, subtracted when SUB_MEAN
     GV,  # fp32 (B * Hk,) second-level scale (fp4 formats)
     OUT, OUT_SCALE, OUT_SF,
@@ -117,7 +118,7 @@ def prep_v_kernel(
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_n * BN
-    x_raw, live = _load_rows(V + b * svb + h * svh, svl, svd, row0, L, D, BN, DP)
+    x_raw, live = _load_rows(V + b * svb + h * svh, svl, row0, L, D, BN, DP)
     x = x_raw.to(tl.float32)
     cols = tl.arange(0, DP)
     toks = row0 + tl.arange(0, BN)
@@ -154,7 +155,7 @@ def prep_v_kernel(
 @jit
 def column_bias_kernel(
     QBAR, sqb, sqh, sqg,  # fp32 query means (B, Hq, G, D)
-    K, skb, skh, skl, skd,  # raw keys (B, Hk, Lk, D) through strides
+    K, skb, skh, skl,  # raw keys (B, Hk, Lk, D) through strides, D contiguous
     KB, skbb, skbh,  # fp32 key bias (B|1, Hq|1, Lk), natural log, stride 0 where broadcast
     OUT,  # fp32 (B, Hq, G_chunk, Lk_pad)
     H, kv_group, g0, G_chunk, Lk, Lk_pad, D, c,
@@ -174,7 +175,7 @@ def column_bias_kernel(
     cols = tl.arange(0, DP)
     qbar = tl.load(QBAR + b * sqb + h * sqh + (g0 + gs)[:, None] * sqg + cols[None, :],
                    mask=(gs[:, None] < G_chunk) & (cols[None, :] < D), other=0.0)
-    k, _ = _load_rows(K + b * skb + (h // kv_group) * skh, skl, skd, pid_n * BN, Lk, D, BN, DP)
+    k, _ = _load_rows(K + b * skb + (h // kv_group) * skh, skl, pid_n * BN, Lk, D, BN, DP)
     hi = qbar.to(tl.bfloat16 if K_FP32 else k.dtype)
     lo = (qbar - hi.to(tl.float32)).to(hi.dtype)
     if K_FP32:  # fp32 keys: split them too; the lo*lo term is below fp32 rounding

@@ -5,6 +5,7 @@ chunks of query blocks so that it never exceeds the size of the quantized Q.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -101,7 +102,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     qm = q_means if q_means is not None else _empty(dev)
     sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
     prep_rows_kernel[(lq_pad // BLOCK_M, b * hq)](
-        p.q, *p.q.stride(), qm, sq[0], sq[1], sq[2], kbar,
+        p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
         hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
@@ -110,7 +111,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
     prep_rows_kernel[(lk_pad // BLOCK_N, b * hk)](
-        p.k, *p.k.stride(), kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
+        p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
         _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
         hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
@@ -139,7 +140,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_sf = torch.empty(b, hk, dp, lk_pad // 16, dtype=torch.float8_e4m3fn, device=dev) \
         if pv_fmt == FMT_FP4_CODES else _empty(dev, torch.float8_e4m3fn)
     prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
-        p.v, *p.v.stride(), v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
+        p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
         hk, lk, lk_pad, p.head_dim_v,
         BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None,
     )
@@ -173,7 +174,7 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, g0: int, gc: int) -> torch.T
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
     column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-gc // _BIAS_ROWS), b * hq)](
-        qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride(),
+        qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
         kb if kb is not None else _empty(p.device), *kb_strides, out,
         hq, hq // p.heads_kv, g0, gc, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
         BG=_BIAS_ROWS, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
@@ -182,8 +183,15 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, g0: int, gc: int) -> torch.T
     return out
 
 
+def _last_dim_contiguous(p: AttentionProblem) -> AttentionProblem:
+    """The kernels assume unit stride along the head dim (for vector loads); copy the rare tensor without it."""
+    fixed = {n: t.contiguous() for n, t in (("q", p.q), ("k", p.k), ("v", p.v)) if t.stride(3) != 1}
+    return dataclasses.replace(p, **fixed) if fixed else p
+
+
 def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool = False):
     """Returns (out in the caller's layout, lse (B, Hq, Lq) fp32 or None)."""
+    p = _last_dim_contiguous(p)
     out, out_hnd = p.new_output()
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device) if return_lse else None
     if p.len_q == 0:
@@ -211,16 +219,16 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
             ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
             ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
-            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2), ops.v.stride(3),
+            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
             ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
             sc[0], sc[1], s_cg,
-            *out_hnd.stride(),
+            *out_hnd.stride()[:3],
             p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, g0,
             p.head_dim_v, p.scale * T.LOG2E,
             BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
             PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
-            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad),
+            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad), PIPELINE=cfg.pipeline,
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

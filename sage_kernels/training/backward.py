@@ -9,8 +9,10 @@ from .. import transforms as T
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
 from .config import DKV_BLOCK_K, DKV_STEP_Q, DQ_BLOCK_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q
-from .kernels import dkdv_kernel, dq_kernel, row_stats_kernel
-from .operands import broadcast_strides, quantize_channels, score_operands
+from .backward_kernels import dkdv_kernel, dq_kernel
+from .forward import broadcast_strides
+from .operands import quantize, score_operands
+from .prepass import row_stats_kernel
 
 
 def _hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -47,10 +49,10 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
         out_h, *out_h.stride(), dout_h, *dout_h.stride(), lse.contiguous(), ops.shift, dlse_c, m_rows, d_rows,
         hq, lq, lq_pad, p.head_dim_v, BT=FWD_BLOCK_Q, DP=dp, HAS_DLSE=dlse is not None,
     )
-    do8, do_scale = quantize_channels(dout_h, lq_pad, dp, DKV_STEP_Q)
-    qc, qc_scale = quantize_channels(p.q, lq_pad, dp, DKV_STEP_Q)
+    do8, do_scale, _ = quantize(dout_h, lq_pad, dp, DKV_STEP_Q, per_channel=True)
+    qc, qc_scale, _ = quantize(p.q, lq_pad, dp, DKV_STEP_Q, per_channel=True)
     kbar = T.key_mean(p.k, True).squeeze(2)
-    kc, kc_scale = quantize_channels(p.k, lk_pad, dp, DQ_STEP_K, mean=kbar)
+    kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
 
     dq, dq_h = _grad_like(p.q if p.layout == "HND" else p.q.transpose(1, 2), p.layout)

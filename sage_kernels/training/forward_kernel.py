@@ -15,6 +15,18 @@ from ..kernels.common import dot16, int32_to_f32
 
 
 @jit
+def cast(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """x.to(DTYPE) rounding to nearest even. Triton 3.6's interpreter truncates fp32 -> bf16 (GPUs round), so
+    there the value is first rounded to a bf16-representable fp32 with integer arithmetic (finite x)."""
+    if INTERPRET:
+        if DTYPE == tl.bfloat16:
+            bits = x.to(tl.int32, bitcast=True)
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+@jit
 def scores(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
     """(queries, keys) scores in log2 units without the column bias: INT8 codes times the k scale, then the q
     scale; or a 16-bit dot times the scalar q_scale. The backward kernels call this too (same rounding)."""
@@ -109,7 +121,8 @@ def forward_kernel(
     l_safe = tl.where(live, l_i, 1.0)
     out = tl.where(live[:, None], acc / l_safe[:, None], 0.0)
     row_ok = rows < Lq
-    tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ol + offs_d[None, :] * s_od, out.to(O.dtype.element_ty),
+    tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ol + offs_d[None, :] * s_od,
+             cast(out, O.dtype.element_ty, INTERPRET),
              mask=row_ok[:, None] & (offs_d[None, :] < DV))
     lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453 + tl.load(SHIFT + bh * Lq_pad + rows)
     tl.store(LSE + bh * Lq + rows, tl.where(live, lse, float("-inf")), mask=row_ok)

@@ -1,6 +1,7 @@
 """The training path's math in plain torch, step for step (the Triton kernels mirror it; tests compare them).
 
-Forward: the inference reference (`quantized_attention`) on the training operands. Backward, with t the forward's
+Forward: per-token INT8 (K smoothed, both rotated) or 16-bit scores, online softmax over 128-key blocks with
+P = RNE(127 exp2(t - blockmax)) and V per channel per block, as the int8 inference kernel. Backward, with t the forward's
 scores in log2 units and m_i = (LSE_i - shift_i) * log2(e) (+inf on rows that see no key):
     P   = exp2(t - m)                                   exactly the forward's normalised probabilities
     Ṽ   = dequant(forward's INT8 V), rounded to the input dtype
@@ -18,17 +19,16 @@ the LSE does not). Taking the exact dLSE instead of the computed rowsum keeps D'
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .. import transforms as T
-from ..options import QuantOptions
 from ..problem import AttentionProblem
-from ..reference.quantized import Prepared, prepare_int8, quantized_attention
-from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, INT8_FORWARD
+from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K
 
 LOG2E = 1.0 / math.log(2.0)
-_PV_ONLY = QuantOptions(smooth_q="off", smooth_k=False, smooth_v=False, rotate=False, pv="int8")
+LN2 = math.log(2.0)
 
 
 def quantize_int8(x: torch.Tensor, dim):
@@ -39,35 +39,90 @@ def quantize_int8(x: torch.Tensor, dim):
     return torch.round(x * inv).clamp(-127.0, 127.0), amax * (1.0 / 127.0)
 
 
-def reference_operands(p: AttentionProblem, qk: str) -> Prepared:
-    if qk == "int8":
-        return prepare_int8(p, INT8_FORWARD, True)
-    base = prepare_int8(p, _PV_ONLY, True)  # only its V (and column bias) are used
-    dp, lk_pad = base.k.shape[3], base.k.shape[2]
-    q = torch.nn.functional.pad(p.q.to(torch.float32), (0, dp - p.head_dim))
-    k = torch.nn.functional.pad(p.k.to(torch.float32), (0, dp - p.head_dim, 0, lk_pad - p.len_k))
-    return Prepared(q, torch.full(q.shape[:3], p.scale * T.LOG2E, device=p.device), k,
-                    torch.ones(k.shape[:3], device=p.device), base.v, base.v_scale, base.col_bias, None,
-                    torch.zeros(q.shape[:3], device=p.device), 1.0)
+@dataclass
+class Operands:
+    """The mirror of operands.ScoreOperands, values as fp32 and V token-major."""
+    q: torch.Tensor  # (B, Hq, Lq, DP) codes or values
+    q_scale: torch.Tensor  # (B, Hq, Lq)
+    k: torch.Tensor  # (B, Hk, Lk_pad, DP)
+    k_scale: torch.Tensor  # (B, Hk, Lk_pad)
+    v: torch.Tensor  # (B, Hk, Lk_pad, DP) codes
+    v_scale: torch.Tensor  # (B, Hk, Lk_pad / FWD_BLOCK_K, DP)
+    shift: torch.Tensor  # (B, Hq, Lq) natural log
+    col: torch.Tensor  # (B|1, Hq|1, 1, Lk_pad) log2
 
 
-def reference_forward(p: AttentionProblem, qk: str):
-    """(out (B, Hq, Lq, Dv) fp32, lse (B, Hq, Lq))."""
-    return quantized_attention(p, reference_operands(p, qk), "int8", _PV_ONLY, True)
+def _pad(x: torch.Tensor, rows: int, dp: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x.to(torch.float32), (0, dp - x.shape[-1], 0, rows - x.shape[-2]))
 
 
-def _scores(p: AttentionProblem, prep: Prepared) -> torch.Tensor:
+def reference_operands(p: AttentionProblem, qk: str) -> Operands:
+    dp = T.padded_head_dim(max(p.head_dim, p.head_dim_v))
+    lk_pad = -(-max(p.len_k, 1) // FWD_BLOCK_K) * FWD_BLOCK_K
+    b, hk, lq = p.batch, p.heads_kv, p.len_q
+    col = T.column_bias(None, p.k, p.key_bias, p.scale, lk_pad, p.heads_q)
+    vb = _pad(p.v, lk_pad, dp).view(b, hk, lk_pad // FWD_BLOCK_K, FWD_BLOCK_K, dp)
+    v, v_scale = quantize_int8(vb, dim=3)
+    v, v_scale = v.view(b, hk, lk_pad, dp), v_scale.squeeze(3)
+    c = p.scale * T.LOG2E
+    if qk == "16bit":
+        q, k = _pad(p.q, lq, dp), _pad(p.k, lk_pad, dp)
+        return Operands(q, torch.full(q.shape[:3], c, device=p.device), k, torch.ones(k.shape[:3], device=p.device),
+                        v, v_scale, torch.zeros(q.shape[:3], device=p.device), col)
+    rot = T.rotation(dp, p.device).to(torch.float64)
+    kbar = T.key_mean(p.k, True)  # (B, Hk, 1, D) fp32
+    kbar_p = _pad(kbar, 1, dp)
+    q_rot = (_pad(p.q, lq, dp).double() @ rot).float()
+    k_rot = (_pad(p.k, lk_pad, dp).double() @ rot).float() - (kbar_p.double() @ rot).float()
+    k_rot[:, :, p.len_k:] = 0.0
+    q8, q_s = quantize_int8(q_rot, dim=-1)
+    k8, k_s = quantize_int8(k_rot, dim=-1)
     g = p.heads_q // p.heads_kv
-    k = prep.k.repeat_interleave(g, dim=1)
-    ks = prep.k_scale.repeat_interleave(g, dim=1)
-    dot = (prep.q.to(torch.float64) @ k.to(torch.float64).transpose(-1, -2)).to(torch.float32)
-    t = (dot * ks[:, :, None, :]) * prep.q_scale[..., None] + prep.col_bias
+    shift = p.scale * (p.q.to(torch.float32) * kbar.repeat_interleave(g, dim=1)).sum(-1)
+    return Operands(q8, q_s.squeeze(-1) * (c / dp), k8, k_s.squeeze(-1), v, v_scale, shift, col)
+
+
+def _scores(p: AttentionProblem, ops: Operands) -> torch.Tensor:
+    """Scores in log2 units (the kernels' t), causal mask applied: (B, Hq, Lq, Lk_pad)."""
+    g = p.heads_q // p.heads_kv
+    k = ops.k.repeat_interleave(g, dim=1)
+    ks = ops.k_scale.repeat_interleave(g, dim=1)
+    dot = (ops.q.to(torch.float64) @ k.to(torch.float64).transpose(-1, -2)).to(torch.float32)
+    t = (dot * ks[:, :, None, :]) * ops.q_scale[..., None] + ops.col
     if p.is_causal:
-        lk_pad = t.shape[-1]
-        keep = torch.arange(lk_pad, device=p.device)[None, :] <= \
+        keep = torch.arange(t.shape[-1], device=p.device)[None, :] <= \
             torch.arange(p.len_q, device=p.device)[:, None] + (p.len_k - p.len_q)
         t = t.masked_fill(~keep, float("-inf"))
     return t
+
+
+def reference_forward(p: AttentionProblem, qk: str):
+    """Online softmax over FWD_BLOCK_K-key blocks, P as RNE(127 e) per block. (out (B, Hq, Lq, Dv) fp32, lse)."""
+    ops = reference_operands(p, qk)
+    g = p.heads_q // p.heads_kv
+    t_all = _scores(p, ops)
+    b, hq, lq = p.batch, p.heads_q, p.len_q
+    m = torch.full((b, hq, lq), float("-inf"), device=p.device)
+    l = torch.zeros((b, hq, lq), device=p.device)
+    acc = torch.zeros((b, hq, lq, ops.v.shape[-1]), device=p.device)
+    for j in range(ops.k.shape[2] // FWD_BLOCK_K):
+        t = t_all[..., j * FWD_BLOCK_K:(j + 1) * FWD_BLOCK_K]
+        m_blk = t.amax(-1)
+        m_new = torch.maximum(m, m_blk)
+        m_new_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        alpha, beta = torch.exp2(m - m_new_safe), torch.exp2(m_blk - m_new_safe)
+        e = torch.exp2(t - torch.where(torch.isneginf(m_blk), torch.zeros_like(m_blk), m_blk)[..., None])
+        l = l * alpha + e.sum(-1) * beta
+        vj = ops.v[:, :, j * FWD_BLOCK_K:(j + 1) * FWD_BLOCK_K].repeat_interleave(g, dim=1)
+        pv = (torch.round(e * 127.0).double() @ vj.double()).float()
+        vs = ops.v_scale[:, :, j].repeat_interleave(g, dim=1)
+        acc = acc * alpha[..., None] + (pv * (beta * (1.0 / 127.0))[..., None]) * vs[:, :, None, :]
+        m = m_new
+    live = l > 0
+    l_safe = torch.where(live, l, torch.ones_like(l))
+    out = torch.where(live[..., None], acc / l_safe[..., None], torch.zeros_like(acc))[..., :p.head_dim_v]
+    lse = torch.where(live, (m + torch.log2(l_safe)) * LN2 + ops.shift, torch.full_like(l, float("-inf")))
+    return out, lse
 
 
 def _steps(x: torch.Tensor, step: int) -> torch.Tensor:
@@ -87,14 +142,14 @@ def reference_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: tor
     """out, dout (B, Hq, Lq, Dv) (HND views), lse (B, Hq, Lq). Returns fp32 (dq, dk, dv) in HND."""
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
     g = hq // hk
-    prep = reference_operands(p, qk)
-    dp, lk_pad = prep.k.shape[3], prep.k.shape[2]
-    t = _scores(p, prep)
-    m = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), (lse - p.scale * prep.lse_shift) * LOG2E)
+    ops = reference_operands(p, qk)
+    dp, lk_pad = ops.k.shape[3], ops.k.shape[2]
+    t = _scores(p, ops)
+    m = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), (lse - ops.shift) * LOG2E)
     prob = torch.exp2(t - m[..., None])  # (B, Hq, Lq, Lk_pad)
 
     nblk = lk_pad // FWD_BLOCK_K
-    v_deq = prep.v.to(torch.float32).view(b, hk, nblk, FWD_BLOCK_K, dp) * prep.v_scale[:, :, :, None, :]
+    v_deq = ops.v.view(b, hk, nblk, FWD_BLOCK_K, dp) * ops.v_scale[:, :, :, None, :]
     v16 = v_deq.view(b, hk, lk_pad, dp).to(p.dtype).to(torch.float32).repeat_interleave(g, dim=1)
     do_pad = torch.nn.functional.pad(dout, (0, dp - dout.shape[-1]))
     d_row = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)

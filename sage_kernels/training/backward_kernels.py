@@ -1,6 +1,5 @@
 """Backward kernels of the training path (math: sage_kernels/training/reference.py).
 
-row_stats_kernel   per query row: D = rowsum(dO * O) - dLSE and the log2 row offset m (+inf where P must be 0)
 dkdv_kernel        one program per (KV block of DKV_BLOCK_K keys, batch * kv head); loops over the query heads of its
                    group and over query steps of DKV_STEP_Q: dV += P^T.dO and dK += dS^T.Q in INT8
 dq_kernel          one program per (query block of DQ_BLOCK_Q, batch * query head); loops over key steps of
@@ -13,60 +12,24 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
 from ..kernels.common import dot16, int32_to_f32
-
-
-@jit
-def row_stats_kernel(
-    O, s_ob, s_oh, s_ol, s_od,  # forward output (B, Hq, Lq, Dv) through strides
-    DO, s_gb, s_gh, s_gl, s_gd,  # its gradient, same shape
-    LSE, SHIFT, DLSE,  # fp32 (B, Hq, Lq), (B, Hq, Lq_pad), (B, Hq, Lq) (DLSE read when HAS_DLSE)
-    M, DD,  # out: fp32 (B, Hq, Lq_pad)
-    Hq, Lq, Lq_pad, DV,
-    BT: tl.constexpr, DP: tl.constexpr, HAS_DLSE: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    rows = pid_t * BT + tl.arange(0, BT)
-    cols = tl.arange(0, DP)
-    live = rows < Lq
-    msk = live[:, None] & (cols[None, :] < DV)
-    o = tl.load(O + b * s_ob + h * s_oh + rows[:, None] * s_ol + cols[None, :] * s_od, mask=msk, other=0.0)
-    do = tl.load(DO + b * s_gb + h * s_gh + rows[:, None] * s_gl + cols[None, :] * s_gd, mask=msk, other=0.0)
-    d = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-    if HAS_DLSE:
-        d -= tl.load(DLSE + pid_bh * Lq + rows, mask=live, other=0.0)
-    lse = tl.load(LSE + pid_bh * Lq + rows, mask=live, other=float("-inf"))
-    shift = tl.load(SHIFT + pid_bh * Lq_pad + rows)
-    m = tl.where(lse == float("-inf"), float("inf"), (lse - shift) * 1.4426950408889634)
-    tl.store(M + pid_bh * Lq_pad + rows, m)
-    tl.store(DD + pid_bh * Lq_pad + rows, tl.where(live, d, 0.0))
-
-
-@jit
-def _scores(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
-    """(queries, keys) scores in log2 units without the column bias, exactly as the forward kernel computes them:
-    INT8 codes times the k scale, then the q scale; or a 16-bit dot times the scalar q_scale."""
-    if QK16:
-        return dot16(q, tl.trans(k), INTERPRET) * q_scale
-    return int32_to_f32(tl.dot(q, tl.trans(k))) * k_scale[None, :] * q_scale[:, None]
+from .forward_kernel import cast, scores
 
 
 @jit
 def _scores_t(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
-    """The transpose of `_scores`, (keys, queries), with the same rounding (the products are taken in the same order)."""
+    """The transpose of forward_kernel.scores, (keys, queries), with the same rounding (same product order)."""
     if QK16:
         return dot16(k, tl.trans(q), INTERPRET) * q_scale
     return int32_to_f32(tl.dot(k, tl.trans(q))) * k_scale[:, None] * q_scale[None, :]
 
 
 @jit
-def _dequant_v(V_base, VS_base, keys, offs_d, s_vr, s_vsblk, BLOCK_V: tl.constexpr, DTYPE: tl.constexpr):
+def _dequant_v(V_base, VS_base, keys, offs_d, s_vr, s_vsblk, BLOCK_V: tl.constexpr, DTYPE: tl.constexpr,
+               INTERPRET: tl.constexpr):
     """(DP, n) tile of the forward's V, dequantized and rounded to the input dtype."""
     codes = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
     scale = tl.load(VS_base + (keys[None, :] // BLOCK_V) * s_vsblk + offs_d[:, None])
-    return (codes.to(tl.float32) * scale).to(DTYPE)
+    return cast(codes.to(tl.float32) * scale, DTYPE, INTERPRET)
 
 
 @jit
@@ -145,7 +108,7 @@ def dkdv_kernel(
     else:
         k_scale = tl.load(KS + pid_bhk * Lk_pad + keys)
     vt = tl.trans(_dequant_v(V + pid_bhk * DP * Lk_pad, VS + pid_bhk * (Lk_pad // BLOCK_V) * DP, keys, offs_d,
-                             Lk_pad, s_vsblk, BLOCK_V, DO.dtype.element_ty))  # (BN, DP)
+                             Lk_pad, s_vsblk, BLOCK_V, DO.dtype.element_ty, INTERPRET))  # (BN, DP)
     dk = tl.zeros((BN, DP), tl.float32)
     dv = tl.zeros((BN, DP), tl.float32)
     # Query steps: causal rows i see key j iff j <= i + causal_offset (bottom-right aligned).
@@ -177,9 +140,9 @@ def dkdv_kernel(
                              Lq, Lq_pad, causal_offset, DV, full, hi, SQ, DP, QK16, False, INTERPRET)
     live = keys[:, None] < Lk
     tl.store(DK + b * s_dkb + hk * s_dkh + keys[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=live & (offs_d[None, :] < D))
+             cast(dk * sm_scale, DK.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < D))
     tl.store(DVO + b * s_dvb + hk * s_dvh + keys[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-             dv.to(DVO.dtype.element_ty), mask=live & (offs_d[None, :] < DV))
+             cast(dv, DVO.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < DV))
 
 
 @jit
@@ -202,12 +165,12 @@ def _dq_steps(
             k_scale = tl.load(KS_base)
         else:
             k_scale = tl.load(KS_base + keys)
-        s = _scores(q, q_scale, k, k_scale, QK16, INTERPRET) + tl.load(col_base + keys)[None, :]
+        s = scores(q, q_scale, k, k_scale, QK16, INTERPRET) + tl.load(col_base + keys)[None, :]
         if MASKED:
             s = tl.where(keys[None, :] <= rows[:, None] + causal_offset, s, float("-inf"))
         p = tl.math.exp2(s - m[:, None])
         v_scale = tl.load(VS_base + (j0 // BLOCK_V) * s_vsblk + offs_d)
-        v = (tl.load(v_ptrs).to(tl.float32) * v_scale[:, None]).to(do.dtype)  # Ṽ^T (DP, SK), as in dkdv_kernel
+        v = cast(tl.load(v_ptrs).to(tl.float32) * v_scale[:, None], do.dtype, INTERPRET)  # Ṽ^T (DP, SK), as dkdv
         ds = p * (dot16(do, v, INTERPRET) - dd[:, None])
         # dQ += dS . K: dS per query over this step, smoothed K per channel over this step
         ds8, ds_scale = quantize_int8_jit(ds, 1)
@@ -275,4 +238,4 @@ def dq_kernel(
         dlse = tl.load(DLSE + bh * Lq + rows, mask=rows < Lq, other=0.0)
         dq += dlse[:, None] * tl.load(KBAR + bhk * DP + offs_d)[None, :]
     tl.store(DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dql + offs_d[None, :] * s_dqd,
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=(rows[:, None] < Lq) & (offs_d[None, :] < D))
+             cast(dq * sm_scale, DQ.dtype.element_ty, INTERPRET), mask=(rows[:, None] < Lq) & (offs_d[None, :] < D))
