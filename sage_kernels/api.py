@@ -44,7 +44,7 @@ def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions)
 
 
 def explain(q, k, v, *, layout="HND", precision="auto", backend="auto", is_causal=False, attn_mask=None,
-            scale=None, pv="int8") -> capabilities.Plan:
+            scale=None, pv="16bit") -> capabilities.Plan:
     """What `sage_attention` would run for these arguments, and why (nothing is computed)."""
     p = build_problem(q, k, v, layout=layout, is_causal=is_causal, attn_mask=attn_mask, scale=scale)
     return _plan(p, precision, backend, _options("block", True, False, pv, True))
@@ -110,16 +110,18 @@ def _in_layout(p: AttentionProblem, out_hnd: torch.Tensor) -> torch.Tensor:
 
 def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, attn_mask=None, scale=None,
                    return_lse=False, smooth_q="block", smooth_k=True, backend="auto", smooth_v=False,
-                   pv="int8", rotate=True, fallback="sdpa", out_layout=None):
+                   pv="16bit", rotate=True, fallback="sdpa", out_layout=None):
     """Attention with low-bit kernels.
 
     q (B, Hq, Lq, D), k and v (B, Hk, Lk, D) for layout "HND"; (B, L, H, D) for "NHD". Hk must divide Hq (GQA).
-    precision: "auto" (fp4 on Blackwell, int8 on other sm_80+ GPUs, sdpa elsewhere) | "fp4" (SageAttention3
+    precision: "auto" (fp4 on Blackwell, int8 on sm_80/86/89, SDPA on Hopper and off the GPU: see
+    capabilities.resolve_auto_precision) | "fp4" (SageAttention3
     NVFP4) | "int8" (INT8 Q.K^T and P.V) | "sdpa" (no quantization). backend: "auto" (Triton kernel, else SDPA)
     | "triton" | "reference" (the torch mirror of the kernel math, any device).
     attn_mask: bool (True = attend) or additive, broadcastable to (B, Hq, Lq, Lk); quantized kernels take masks
     that are the same for every query (key padding), others run through SDPA. is_causal is bottom-right aligned.
-    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv: "int8" | "fp8" (int8 precision);
+    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "16bit" (V unquantized)
+    | "int8" | "fp8";
     rotate: Hadamard rotation before INT8 (int8 precision). fallback: "sdpa" (log once and run SDPA) | "error".
     out_layout: the output's layout when it should differ from the inputs' (saves a transpose copy).
     Returns out (contiguous) in q's dtype and out_layout, or (out, lse) with lse (B, Hq, Lq) fp32, natural log.

@@ -28,6 +28,7 @@ class Plan:
     kernel: str  # e.g. "triton.int8", "triton.fp4.native", "triton.fp4.emulated", "reference.fp4", "torch.sdpa"
     reason: str = ""  # why this differs from the request ("" when it ran as asked)
     requested: tuple[str, str] = ("auto", "auto")
+    note: str = ""  # how precision="auto" was resolved
 
     @property
     def fallback(self) -> bool:
@@ -126,14 +127,25 @@ _CANDIDATES = {
 }
 
 
-def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> str:
-    """precision="auto": fp4 on Blackwell when its native kernel compiles, int8 on other sm_80+ GPUs, else sdpa
-    (off the GPU quantization buys no speed)."""
+# GPUs where the quantized kernels measured slower than PyTorch's SDPA: precision="auto" keeps SDPA there.
+AUTO_SDPA = {
+    90: "on Hopper the Triton int8 kernel measured 0.5-0.7x cuDNN SDPA (H200, docs/BENCHMARKS.md); "
+        "request precision='int8' explicitly for its accuracy preview",
+}
+
+
+def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, str]:
+    """precision="auto" -> (precision, note): fp4 on Blackwell when its native kernel compiles; int8 on other
+    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU (quantization buys no speed there)."""
     if dev.kind != "cuda":
-        return "sdpa"
+        return "sdpa", f"auto: {dev.kind} tensors run SDPA"
     if dev.arch in NATIVE_FP4_ARCHS and not KERNELS["triton.fp4.native"].check(p, dev):
-        return "fp4"
-    return "int8" if dev.arch >= 80 else "sdpa"
+        return "fp4", "auto: native NVFP4 kernel available"
+    if dev.arch in AUTO_SDPA:
+        return "sdpa", "auto: " + AUTO_SDPA[dev.arch]
+    if dev.arch >= 80:
+        return "int8", f"auto: int8 on sm_{dev.arch}"
+    return "sdpa", f"auto: quantized kernels need sm_80+, this GPU is sm_{dev.arch}"
 
 
 def decide(p: AttentionProblem, precision: str = "auto", backend: str = "auto") -> Plan:
@@ -143,19 +155,21 @@ def decide(p: AttentionProblem, precision: str = "auto", backend: str = "auto") 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     dev = device_info(p.device)
     requested = (precision, backend)
+    note = ""
     if precision == "auto":
-        precision = resolve_auto_precision(p, dev)
+        precision, note = resolve_auto_precision(p, dev)
     if precision == "sdpa":
-        return Plan("sdpa", "torch", "torch.sdpa", "", requested)
+        return Plan("sdpa", "torch", "torch.sdpa", "", requested, note)
     kernel_backend = "triton" if backend == "auto" else backend
     reasons = []
     for name in _CANDIDATES[(precision, kernel_backend)]:
         why = KERNELS[name].check(p, dev)
         if not why:
             spec = KERNELS[name]
-            return Plan(spec.precision, spec.backend, spec.name, "", requested)
+            return Plan(spec.precision, spec.backend, spec.name, "", requested, note)
         reasons.append(why)
-    return Plan("sdpa", "torch", "torch.sdpa", f"{precision}/{kernel_backend} unavailable: {reasons[-1]}", requested)
+    return Plan("sdpa", "torch", "torch.sdpa", f"{precision}/{kernel_backend} unavailable: {reasons[-1]}", requested,
+                note)
 
 
 def table() -> list[dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prepass import FMT_FP4_VALUES, FMT_INT8
+from .prepass import FMT_FP4_VALUES, FMT_INT8, FMT_V16
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,22 @@ def set_override(config: LaunchConfig | None) -> None:
 
 
 def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
-    """arch: compute capability * 10 of the target GPU; 0 for the interpreter (ignored there)."""
+    """arch: compute capability * 10 of the target GPU; 0 for the interpreter (ignored there).
+
+    Measured on an H200 (bench/bench_attention.py --sweep, docs/BENCHMARKS.md): 4 warps over 64 query rows lets
+    two programs share an SM (each needs ~250 registers/thread), which beats one 8-warp program of 128 rows for the
+    INT8 P.V path; 16-bit P.V at head dim 128 prefers 8 warps x 128 rows (its V tile fills shared memory).
+    Head dim 256 keeps 2 stages so the tiles fit in 227 KB of shared memory."""
     if _override is not None:
         return _override
     if not arch:
         return LaunchConfig(4, 1)
-    if qk_format == FMT_INT8 and pv_format == FMT_INT8:
-        return LaunchConfig(8, 3 if dp <= 128 else 2)
-    if qk_format == FMT_FP4_VALUES:
-        return LaunchConfig(8, 2 if dp <= 128 else 1)
-    return LaunchConfig(8, 2)
+    if dp >= 256:
+        return LaunchConfig(8, 1 if qk_format == FMT_FP4_VALUES else 2, 128)
+    if qk_format == FMT_INT8:
+        if pv_format == FMT_V16 and dp == 128:
+            return LaunchConfig(8, 3, 128)
+        return LaunchConfig(4, 3, 64)
+    if qk_format == FMT_FP4_VALUES and dp <= 64:
+        return LaunchConfig(4, 3, 64)
+    return LaunchConfig(8, 2, 128)

@@ -7,6 +7,7 @@ git clone would place it, and imported once per process. Tests reach our modules
 from __future__ import annotations
 
 import asyncio
+import atexit
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +27,17 @@ def load_pack():
         custom_nodes = Path(tempfile.mkdtemp(prefix="sage3_custom_nodes_"))
         pack_dir = custom_nodes / REGISTRY_ID
         pack_dir.symlink_to(REPO, target_is_directory=True)
+        atexit.register(_remove_link, pack_dir)
         if not asyncio.run(comfy_nodes.load_custom_node(str(pack_dir))):
             raise RuntimeError(f"ComfyUI failed to load {pack_dir} (see the log above)")
         _loaded["pack"] = sys.modules[str(pack_dir).replace(".", "_x_")]
         _loaded["comfy_nodes"] = comfy_nodes
     return _loaded["pack"], _loaded["comfy_nodes"]
+
+
+def _remove_link(pack_dir: Path) -> None:
+    pack_dir.unlink(missing_ok=True)  # the symlink only, never what it points to
+    try:
+        pack_dir.parent.rmdir()
+    except OSError:
+        pass

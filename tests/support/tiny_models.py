@@ -74,7 +74,8 @@ def _inputs(gen: torch.Generator, device, dtype, **shapes) -> dict:
 
 
 def tiny_flux(hidden: int = 64, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2, image_side: int = 8,
-              text_tokens: int = 7, context_dim: int = 32, dtype=torch.float32, device="cpu", seed: int = 0) -> TinyModel:
+              text_tokens: int = 7, context_dim: int = 32, dtype=torch.float32, device="cpu",
+              seed: int = 0) -> TinyModel:
     """Flux with `image_side`^2 image tokens (latent 2x that, patch 2) + `text_tokens` text tokens."""
     import comfy.ldm.flux.model
     import comfy.supported_models
@@ -83,7 +84,8 @@ def tiny_flux(hidden: int = 64, heads: int = 2, double_blocks: int = 2, single_b
     config = _known_fields(comfy.ldm.flux.model.FluxParams, dict(
         image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=context_dim,
         hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=double_blocks, depth_single_blocks=single_blocks,
-        axes_dim=_rope_axes(hidden // heads), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True))
+        axes_dim=_rope_axes(hidden // heads), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+        txt_ids_dims=[]))  # txt_ids_dims: newer ComfyUI (Flux.1 uses none)
     patcher = _patcher(comfy.supported_models.Flux(config), dtype, device, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     inputs = _inputs(gen, device, dtype, x=(1, 16, 2 * image_side, 2 * image_side),

@@ -1,0 +1,240 @@
+"""The object installed as transformer_options["optimized_attention_override"] by the Sage3 nodes.
+
+Per call: parse it (call.py), find its step and site, then pick what runs:
+  low_precision_attention=False      -> the original path (the model asked for full precision)
+  plan is a fallback (explain says)  -> fallback="error": raise; "sdpa": log once per reason, original path
+  calibration step (Quality node)    -> run the kernel and SDPA, record their similarity, return SDPA's output
+  kept step / kept block / demoted   -> the policy's high precision (int8 or sdpa), if that is higher
+  otherwise                          -> sage_kernels.sage_attention at the patch's precision
+"The original path" is the override the input model already had (chained), else ComfyUI's own backend `func`,
+called with exactly the arguments ComfyUI passed. All attention math is in sage_kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import sage_kernels
+
+from .call import AttentionCall, CallNotUnderstood, parse_call
+from .log import LogBook, logger
+from .policy import DEFAULT_FP4_HYBRID, Policy
+from .run_stats import RunRecorder, RunStats, SiteStats
+from .sites import SiteKey, SiteTracker
+from .steps import StepLocator
+
+PRECISIONS = ("auto", "fp4", "int8", "sdpa")
+FALLBACKS = ("sdpa", "error")
+SMOOTH_Q = ("block", "global", "off")
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class Sage3FallbackError(RuntimeError):
+    """fallback="error" and a call cannot run at the requested precision."""
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    precision: str = "auto"
+    fallback: str = "sdpa"
+    smooth_q: str = "block"
+
+    def __post_init__(self):
+        for name, value, allowed in (("precision", self.precision, PRECISIONS),
+                                     ("fallback", self.fallback, FALLBACKS), ("smooth_q", self.smooth_q, SMOOTH_Q)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def describe(self) -> str:
+        return f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}"
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> float:
+    """Cosine similarity of two outputs, accumulated in fp32 chunks (video outputs have ~1e8 elements)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    dot = norm_a = norm_b = torch.zeros((), dtype=torch.float32, device=a.device)
+    for start in range(0, a.numel(), chunk):
+        x, y = a[start:start + chunk].float(), b[start:start + chunk].float()
+        dot, norm_a, norm_b = dot + x @ y, norm_a + x @ x, norm_b + y @ y
+    return float(dot / (norm_a.sqrt() * norm_b.sqrt()).clamp_min(1e-30))
+
+
+class Sage3Override:
+    def __init__(self, settings: PatchSettings, policy: Policy | None = None, prior=None,
+                 log_book: LogBook | None = None):
+        self.settings = settings
+        self.policy = policy  # None: the default fp4 hybrid
+        self.prior = prior  # the override the input model had, called for the original path
+        self.log_book = log_book or LogBook()
+        self.recorder = RunRecorder()
+        self._steps = StepLocator()
+        self._sites = SiteTracker()
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone() deep-copies model_options: keep one shared state
+
+    def with_policy(self, policy: Policy) -> "Sage3Override":
+        """A new override with the same settings, chain and log book, a new policy and fresh stats."""
+        return Sage3Override(self.settings, policy, self.prior, self.log_book)
+
+    @property
+    def effective_policy(self) -> Policy:
+        return self.policy or DEFAULT_FP4_HYBRID
+
+    def describe(self) -> str:
+        chain = f"; original path: chained {type(self.prior).__name__}" if self.prior is not None else ""
+        return f"{self.settings.describe()}; {self.effective_policy.describe()}{chain}"
+
+    # ---- ComfyUI entry point -------------------------------------------------------------------------------------
+
+    def __call__(self, func, *args, **kwargs):
+        return _dispatch_outside_compile(self, func, args, kwargs)
+
+    def _dispatch(self, func, args, kwargs):
+        options = kwargs.get("transformer_options") or {}
+        step = self._steps.locate(options)
+        run = self.recorder.observe(step)
+        try:
+            call = parse_call(args, kwargs)
+        except CallNotUnderstood as exc:
+            site = self._sites.key(options, 0, 0)
+            stats = run.site(site)
+            stats.calls += 1
+            return self._fall_back(stats, site, f"call not understood: {exc}", func, args, kwargs)
+        site = self._sites.key(call.transformer_options, call.len_q, call.len_k)
+        stats = run.site(site)
+        stats.calls += 1
+        if not call.low_precision_allowed:
+            stats.opt_outs += 1
+            return self._original(func, args, kwargs)
+        policy = self.effective_policy
+        plan = self._plan(call, self.settings.precision)
+        if plan.fallback:
+            return self._fall_back(stats, site, plan.reason, func, args, kwargs)
+        if plan.precision != "sdpa" and policy.calibrates(step):
+            return self._calibrate(call, plan, stats, site, policy, func, args, kwargs)
+        kept_because = self._kept_because(policy, plan.precision, step, site, stats)
+        if kept_because:
+            stats.kept[kept_because] += 1
+            plan = self._plan(call, policy.high_precision)
+            if plan.fallback:
+                return self._fall_back(stats, site, plan.reason, func, args, kwargs)
+        try:
+            out = self._attend(call, plan)
+        except _KernelFailed as exc:
+            return self._fall_back(stats, site, str(exc), func, args, kwargs)
+        stats.kernels[plan.kernel] += 1
+        return call.to_comfy(out)
+
+    # ---- decisions -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _plan(call: AttentionCall, precision: str) -> sage_kernels.Plan:
+        try:
+            return sage_kernels.explain(call.q, call.k, call.v, precision=precision, **call.api_kwargs())
+        except sage_kernels.SageAttentionInputError as exc:
+            return sage_kernels.Plan("sdpa", "torch", "torch.sdpa", f"input not supported: {exc}", (precision, "auto"))
+
+    @staticmethod
+    def _kept_because(policy: Policy, precision: str, step, site: SiteKey, stats: SiteStats) -> str:
+        if not policy.raises(precision):
+            return ""
+        if stats.demoted:
+            return "demoted by calibration"
+        if policy.keeps_step(step):
+            return "kept step"
+        rule = policy.kept_block(site.block_type, site.block_index)
+        return f"kept block {rule}" if rule is not None else ""
+
+    # ---- actions -------------------------------------------------------------------------------------------------
+
+    def _attend(self, call: AttentionCall, plan: sage_kernels.Plan) -> torch.Tensor:
+        try:
+            return sage_kernels.sage_attention(
+                call.q, call.k, call.v, precision=plan.precision, smooth_q=self.settings.smooth_q,
+                fallback="error", out_layout=call.out_layout, **call.api_kwargs())
+        except _OUT_OF_MEMORY:
+            raise  # ComfyUI's own memory handling must see it
+        except Exception as exc:  # noqa: BLE001  (any kernel failure: a fallback, or raised with fallback="error")
+            if self.settings.fallback == "error":
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise _KernelFailed(f"kernel {plan.kernel} raised {type(exc).__name__}: {first_line}") from exc
+
+    def _calibrate(self, call, plan, stats: SiteStats, site: SiteKey, policy: Policy, func, args, kwargs):
+        try:
+            low = self._attend(call, plan)
+            full = self._attend(call, self._plan(call, "sdpa"))
+        except _KernelFailed as exc:
+            return self._fall_back(stats, site, str(exc), func, args, kwargs)
+        similarity = _cosine(low, full)
+        stats.kernels[plan.kernel] += 1
+        stats.kernels["torch.sdpa"] += 1
+        stats.calibration_calls += 1
+        stats.calibrated_kernel = plan.kernel
+        if stats.similarity is None or math.isnan(similarity) or similarity < stats.similarity:
+            stats.similarity = similarity  # the worst seen; a NaN sticks (it must show in the report)
+        if not similarity >= policy.min_similarity:  # NaN demotes too
+            stats.demoted = True
+        return call.to_comfy(full)
+
+    def _fall_back(self, stats: SiteStats, site: SiteKey, reason: str, func, args, kwargs):
+        if self.settings.fallback == "error":
+            raise Sage3FallbackError(
+                f"Sage3 Attention Patch ({self.settings.describe()}) cannot run the attention call at "
+                f"{site.label()}: {reason}. Set fallback to 'sdpa' to run ComfyUI's attention for such calls.")
+        self.log_book.once(reason, f"Sage3 Attention: {reason}; running the original attention for these calls "
+                                   f"(logged once per reason; counts in the Sage3 Attention Report)")
+        stats.fallbacks[reason] += 1
+        return self._original(func, args, kwargs)
+
+    def _original(self, func, args, kwargs):
+        if self.prior is not None:
+            return self.prior(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    # ---- sampler runs (OUTER_SAMPLE wrapper) -----------------------------------------------------------------------
+
+    def begin_sampler_run(self) -> None:
+        self.recorder.enter_sampler()
+
+    def end_sampler_run(self) -> RunStats | None:
+        run = self.recorder.exit_sampler()
+        if run is not None:
+            self._steps.forget()
+            self._sites.forget()
+            from .report_text import summary  # local: report_text imports this module's names
+
+            logger.info(summary(run, self))
+        return run
+
+
+class _KernelFailed(Exception):
+    pass
+
+
+def _dispatch(override: Sage3Override, func, args, kwargs):
+    return override._dispatch(func, args, kwargs)
+
+
+# torch.compile must not trace into the dispatcher (dict lookups, .item() calls, Triton launches): a graph break.
+_dispatch_outside_compile = torch.compiler.disable(_dispatch) if hasattr(torch, "compiler") else _dispatch
+
+
+class SamplerRunScope:
+    """OUTER_SAMPLE wrapper: marks the start and end of each sampler run for an override."""
+
+    def __init__(self, override: Sage3Override):
+        self.override = override
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, *args, **kwargs):
+        self.override.begin_sampler_run()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.override.end_sampler_run()

@@ -1,0 +1,45 @@
+"""Node "Sage3 Attention Patch": returns a clone of the model whose attention runs through sage_kernels."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .override import PatchSettings, Sage3Override
+from .patching import patched_clone, prior_for_new_patch
+
+NODE_ID = "Sage3AttentionPatch"  # other packs and saved workflows refer to this id: keep it
+DISPLAY_NAME = "Sage3 Attention Patch"
+QK_SMOOTHING = {"per_block": "block", "global": "global", "off": "off"}  # widget value -> sage_kernels smooth_q
+
+
+class Sage3AttentionPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_ID,
+            display_name=DISPLAY_NAME,
+            category="model_patches/sage3",
+            description="Runs the model's attention through low-bit Sage3 kernels (fp4 / int8). Put it last on the "
+                        "MODEL path, right before the guider or sampler.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("precision", options=["auto", "fp4", "int8", "sdpa"], default="auto",
+                               tooltip="auto: fp4 on Blackwell, int8 on other sm_80+ GPUs, PyTorch SDPA elsewhere. "
+                                       "fp4 keeps the first and last sampling steps at int8 unless a Sage3 Attention "
+                                       "Quality node says otherwise."),
+                io.Combo.Input("fallback", options=["sdpa", "error"], default="sdpa",
+                               tooltip="What to do with calls the kernel cannot run (masks that vary per query, "
+                                       "unsupported GPU or dtype...). sdpa: run ComfyUI's attention and log the reason "
+                                       "once. error: stop with the reason."),
+                io.Combo.Input("qk_smoothing", options=list(QK_SMOOTHING), default="per_block",
+                               tooltip="Q smoothing before quantization: per_block (SageAttention3), global, off."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, precision="auto", fallback="sdpa", qk_smoothing="per_block") -> io.NodeOutput:
+        if qk_smoothing not in QK_SMOOTHING:
+            raise ValueError(f"qk_smoothing must be one of {list(QK_SMOOTHING)}, got {qk_smoothing!r}")
+        settings = PatchSettings(precision=precision, fallback=fallback, smooth_q=QK_SMOOTHING[qk_smoothing])
+        override = Sage3Override(settings, policy=None, prior=prior_for_new_patch(model))
+        return io.NodeOutput(patched_clone(model, override))

@@ -1,0 +1,124 @@
+"""What happened during a sampling run: per call site, which kernel ran, fallbacks, calibration, opt-outs.
+
+A run is one sampler invocation. Its edges come from ComfyUI's OUTER_SAMPLE wrapper when the model goes through a
+sampler (exact, and the end is where the summary is logged). Without one (direct model calls) a run is inferred:
+a new one starts when the schedule in transformer_options["sample_sigmas"] changes or the step index returns to 0.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .sites import SiteKey
+from .steps import StepInfo
+
+
+@dataclass
+class SiteStats:
+    calls: int = 0  # attention calls made at this site
+    kernels: Counter = field(default_factory=Counter)  # kernel name -> calls
+    fallbacks: Counter = field(default_factory=Counter)  # reason -> calls
+    kept: Counter = field(default_factory=Counter)  # why it ran at high precision -> calls
+    opt_outs: int = 0  # low_precision_attention=False calls
+    similarity: float | None = None  # lowest cosine similarity seen while calibrating
+    calibrated_kernel: str = ""
+    calibration_calls: int = 0  # calls that ran both the kernel and SDPA
+    demoted: bool = False
+
+
+@dataclass
+class RunStats:
+    number: int
+    source: str  # "sampler" | "inferred"
+    schedule: tuple[float, ...] | None = None
+    total_steps: int | None = None
+    steps_seen: set = field(default_factory=set)
+    last_step: int | None = None
+    sites: dict = field(default_factory=dict)  # SiteKey -> SiteStats
+    finished: bool = False
+
+    def site(self, key: SiteKey) -> SiteStats:
+        stats = self.sites.get(key)
+        if stats is None:
+            stats = self.sites[key] = SiteStats()
+        return stats
+
+    def see_step(self, step: StepInfo | None) -> None:
+        if step is None:
+            return
+        if self.schedule is None:
+            self.schedule, self.total_steps = step.schedule, step.total
+        self.steps_seen.add(step.index)
+        self.last_step = step.index
+
+    def starts_new_run(self, step: StepInfo | None) -> bool:
+        if step is None or self.schedule is None:
+            return False
+        return step.schedule != self.schedule or (step.index == 0 and self.last_step not in (None, 0))
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.sites.values())
+
+    def kernel_totals(self) -> Counter:
+        total = Counter()
+        for s in self.sites.values():
+            total.update(s.kernels)
+        return total
+
+    def fallback_totals(self) -> Counter:
+        total = Counter()
+        for s in self.sites.values():
+            total.update(s.fallbacks)
+        return total
+
+    def kept_totals(self) -> Counter:
+        total = Counter()
+        for s in self.sites.values():
+            total.update(s.kept)
+        return total
+
+    @property
+    def opt_outs(self) -> int:
+        return sum(s.opt_outs for s in self.sites.values())
+
+    def calibrated_sites(self) -> dict:
+        return {k: s for k, s in self.sites.items() if s.similarity is not None}
+
+    def demoted_sites(self) -> list:
+        return [k for k, s in self.sites.items() if s.demoted]
+
+
+class RunRecorder:
+    """Holds the latest run (in progress or finished) for one override."""
+
+    def __init__(self):
+        self.run: RunStats | None = None
+        self._count = 0
+        self._sampler_depth = 0
+
+    def _begin(self, source: str) -> RunStats:
+        self._count += 1
+        self.run = RunStats(self._count, source)
+        return self.run
+
+    def enter_sampler(self) -> None:
+        self._sampler_depth += 1
+        if self._sampler_depth == 1:
+            self._begin("sampler")
+
+    def exit_sampler(self) -> RunStats | None:
+        """Returns the finished run when the outermost sampler exits."""
+        self._sampler_depth = max(0, self._sampler_depth - 1)
+        if self._sampler_depth or self.run is None:
+            return None
+        self.run.finished = True
+        return self.run
+
+    def observe(self, step: StepInfo | None) -> RunStats:
+        """The run this call belongs to (starting an inferred one when needed), with its step recorded."""
+        run = self.run
+        if self._sampler_depth == 0 and (run is None or run.finished or run.starts_new_run(step)):
+            run = self._begin("inferred")
+        run.see_step(step)
+        return run
