@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
@@ -37,6 +38,8 @@ NVFP4_MMA = {
     10: ("tcgen05.mma", "kind::mxf4nvf4", "block_scale", "scale_vec::4X"),
     12: ("mma.sync", "kind::mxf4nvf4", "block_scale", "scale_vec::4X", "ue4m3"),
 }
+# Shared memory one program may use (opt-in maximum per block, CUDA C++ Programming Guide, per compute capability).
+SMEM_LIMIT = {9: 232448, 10: 232448, 12: 101376}
 _MMA_RE = re.compile(r"\b((?:tcgen05\.mma|mma\.sync|wgmma\.mma_async)[\w.:]*)")
 
 
@@ -48,6 +51,7 @@ class Result:
     num_stages: int
     mma: tuple[str, ...]  # distinct MMA opcodes with their modifiers
     registers: int | None
+    shared: int | None  # bytes of shared memory per program
     spill_stores: int | None  # bytes
     spill_loads: int | None
     passed: bool
@@ -76,20 +80,10 @@ def capability(arch: str) -> int:
     return int(m.group(1))
 
 
-# ---------------------------------------------------------------- recording run.py's launches
+# ---------------------------------------------------------------- recording run.py's launches (kernels/aot.py)
 
 
-class _Recorder:
-    """Stands in for a jitted kernel: `kernel[grid](*args, **kwargs)` records the call instead of launching."""
-
-    def __init__(self, fn, calls: list):
-        self.fn, self.calls = fn, calls
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs))
-
-
-def _specialize(fn, args, kwargs, target_cc: int):
+def _specialize(fn, args, kwargs):
     """Signature, constexprs and 16-byte-aligned argument indices the JIT would derive from these arguments."""
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import BaseBackend
@@ -128,7 +122,7 @@ def _problem(dp: int, causal: bool):
 def record_launches(cc: int, dps=HEAD_DIMS, native: bool = True) -> list[Launch]:
     """The fp4 launches kernels/run.py issues on a GPU of capability `cc` (attention per head dim, causal or not,
     with or without LSE; the FP4 pre-pass kernels), deduplicated."""
-    from .kernels import configs
+    from .kernels import aot, configs
     from .kernels import run as kernel_run
     from .options import QuantOptions
 
@@ -136,21 +130,19 @@ def record_launches(cc: int, dps=HEAD_DIMS, native: bool = True) -> list[Launch]
     for dp in dps:
         for causal in (False, True):
             for lse in (False, True):
-                calls: list = []
-                with contextlib.ExitStack() as stack:
-                    for name in ("attention_kernel", "prep_rows_kernel", "prep_v_kernel", "column_bias_kernel"):
-                        stack.enter_context(mock.patch.object(kernel_run, name,
-                                                              _Recorder(getattr(kernel_run, name), calls)))
+                with contextlib.ExitStack() as stack:  # run.py as on a GPU of capability cc, kernels recorded
                     stack.enter_context(mock.patch.object(kernel_run, "launch_config",
                                                           lambda _arch, *a: configs.launch_config(cc, *a)))
                     stack.enter_context(mock.patch.object(kernel_run, "interpreter_active", lambda: False))
+                    calls = stack.enter_context(aot.recording())
                     kernel_run.run(_problem(dp, causal), "fp4", QuantOptions(), lse, native_fp4=native)
                 rows_seen = 0
-                for fn, args, kwargs in calls:
+                for call in calls:
+                    fn, args, kwargs = call.kernel, call.args, call.kwargs
                     fname = fn.__name__
                     if fname == "column_bias_kernel":
                         continue  # not an fp4 kernel (bf16/fp32 dots)
-                    sig, cst, aligned, nw, ns = _specialize(fn, args, kwargs, cc)
+                    sig, cst, aligned, nw, ns = _specialize(fn, args, kwargs)
                     if fname == "attention_kernel":
                         name = f"attention d{dp}" + (" causal" if causal else "") + (" lse" if lse else "")
                     elif fname == "prep_rows_kernel":
@@ -160,8 +152,9 @@ def record_launches(cc: int, dps=HEAD_DIMS, native: bool = True) -> list[Launch]
                         name = f"prep_v d{dp}"
                     launch = Launch(name, fn.fn.__module__, fname, sig, cst, aligned, nw, ns,
                                     fname == "attention_kernel")
-                    launches.setdefault((name, repr(sorted(sig.items())), repr(sorted(cst.items()))), launch)
-    return list(launches.values())
+                    key = (not launch.is_attention, dp, name, repr(sorted(sig.items())), repr(sorted(cst.items())))
+                    launches.setdefault(key, launch)
+    return [launches[key] for key in sorted(launches)]  # attention kernels first, then by head dim
 
 
 # ---------------------------------------------------------------- compiling one launch
@@ -186,11 +179,24 @@ def _captured_stderr():
 
 
 def _first_error(text: str, exc: BaseException) -> str:
-    for line in text.splitlines():
-        if "error:" in line:
-            return line.split("error:", 1)[1].strip()
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[-1] if msg else ''}".strip()
+    """The most specific line of a failed compile: an MLIR error, else a failed assertion, else the exception;
+    with the pass that failed when MLIR names it."""
+    lines = text.splitlines()
+    detail = next((ln.split("error:", 1)[1].strip() for ln in lines
+                   if "error:" in ln and "Failures have been detected" not in ln), "")
+    if not detail:
+        assertion = re.search(r"Assertion `(.+?)' failed", text)
+        msg = str(exc).strip().splitlines()
+        detail = f"assertion `{assertion.group(1)}` failed" if assertion else \
+            f"{type(exc).__name__}: {msg[-1] if msg else ''}".strip()
+    failed_pass = re.search(r"Pipeline failed while executing \[`(\w+)`", text)
+    return detail + (f" (in {failed_pass.group(1)})" if failed_pass else "")
+
+
+def _parse_ptxas_log(log: str) -> tuple[int, int, int] | None:
+    regs = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (int(regs[-1]), int(spills[-1][0]), int(spills[-1][1])) if regs and spills else None
 
 
 def ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
@@ -205,11 +211,10 @@ def ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
                                src, "-o", os.path.join(d, "k.cubin")], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"ptxas failed: {proc.stderr.strip().splitlines()[-1:]}")
-    regs = re.findall(r"Used (\d+) registers", proc.stderr)
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)
-    if not regs or not spills:
+    report = _parse_ptxas_log(proc.stderr)
+    if report is None:
         raise RuntimeError(f"unexpected ptxas -v output: {proc.stderr[-300:]}")
-    return int(regs[-1]), int(spills[-1][0]), int(spills[-1][1])
+    return report
 
 
 def mma_instructions(ptx: str) -> tuple[str, ...]:
@@ -232,9 +237,11 @@ def compile_launch(launch: Launch, cc: int) -> Result:
     fn = getattr(importlib.import_module(launch.module), launch.function)
     attrs = {(i,): [["tt.divisibility", 16]] for i in launch.aligned}
     failed = dict(arch=arch, kernel=launch.name, num_warps=launch.num_warps, num_stages=launch.num_stages, mma=(),
-                  registers=None, spill_stores=None, spill_loads=None, passed=False)
-    try:
-        with _captured_stderr() as err:
+                  registers=None, shared=None, spill_stores=None, spill_loads=None, passed=False)
+    log = io.StringIO()
+    try:  # Triton runs ptxas -v itself on a fresh compile; with dump_ptxas_log it prints that report
+        with _captured_stderr() as err, contextlib.redirect_stdout(log), triton.knobs.nvidia.scope():
+            triton.knobs.nvidia.dump_ptxas_log = True
             compiled = triton.compile(ASTSource(fn=fn, signature=launch.signature, constexprs=launch.constexprs,
                                                 attrs=attrs),
                                       target=GPUTarget("cuda", cc, 32),
@@ -243,10 +250,11 @@ def compile_launch(launch: Launch, cc: int) -> Result:
         return Result(**failed, reason=f"compile failed: {_first_error(err['text'], exc)}"[:300])
     ptx = compiled.asm["ptx"]
     mma = mma_instructions(ptx)
+    shared = int(compiled.metadata.shared)
     try:
-        regs, st, ld = ptxas_report(ptx, cc)
+        regs, st, ld = _parse_ptxas_log(log.getvalue()) or ptxas_report(ptx, cc)  # the latter on a cache hit
     except Exception as exc:
-        return Result(**{**failed, "mma": mma}, reason=str(exc)[:300])
+        return Result(**{**failed, "mma": mma, "shared": shared}, reason=str(exc)[:300])
     reasons = []
     if launch.is_attention:
         if cc // 10 not in NVFP4_MMA:
@@ -259,7 +267,9 @@ def compile_launch(launch: Launch, cc: int) -> Result:
                 reasons.append(f"MMA other than NVFP4 block-scaled: {', '.join(other)}")
     if st or ld:
         reasons.append(f"spills: {st} B stores, {ld} B loads")
-    return Result(arch, launch.name, launch.num_warps, launch.num_stages, mma, regs, st, ld, not reasons,
+    if shared > SMEM_LIMIT.get(cc // 10, 0):
+        reasons.append(f"{shared} B of shared memory > {SMEM_LIMIT.get(cc // 10, 0)} B available on sm_{cc}")
+    return Result(arch, launch.name, launch.num_warps, launch.num_stages, mma, regs, shared, st, ld, not reasons,
                   "; ".join(reasons))
 
 
@@ -274,10 +284,11 @@ def _kernels_are_jitted() -> bool:
     return isinstance(attention_kernel, JITFunction)
 
 
-def _check_in_subprocess(archs, dps, native: bool) -> list[Result]:
+def _check_in_subprocess(archs, dps, native: bool, attention_only: bool) -> list[Result]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "sage_kernels.compile_check", "--json", "--arch", *archs,
-           "--dp", *map(str, dps), "--format", "codes" if native else "values"]
+           "--dp", *map(str, dps), "--format", "codes" if native else "values"] + \
+        (["--attention-only"] if attention_only else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
     try:
@@ -287,13 +298,15 @@ def _check_in_subprocess(archs, dps, native: bool) -> list[Result]:
     return [Result(**{**r, "mma": tuple(r["mma"])}) for r in rows]
 
 
-def check_many(archs=TARGETS, dps=HEAD_DIMS, native: bool = True, jobs: int | None = None) -> list[Result]:
+def check_many(archs=TARGETS, dps=HEAD_DIMS, native: bool = True, attention_only: bool = False,
+               jobs: int | None = None) -> list[Result]:
     if not _kernels_are_jitted():
-        return _check_in_subprocess(list(archs), list(dps), native)
+        return _check_in_subprocess(list(archs), list(dps), native, attention_only)
     work = []
     for arch in archs:
         cc = capability(arch)
-        work += [(launch, cc) for launch in record_launches(cc, dps, native)]
+        work += [(launch, cc) for launch in record_launches(cc, dps, native)
+                 if launch.is_attention or not attention_only]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     if jobs == 1:
         return [compile_launch(launch, cc) for launch, cc in work]
@@ -304,9 +317,9 @@ def check_many(archs=TARGETS, dps=HEAD_DIMS, native: bool = True, jobs: int | No
         return list(pool.map(compile_launch, *zip(*work)))
 
 
-def check(arch: str, dps=HEAD_DIMS, native: bool = True) -> list[Result]:
+def check(arch: str, dps=HEAD_DIMS, native: bool = True, attention_only: bool = False) -> list[Result]:
     """Results for one target ('sm_100a', 'sm_120a', ...): native fp4 attention kernels and FP4 pre-pass kernels."""
-    return check_many((arch,), dps, native)
+    return check_many((arch,), dps, native, attention_only)
 
 
 def format_table(results: list[Result]) -> str:
@@ -314,9 +327,10 @@ def format_table(results: list[Result]) -> str:
     for arch in dict.fromkeys(r.arch for r in results):
         rows = [r for r in results if r.arch == arch]
         lines.append(f"{arch}: {sum(r.passed for r in rows)}/{len(rows)} PASS")
-        header = ("kernel", "warps", "stages", "regs", "spill st/ld B", "MMA instructions", "result")
+        header = ("kernel", "warps", "stages", "regs", "spill st/ld B", "smem KB", "MMA instructions", "result")
         table = [header] + [(r.kernel, str(r.num_warps), str(r.num_stages), "-" if r.registers is None else str(r.registers),
                              "-" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}",
+                             "-" if r.shared is None else f"{r.shared / 1024:.1f}",
                              ", ".join(r.mma) or "-", "PASS" if r.passed else f"FAIL: {r.reason}") for r in rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
         for row in table:
@@ -331,11 +345,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dp", nargs="+", type=int, default=list(HEAD_DIMS), help="padded head dims (64, 128, 256)")
     ap.add_argument("--format", choices=("codes", "values"), default="codes",
                     help="codes: the native kernel (default); values: the bf16 emulation (a negative control)")
+    ap.add_argument("--attention-only", action="store_true", help="skip the pre-pass kernels")
     ap.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # before the kernels are decorated
-    results = check_many(args.arch, args.dp, args.format == "codes", args.jobs)
+    results = check_many(args.arch, args.dp, args.format == "codes", args.attention_only, args.jobs)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in results]))
     else:

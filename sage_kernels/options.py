@@ -14,7 +14,7 @@ class QuantOptions:
     smooth_q: str = "block"  # "block" (per 128 query tokens) | "global" | "off"
     smooth_k: bool = True
     smooth_v: bool = False  # subtract the per-channel token mean of V, add it back after normalisation
-    rotate: bool = True  # int8 only: Hadamard rotation of Q and K before per-token INT8
+    rotate: bool = True  # Hadamard rotation of Q and K before quantization (spreads outlier channels)
     # int8 precision only: P.V in 16-bit (V unquantized; default: on Hopper it measured as fast as INT8 P.V in
     # Triton and twice as accurate), INT8 (P scaled by its block max, V per channel and block) or FP8 E4M3.
     pv: str = "16bit"

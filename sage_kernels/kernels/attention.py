@@ -15,9 +15,10 @@ The torch mirror is sage_kernels/reference/quantized.py.
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_jit
+from ..formats.e2m1 import nvfp4_block_jit
 from ..formats.e4m3 import round_e4m3_jit
-from .common import dot16, dot16_acc, int32_scaled, p_to_int8, pack_pairs
+from .common import dot16, dot16_acc, int32_scaled, p_to_int8
+from .fp4_native import native_pv, native_qk
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
 
@@ -37,10 +38,7 @@ def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m,
         k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
         s = dot16(q, tl.trans(k), INTERPRET)
     else:
-        k = tl.load(K_base + keys[:, None] * s_kl + tl.arange(0, DP // 2)[None, :])
-        k_sf = tl.load(KSF_base + keys[:, None] * (DP // 16) + tl.arange(0, DP // 16)[None, :])
-        k_g = tl.load(KS_base + keys)
-        s = tl.dot_scaled(q, q_sf, "e2m1", tl.trans(k), k_sf, "e2m1") * k_g[None, :]
+        s = native_qk(q, q_sf, K_base, KSF_base, s_kl, start_n, q_scale, BN, DP) * tl.load(KS_base + keys)[None, :]
     if QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
         if HAS_COL:
             s = s * q_scale + tl.load(col_base + keys)[None, :]
@@ -99,11 +97,7 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
             pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
             contrib = pv * (beta * (1.0 / 2688.0))[:, None]
         else:
-            v = tl.load(V_base + offs_d[:, None] * s_vr + (start_n // 2 + tl.arange(0, BN // 2))[None, :])
-            v_sf = tl.load(VSF_base + offs_d[:, None] * s_vsblk + (start_n // 16 + tl.arange(0, BN // 16))[None, :])
-            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
-            p_codes = pack_pairs(e2m1_codes_jit(tl.reshape(r, (BM, BN))), BM, BN)
-            pv = tl.dot_scaled(p_codes, sc.to(tl.float8e4nv), "e2m1", tl.trans(v), v_sf, "e2m1")
+            pv = native_pv(e, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i, BM, BN, DP)
             contrib = pv * (beta * (1.0 / 2688.0))[:, None]
         acc = acc * alpha[:, None] + contrib
     m_i = m_new

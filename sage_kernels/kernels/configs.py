@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prepass import FMT_FP4_VALUES, FMT_INT8, FMT_V16
+from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_INT8, FMT_V16
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchC
         return _override
     if not arch:
         return LaunchConfig(4, 1)
+    if qk_format == FMT_FP4_CODES:  # native NVFP4: the configs `python -m sage_kernels.compile_check` passes spill-free
+        return LaunchConfig(8, 3 if arch // 10 == 10 else 2, 128)
     if dp >= 256:
         return LaunchConfig(8, 1 if qk_format == FMT_FP4_VALUES else 2, 128)
     if qk_format == FMT_INT8:
@@ -47,3 +49,8 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchC
     if qk_format == FMT_FP4_VALUES and dp <= 64:
         return LaunchConfig(4, 3, 64)
     return LaunchConfig(8, 2, 128)
+
+
+def prepass_warps(dp: int, fmt: int) -> int:
+    """Warps of the pre-pass kernels (a (128, DP) fp32 tile per program): NVFP4 codes at DP >= 128 spill at 4."""
+    return 8 if fmt == FMT_FP4_CODES and dp >= 128 else 4

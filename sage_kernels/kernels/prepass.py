@@ -49,7 +49,8 @@ def prep_rows_kernel(
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
     ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Q or K rows: subtract the mean (K smoothing / Q smoothing), optionally rotate, quantize per row."""
+    """Q or K rows: subtract the mean (K smoothing / Q smoothing), optionally rotate (Hadamard), quantize per row
+    (INT8, or NVFP4 along the head dim with a per-row power-of-two second level)."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -71,17 +72,17 @@ def prep_rows_kernel(
     if WRITE_SHIFT:
         kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
         tl.store(SHIFT + out_rows, sm_scale * tl.sum(xs * kbar[None, :], axis=1))
+    if ROTATE:
+        r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
+        # (x - mean) R == x R - mean R: x R is exact from the raw inputs, mean R is fp32.
+        if X_FP32:  # two bf16 terms carry fp32 inputs to ~2**-17, far below the quantizers' steps
+            x_hi = x.to(tl.bfloat16)
+            xr = dot16(x_hi, r, INTERPRET) + dot16((x - x_hi.to(tl.float32)).to(tl.bfloat16), r, INTERPRET)
+        else:
+            xr = dot16(x_raw, r, INTERPRET)
+        mr = tl.sum(mean[:, None] * r.to(tl.float32), axis=0)
+        xs = tl.where(live[:, None], xr - mr[None, :], 0.0)
     if FORMAT == C_INT8:
-        if ROTATE:
-            r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
-            # (x - mean) R == x R - mean R: x R is exact from the raw inputs, mean R is fp32.
-            if X_FP32:  # two bf16 terms carry fp32 inputs to ~2**-17, far below INT8's step
-                x_hi = x.to(tl.bfloat16)
-                xr = dot16(x_hi, r, INTERPRET) + dot16((x - x_hi.to(tl.float32)).to(tl.bfloat16), r, INTERPRET)
-            else:
-                xr = dot16(x_raw, r, INTERPRET)
-            mr = tl.sum(mean[:, None] * r.to(tl.float32), axis=0)
-            xs = tl.where(live[:, None], xr - mr[None, :], 0.0)
         codes, scale = quantize_int8_jit(xs, 1)
         tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
         tl.store(OUT_SCALE + out_rows, scale * row_factor)

@@ -18,7 +18,7 @@ from ..formats.e2m1 import tensor_scale
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
-from .configs import launch_config
+from .configs import launch_config, prepass_warps
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
 
@@ -45,6 +45,7 @@ class Operands:
     dp: int
     lq_pad: int
     lk_pad: int
+    score_factor: float  # sm_scale * log2(e) / (rotation's dp): what the fp4-values kernel multiplies scores by
 
 
 def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
@@ -62,13 +63,18 @@ def _empty(dev, dtype=torch.float32):
     return torch.empty(1, dtype=dtype, device=dev)
 
 
+def _unused(dev):
+    """Placeholder for a buffer the launched variant never touches (uint8: fp8 pointers do not compile on sm_80)."""
+    return torch.empty(1, dtype=torch.uint8, device=dev)
+
+
 def _row_buffers(b, h, l_pad, dp, fmt, dev):
     """(values/codes, fp32 per-row scale, E4M3 block scales) for Q or K in the given format."""
     if fmt == FMT_INT8:
         return (torch.empty(b, h, l_pad, dp, dtype=torch.int8, device=dev),
-                torch.empty(b, h, l_pad, dtype=torch.float32, device=dev), _empty(dev, torch.float8_e4m3fn))
+                torch.empty(b, h, l_pad, dtype=torch.float32, device=dev), _unused(dev))
     if fmt == FMT_FP4_VALUES:
-        return torch.empty(b, h, l_pad, dp, dtype=torch.bfloat16, device=dev), _empty(dev), _empty(dev, torch.float8_e4m3fn)
+        return torch.empty(b, h, l_pad, dp, dtype=torch.bfloat16, device=dev), _empty(dev), _unused(dev)
     return (torch.empty(b, h, l_pad, dp // 2, dtype=torch.uint8, device=dev),
             torch.empty(b, h, l_pad, dtype=torch.float32, device=dev),
             torch.empty(b, h, l_pad, dp // 16, dtype=torch.float8_e4m3fn, device=dev))
@@ -82,10 +88,11 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     lk_pad = -(-max(lk, 1) // BLOCK_N) * BLOCK_N
     qk_fmt, pv_fmt = _formats(precision, opts, native_fp4)
     x_fp32 = p.dtype == torch.float32
-    rotate = qk_fmt == FMT_INT8 and opts.rotate
+    rotate = opts.rotate
     # ±1 entries are exact in 16 bits; fp32 inputs are split into two bf16 terms in the kernel
     rot = T.rotation(dp, dev, torch.float16 if p.dtype == torch.float16 else torch.bfloat16) if rotate else _empty(dev)
-    row_factor = p.scale * T.LOG2E / (dp if rotate else 1) if qk_fmt != FMT_FP4_VALUES else 1.0
+    score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
+    row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
     kbar = _pad_cols(T.key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
     # --- Q ---
@@ -106,7 +113,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
         hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        INTERPRET=interpreter_active(),
+        INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
@@ -115,12 +122,13 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
         hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, INTERPRET=interpreter_active(),
+        X_FP32=x_fp32, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
-        return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, p.v, _empty(dev), _empty(dev, torch.float8_e4m3fn),
-                        _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad)
+        return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, p.v, _empty(dev), _unused(dev),
+                        _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad,
+                        score_factor)
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
     g_v = _empty(dev)
     if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
@@ -138,14 +146,14 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_scale = torch.empty(b, hk, lk_pad // BLOCK_N, dp, dtype=torch.float32, device=dev) \
         if pv_fmt in (FMT_INT8, FMT_FP8) else _empty(dev)
     v_sf = torch.empty(b, hk, dp, lk_pad // 16, dtype=torch.float8_e4m3fn, device=dev) \
-        if pv_fmt == FMT_FP4_CODES else _empty(dev, torch.float8_e4m3fn)
+        if pv_fmt == FMT_FP4_CODES else _unused(dev)
     prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
         p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
         hk, lk, lk_pad, p.head_dim_v,
-        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None,
+        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, num_warps=prepass_warps(dp, pv_fmt),
     )
     return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, g_v, v_mean,
-                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad)
+                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor)
 
 
 def _broadcast_strides(t: torch.Tensor):
@@ -224,7 +232,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             sc[0], sc[1], s_cg,
             *out_hnd.stride()[:3],
             p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, g0,
-            p.head_dim_v, p.scale * T.LOG2E,
+            p.head_dim_v, ops.score_factor,
             BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
             PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,

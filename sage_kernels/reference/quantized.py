@@ -83,7 +83,9 @@ def prepare_int8(p: AttentionProblem, o: QuantOptions, return_lse: bool) -> Prep
 
 def prepare_fp4(p: AttentionProblem, o: QuantOptions, return_lse: bool) -> Prepared:
     q_s, k_s, v_s, col, v_mean, shift, dp, lk_pad = _common(p, o, return_lse)
-
+    if o.rotate:
+        r = T.rotation(dp, q_s.device)
+        q_s, k_s = q_s @ r, k_s @ r
     # Second-level fp32 scales (powers of two): per token for Q and K, from the smoothed rows themselves;
     # per (batch, head) for V, from a bound on its amax (V is quantized along tokens).
     g_q = tensor_scale(q_s.abs().amax(dim=3, keepdim=True))
@@ -93,7 +95,8 @@ def prepare_fp4(p: AttentionProblem, o: QuantOptions, return_lse: bool) -> Prepa
     qv, _, _ = quantize_nvfp4(q_s, g_q)
     kv, _, _ = quantize_nvfp4(k_s, g_k)
     vt, _, _ = quantize_nvfp4(v_s.transpose(2, 3), g_v)  # groups of 16 consecutive keys per channel
-    return Prepared(qv, None, kv, None, vt.transpose(2, 3), None, col, v_mean, shift, p.scale * T.LOG2E)
+    return Prepared(qv, None, kv, None, vt.transpose(2, 3), None, col, v_mean, shift,
+                    p.scale * T.LOG2E / (dp if o.rotate else 1))
 
 
 def _block_rows(col: torch.Tensor, lq: int, j0: int, j1: int) -> torch.Tensor:

@@ -8,7 +8,8 @@ import torch
 from .. import transforms as T
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
-from .config import DKV_BLOCK_K, DKV_STEP_Q, DQ_BLOCK_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q
+from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype
+from .launch import launch
 from .backward_kernels import dkdv_kernel, dq_kernel
 from .forward import broadcast_strides
 from .operands import quantize, score_operands
@@ -19,17 +20,10 @@ def _hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x if layout == "HND" else x.transpose(1, 2)
 
 
-def _grad_like(x: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient buffer shaped like the caller's x, its (B, H, L, D) view)."""
-    buf = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+def _grad_like(x_hnd: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient buffer shaped like the caller's tensor, whose (B, H, L, D) view is x_hnd; that buffer's view)."""
+    buf = torch.empty(_hnd(x_hnd, layout).shape, dtype=x_hnd.dtype, device=x_hnd.device)
     return buf, _hnd(buf, layout)
-
-
-def launch_config(device: torch.device, dp: int) -> tuple[int, int]:
-    """(num_warps, num_stages) for both backward kernels; ignored by the interpreter."""
-    if device.type != "cuda":
-        return 4, 1
-    return (8, 2) if dp >= 128 else (4, 2)
 
 
 def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
@@ -40,7 +34,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
     dp, lq_pad, lk_pad = ops.dp, ops.lq_pad, ops.lk_pad
     interp = interpreter_active()
-    out_h, dout_h = _hnd(out, p.out_layout), _hnd(dout, p.out_layout)
+    out_h, dout_h = _hnd(out, p.out_layout), _hnd(dout.to(compute_dtype(p.dtype)), p.out_layout)
 
     m_rows = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=p.device)
     d_rows = torch.empty_like(m_rows)
@@ -55,25 +49,21 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
 
-    dq, dq_h = _grad_like(p.q if p.layout == "HND" else p.q.transpose(1, 2), p.layout)
-    dk, dk_h = _grad_like(p.k if p.layout == "HND" else p.k.transpose(1, 2), p.layout)
-    dv, dv_h = _grad_like(p.v if p.layout == "HND" else p.v.transpose(1, 2), p.layout)
+    dq, dq_h = _grad_like(p.q, p.layout)
+    dk, dk_h = _grad_like(p.k, p.layout)
+    dv, dv_h = _grad_like(p.v, p.layout)
     sc = broadcast_strides(ops.col)
-    warps, stages = launch_config(p.device, dp)
-    common = dict(BLOCK_V=FWD_BLOCK_K, DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp,
-                  num_warps=warps, num_stages=stages)
-    dkdv_kernel[(lk_pad // DKV_BLOCK_K, b * hk)](
+    common = dict(BLOCK_V=FWD_BLOCK_K, DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp)
+    launch("dkdv", dkdv_kernel, lambda block: (lk_pad // block, b * hk), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), do8, do_scale, qc, qc_scale,
         dk_h, *dk_h.stride(), dv_h, *dv_h.stride(), sc[0], sc[1], dp,
         hq, hq // hk, lq, lq_pad, lk, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
-        BN=DKV_BLOCK_K, SQ=DKV_STEP_Q, **common,
-    )
-    dq_kernel[(lq_pad // DQ_BLOCK_Q, b * hq)](
+    ), dict(SQ=DKV_STEP_Q, **common), p.device)
+    launch("dq", dq_kernel, lambda block: (lq_pad // block, b * hq), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), kc, kc_scale, kbar_pad, dlse_c,
         dq_h, *dq_h.stride(), sc[0], sc[1], dp,
         hq, hq // hk, lq, lq_pad, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
-        BM=DQ_BLOCK_Q, SK=DQ_STEP_K, HAS_DLSE=dlse is not None, **common,
-    )
+    ), dict(SK=DQ_STEP_K, HAS_DLSE=dlse is not None, **common), p.device)
     return dq, dk, dv

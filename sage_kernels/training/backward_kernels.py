@@ -1,8 +1,8 @@
 """Backward kernels of the training path (math: sage_kernels/training/reference.py).
 
-dkdv_kernel        one program per (KV block of DKV_BLOCK_K keys, batch * kv head); loops over the query heads of its
+dkdv_kernel        one program per (block of BN keys, batch * kv head); loops over the query heads of its
                    group and over query steps of DKV_STEP_Q: dV += P^T.dO and dK += dS^T.Q in INT8
-dq_kernel          one program per (query block of DQ_BLOCK_Q, batch * query head); loops over key steps of
+dq_kernel          one program per (block of BM queries, batch * query head); loops over key steps of
                    DQ_STEP_K: dQ += dS.K in INT8
 dQ has its own kernel (recomputing S and dP) instead of fp32 atomics from dkdv_kernel: deterministic results,
 no zero-initialised fp32 buffer, no atomic contention, and the same code path in Triton's interpreter.

@@ -11,6 +11,8 @@ forward's dequantized INT8 V so that dP and D = rowsum(dO*O) describe the same V
 """
 from __future__ import annotations
 
+import torch
+
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 
 QK_MODES = ("16bit", "int8")
@@ -18,17 +20,28 @@ DEFAULT_QK = "16bit"
 
 # Forward settings of the "int8" QK mode. No Q smoothing (as SageBwd): the backward must recompute the forward's
 # scores bit for bit, and block Q smoothing would add its column-bias table to that recomputation for no measured
-# gradient gain. Rotation on: it spreads outlier channels before per-token INT8 (dQ cos 0.993 -> 0.997 on our
-# outlier test). smooth_v off: the backward's dP uses the forward's V codes directly.
+# gradient gain. Rotation on (heads up to 128, see `rotates`): it spreads outlier channels before per-token INT8
+# (dQ cos 0.993 -> 0.997 on an outlier test). smooth_v off: the backward's dP uses the forward's V codes directly.
 INT8_FORWARD = QuantOptions(smooth_q="off", smooth_k=True, smooth_v=False, rotate=True, pv="int8")
 
 FWD_BLOCK_Q = BLOCK_M  # the forward kernel's tiles (fixed by the inference kernel)
 FWD_BLOCK_K = BLOCK_N  # also the V quantization block (per channel, 128 keys)
-# Backward tiles. They are also quantization groups, so the torch reference uses the same numbers:
-DKV_BLOCK_K = 128  # keys per dK/dV program
-DKV_STEP_Q = 64  # queries per inner step: P and dS quantized per key over these, Q and dO per channel over these
-DQ_BLOCK_Q = 128  # queries per dQ program
-DQ_STEP_K = 64  # keys per inner step: dS quantized per query over these, smoothed K per channel over these
+# Backward inner steps. They are quantization groups, so the torch reference uses the same numbers (the program
+# sizes in launch.py are not):
+DKV_STEP_Q = 64  # dK/dV: queries per step; P and dS quantized per key over these, Q and dO per channel over these
+DQ_STEP_K = 64  # dQ: keys per step; dS quantized per query over these, smoothed K per channel over these
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the 16-bit matmuls (QK^T in "16bit" mode, dP): the inputs' own, bf16 for fp32 inputs (fp32 tiles
+    would double the kernels' shared memory past what any GPU offers; gradients are still written in fp32)."""
+    return torch.bfloat16 if dtype == torch.float32 else dtype
+
+
+def rotates(dp: int) -> bool:
+    """The "int8" mode's Hadamard rotation, up to 128-wide heads: a 256 x 256 rotation tile alone would fill the
+    shared memory of consumer GPUs (about 99 KB per block)."""
+    return dp <= 128
 
 
 def check_qk(qk: str) -> str:

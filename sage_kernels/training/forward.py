@@ -5,8 +5,9 @@ import torch
 
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
-from .config import FWD_BLOCK_K, FWD_BLOCK_Q
+from .config import FWD_BLOCK_K
 from .forward_kernel import forward_kernel
+from .launch import launch
 from .operands import ScoreOperands, score_operands
 
 
@@ -15,26 +16,17 @@ def broadcast_strides(col: torch.Tensor) -> tuple[int, int]:
     return tuple(col.stride(i) if col.shape[i] > 1 else 0 for i in range(2))
 
 
-def launch_config(device: torch.device, dp: int) -> tuple[int, int]:
-    """(num_warps, num_stages); ignored by the interpreter. bench/bench_training.py --sweep checks them."""
-    if device.type != "cuda":
-        return 4, 1
-    return (8, 3) if dp <= 128 else (8, 2)
-
-
 def launch_forward(p: AttentionProblem, ops: ScoreOperands):
     """Returns (out in p.out_layout, lse (B, Hq, Lq) fp32 natural log, -inf on rows that see no key)."""
     out, out_hnd = p.new_output()
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device)
-    warps, stages = launch_config(p.device, ops.dp)
     sc = broadcast_strides(ops.col)
-    forward_kernel[(ops.lq_pad // FWD_BLOCK_Q, p.batch * p.heads_q)](
+    launch("forward", forward_kernel, lambda block: (ops.lq_pad // block, p.batch * p.heads_q), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, *sc,
         out_hnd, *out_hnd.stride(), lse, ops.shift,
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, ops.lk_pad, p.len_k - p.len_q, p.head_dim_v,
-        BM=FWD_BLOCK_Q, BN=FWD_BLOCK_K, DP=ops.dp, QK16=ops.qk == "16bit", IS_CAUSAL=p.is_causal,
-        HAS_COL=ops.has_col, INTERPRET=interpreter_active(), num_warps=warps, num_stages=stages,
-    )
+    ), dict(BN=FWD_BLOCK_K, DP=ops.dp, QK16=ops.qk == "16bit", IS_CAUSAL=p.is_causal, HAS_COL=ops.has_col,
+            INTERPRET=interpreter_active()), p.device)
     return out, lse
 
 

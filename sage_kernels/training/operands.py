@@ -9,7 +9,7 @@ import torch
 from .. import transforms as T
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
-from .config import FWD_BLOCK_K, FWD_BLOCK_Q
+from .config import FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, rotates
 from .prepass import quantize_kernel
 
 
@@ -74,12 +74,15 @@ def score_operands(p: AttentionProblem, qk: str) -> ScoreOperands:
     if qk == "16bit":
         q_scale = torch.tensor([c], dtype=torch.float32, device=p.device)
         shift = torch.zeros(p.batch, p.heads_q, lq_pad, dtype=torch.float32, device=p.device)
-        return ScoreOperands(qk, _pad16(p.q, lq_pad, dp), q_scale, _pad16(p.k, lk_pad, dp), q_scale, v, v_scale,
+        cdt = compute_dtype(p.dtype)
+        return ScoreOperands(qk, _pad16(p.q.to(cdt), lq_pad, dp), q_scale, _pad16(p.k.to(cdt), lk_pad, dp), q_scale,
+                             v, v_scale,
                              shift, col, has_col, dp, lq_pad, lk_pad)
     # int8: K smoothing, Hadamard rotation (x R with R R^T = DP I, undone by 1/DP in Q's scale), per-token INT8
-    rot = T.rotation(dp, p.device, p.dtype)
+    rot = T.rotation(dp, p.device, compute_dtype(p.dtype)) if rotates(dp) else None
     kbar = T.key_mean(p.k, True).squeeze(2)  # (B, Hk, D)
-    q8, q_scale, shift = quantize(p.q, lq_pad, dp, FWD_BLOCK_Q, per_channel=False, rotation=rot, row_factor=c / dp,
+    q8, q_scale, shift = quantize(p.q, lq_pad, dp, FWD_BLOCK_Q, per_channel=False, rotation=rot,
+                                  row_factor=c / dp if rot is not None else c,
                                   shift_keys=kbar, kv_group=p.heads_q // p.heads_kv, sm_scale=p.scale)
     k8, k_scale, _ = quantize(p.k, lk_pad, dp, FWD_BLOCK_K, per_channel=False, rotation=rot, mean=kbar)
     return ScoreOperands(qk, q8, q_scale, k8, k_scale, v, v_scale, shift, col, has_col, dp, lq_pad, lk_pad)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
 from ..kernels.common import dot16
+from .forward_kernel import cast
 
 
 @jit
 def quantize_kernel(
     X, sxb, sxh, sxl, sxd,  # input (B, H, L, D) through strides
     MEAN, smb, smh,  # fp32 means (..., DP) at b * smb + h * smh, subtracted when SUB_MEAN
-    ROT,  # (DP, DP) ±1 in the input dtype, when ROTATE
+    ROT,  # (DP, DP) ±1 in the 16-bit compute dtype, when ROTATE
     KBAR, skb, skh,  # fp32 key means for the shift (WRITE_SHIFT): at b * skb + (h // kv_group) * skh
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * x . kbar
     OUT, OUT_SCALE,  # per row: (B, H, L_pad, DP), (B, H, L_pad); per channel: (B, H, DP, L_pad), (B, H, L_pad / BT, DP)
@@ -39,9 +40,9 @@ def quantize_kernel(
     if WRITE_SHIFT:
         kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
         tl.store(SHIFT + pid_bh * L_pad + rows, sm_scale * tl.sum(x * kbar[None, :], axis=1))
-    if ROTATE:  # (x - mean) R = x R - mean R: x R from the raw 16-bit values (exact products), mean R in fp32
+    if ROTATE:  # (x - mean) R = x R - mean R: x R from the 16-bit values (exact products), mean R in fp32
         r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
-        x = dot16(x_raw, r, INTERPRET) - tl.sum(mean[:, None] * r.to(tl.float32), axis=0)[None, :]
+        x = dot16(cast(x_raw, r.dtype, INTERPRET), r, INTERPRET) - tl.sum(mean[:, None] * r.to(tl.float32), 0)[None, :]
     else:
         x = x - mean[None, :]
     x = tl.where(live[:, None], x, 0.0)

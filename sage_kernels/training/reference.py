@@ -4,8 +4,8 @@ Forward: per-token INT8 (K smoothed, both rotated) or 16-bit scores, online soft
 P = RNE(127 exp2(t - blockmax)) and V per channel per block, as the int8 inference kernel. Backward, with t the forward's
 scores in log2 units and m_i = (LSE_i - shift_i) * log2(e) (+inf on rows that see no key):
     P   = exp2(t - m)                                   exactly the forward's normalised probabilities
-    Ṽ   = dequant(forward's INT8 V), rounded to the input dtype
-    dP  = dO . Ṽ^T                  16-bit operands, fp32 accumulation
+    Ṽ   = dequant(forward's INT8 V), rounded to the 16-bit compute dtype (the input's; bf16 for fp32 inputs)
+    dP  = dO . Ṽ^T                  16-bit operands (dO in the compute dtype), fp32 accumulation
     D   = rowsum(dO * O) - dLSE
     dS  = P * (dP - D)
     dV  = sum over 64-query steps: P per key and dO per channel, INT8
@@ -25,7 +25,7 @@ import torch
 
 from .. import transforms as T
 from ..problem import AttentionProblem
-from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K
+from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, compute_dtype, rotates
 
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
@@ -66,20 +66,26 @@ def reference_operands(p: AttentionProblem, qk: str) -> Operands:
     v, v_scale = v.view(b, hk, lk_pad, dp), v_scale.squeeze(3)
     c = p.scale * T.LOG2E
     if qk == "16bit":
-        q, k = _pad(p.q, lq, dp), _pad(p.k, lk_pad, dp)
+        cdt = compute_dtype(p.dtype)
+        q, k = _pad(p.q.to(cdt), lq, dp), _pad(p.k.to(cdt), lk_pad, dp)
         return Operands(q, torch.full(q.shape[:3], c, device=p.device), k, torch.ones(k.shape[:3], device=p.device),
                         v, v_scale, torch.zeros(q.shape[:3], device=p.device), col)
-    rot = T.rotation(dp, p.device).to(torch.float64)
+    rot = T.rotation(dp, p.device).to(torch.float64) if rotates(dp) else torch.eye(dp, device=p.device,
+                                                                                    dtype=torch.float64)
     kbar = T.key_mean(p.k, True)  # (B, Hk, 1, D) fp32
     kbar_p = _pad(kbar, 1, dp)
-    q_rot = (_pad(p.q, lq, dp).double() @ rot).float()
-    k_rot = (_pad(p.k, lk_pad, dp).double() @ rot).float() - (kbar_p.double() @ rot).float()
+    cdt = compute_dtype(p.dtype) if rotates(dp) else p.dtype  # the rotation's dot takes 16-bit operands
+    q_rot = (_pad(p.q.to(cdt), lq, dp).double() @ rot).float()
+    if rotates(dp):
+        k_rot = (_pad(p.k.to(cdt), lk_pad, dp).double() @ rot).float() - (kbar_p.double() @ rot).float()
+    else:
+        k_rot = _pad(p.k, lk_pad, dp) - kbar_p
     k_rot[:, :, p.len_k:] = 0.0
     q8, q_s = quantize_int8(q_rot, dim=-1)
     k8, k_s = quantize_int8(k_rot, dim=-1)
     g = p.heads_q // p.heads_kv
     shift = p.scale * (p.q.to(torch.float32) * kbar.repeat_interleave(g, dim=1)).sum(-1)
-    return Operands(q8, q_s.squeeze(-1) * (c / dp), k8, k_s.squeeze(-1), v, v_scale, shift, col)
+    return Operands(q8, q_s.squeeze(-1) * (c / dp if rotates(dp) else c), k8, k_s.squeeze(-1), v, v_scale, shift, col)
 
 
 def _scores(p: AttentionProblem, ops: Operands) -> torch.Tensor:
@@ -142,6 +148,7 @@ def reference_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: tor
     """out, dout (B, Hq, Lq, Dv) (HND views), lse (B, Hq, Lq). Returns fp32 (dq, dk, dv) in HND."""
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
     g = hq // hk
+    dout = dout.to(compute_dtype(p.dtype))
     ops = reference_operands(p, qk)
     dp, lk_pad = ops.k.shape[3], ops.k.shape[2]
     t = _scores(p, ops)
@@ -150,7 +157,7 @@ def reference_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: tor
 
     nblk = lk_pad // FWD_BLOCK_K
     v_deq = ops.v.view(b, hk, nblk, FWD_BLOCK_K, dp) * ops.v_scale[:, :, :, None, :]
-    v16 = v_deq.view(b, hk, lk_pad, dp).to(p.dtype).to(torch.float32).repeat_interleave(g, dim=1)
+    v16 = v_deq.view(b, hk, lk_pad, dp).to(dout.dtype).to(torch.float32).repeat_interleave(g, dim=1)
     do_pad = torch.nn.functional.pad(dout, (0, dp - dout.shape[-1]))
     d_row = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
     if dlse is not None:

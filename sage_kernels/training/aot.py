@@ -1,0 +1,140 @@
+"""Compile every training-kernel launch for real GPUs on any machine: Triton's interpreter accepts code that the
+compiler rejects, and shared memory is only known after compilation.
+
+    python -m sage_kernels.training.aot --arch 90 80 89
+
+Host code runs on tiny CPU tensors with the kernels replaced by recorders; each distinct launch is compiled for
+sm_<arch> (kernels/aot.py's specialisation rules) with launch.CANDIDATES in order, as the runtime tries them, and
+the first config within the GPU's shared memory per block is reported. No config fitting is a failure.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+import torch
+
+from .._triton import interpreter_active, triton
+from ..kernels.aot import Launch, launch_key, source_of
+from . import launch
+
+_SITES = {  # module -> kernel names it launches
+    "sage_kernels.training.operands": ("quantize_kernel",),
+    "sage_kernels.training.forward": ("forward_kernel",),
+    "sage_kernels.training.backward": ("row_stats_kernel", "dkdv_kernel", "dq_kernel"),
+}
+
+
+class _Recorder:
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append(Launch(self.kernel, grid, args, kwargs))
+
+
+# Shared memory per block (opt-in maximum) by compute capability.
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+_LAUNCHED_AS = {"forward_kernel": "forward", "dkdv_kernel": "dkdv", "dq_kernel": "dq"}
+
+
+@contextlib.contextmanager
+def recording():
+    """Kernels replaced by recorders; yields the recorded launches."""
+    launches: list[Launch] = []
+    saved = []
+    for mod_name, names in _SITES.items():
+        mod = sys.modules[mod_name]
+        for name in names:
+            saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, _Recorder(getattr(mod, name), launches))
+    try:
+        yield launches
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+def variants():
+    """(label, problem, qk): every kernel specialisation the training path can launch."""
+    from ..problem import build_problem
+
+    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2, layout="HND"):
+        q = torch.randn(1, hq, 130, d, dtype=dtype).requires_grad_()
+        k, v = (torch.randn(1, hk, 260, d, dtype=dtype).requires_grad_() for _ in range(2))
+        m = torch.ones(1, 1, 1, 260, dtype=torch.bool) if mask else None
+        return build_problem(q, k, v, is_causal=causal, attn_mask=m)
+
+    for qk in ("16bit", "int8"):
+        yield f"{qk} default", prob(), qk
+        yield f"{qk} causal+mask+gqa", prob(causal=True, mask=True, hq=4), qk
+        for d in (64, 256):
+            yield f"{qk} d{d}", prob(d=d), qk
+        for dtype in (torch.float16, torch.float32):
+            yield f"{qk} {dtype}", prob(dtype=dtype), qk
+
+
+def record_all() -> list[Launch]:
+    from . import backward, forward  # noqa: F401  (the recorded modules must be imported)
+
+    seen, unique = set(), []
+    for _, p, qk in variants():
+        with recording() as launches:
+            out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
+            lse = torch.zeros(p.batch, p.heads_q, p.len_q)
+            forward.training_forward(p, qk)
+            backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+        for launch in launches:
+            key = launch_key(launch)
+            if key not in seen:
+                seen.add(key)
+                unique.append(launch)
+    return unique
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="+", type=int, default=[90, 80, 89])
+    args = ap.parse_args(argv)
+    if interpreter_active():
+        print("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled", file=sys.stderr)
+        return 2
+    from triton.backends.compiler import GPUTarget
+
+    launches = record_all()
+    failures = 0
+    for arch in args.arch:
+        for rec in launches:
+            t0 = time.time()
+            kernel = _LAUNCHED_AS.get(rec.name)
+            configs = launch.CANDIDATES[kernel] if kernel else (None,)
+            status, tried = "", []
+            for cfg in configs:
+                kwargs = dict(rec.kwargs)
+                if cfg is not None:
+                    kwargs.update({launch.BLOCK_KWARG[kernel]: cfg.block, "num_warps": cfg.num_warps,
+                                   "num_stages": cfg.num_stages})
+                try:
+                    src, options = source_of(Launch(rec.kernel, rec.grid, rec.args, kwargs))
+                    shared = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options).metadata.shared
+                except Exception as exc:  # noqa: BLE001 - report every failing variant
+                    status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    break
+                tried.append(f"{shared // 1024}K")
+                if shared <= SMEM_LIMIT.get(arch, 101376):
+                    status = f"ok  {cfg if cfg else ''} shared={shared // 1024}K"
+                    break
+            else:
+                status = f"FAIL no config fits {SMEM_LIMIT.get(arch, 101376) // 1024}K (tried {', '.join(tried)})"
+            failures += status.startswith("FAIL")
+            consts = {k: v for k, v in rec.kwargs.items() if k.isupper() and k != "INTERPRET"}
+            dtypes = sorted({str(a.dtype).replace("torch.", "") for a in rec.args if isinstance(a, torch.Tensor)})
+            print(f"sm_{arch} {rec.name:<18} {time.time() - t0:5.1f}s {status}  {consts} {dtypes}", flush=True)
+    print(f"{len(launches)} launches x {len(args.arch)} archs, {failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Public API: argument validation (clear errors), the capability table's decisions and fallbacks (logged once per
+reason, or raised), the SDPA path's features, the SageAttention drop-in, empty inputs, torch.compile."""
+import logging
+
+import pytest
+import torch
+
+import sage_kernels
+from sage_kernels import SageAttentionInputError, SageAttentionUnsupported, capabilities, logs
+from sage_kernels.problem import build_problem
+from sage_kernels.reference.exact import exact_attention
+from tests.support import distributions as dist
+
+
+def _qkv(b=1, h=2, l=64, d=32, dtype=torch.float32, hk=None, lk=None):
+    torch.manual_seed(0)
+    return (torch.randn(b, h, l, d, dtype=dtype), torch.randn(b, hk or h, lk or l, d, dtype=dtype),
+            torch.randn(b, hk or h, lk or l, d, dtype=dtype))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda q, k, v: (q[0], k, v), "q must be 4-D"),
+    (lambda q, k, v: (q.double(), k, v), "float16, bfloat16 or float32"),
+    (lambda q, k, v: (q, k.half(), v), "share a dtype"),
+    (lambda q, k, v: (q, k[:, :, :, :16], v), "head dims differ"),
+    (lambda q, k, v: (q, k[:, :, :10], v), "same heads and length"),
+    (lambda q, k, v: (torch.randn(1, 3, 64, 32), k, v), "multiple of key/value heads"),
+    (lambda q, k, v: (q, torch.randn(2, 2, 64, 32), v), "batch sizes differ"),
+])
+def test_bad_inputs_raise_clear_errors(change, match):
+    with pytest.raises(SageAttentionInputError, match=match):
+        sage_kernels.sage_attention(*change(*_qkv()))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(layout="BHLD"), "layout"), (dict(precision="int4"), "precision"), (dict(backend="cuda"), "backend"),
+    (dict(smooth_q="row"), "smooth_q"), (dict(pv="fp16x"), "pv"), (dict(fallback="ignore"), "fallback"),
+    (dict(attn_mask=torch.ones(3, 64, dtype=torch.bool)), "does not broadcast"),
+    (dict(attn_mask=torch.ones(1, 64, dtype=torch.int32)), "bool or floating point"),
+    (dict(scale=float("nan")), "finite"), (dict(out_layout="X"), "out_layout"),
+])
+def test_bad_options_raise_clear_errors(kwargs, match):
+    with pytest.raises(SageAttentionInputError, match=match):
+        sage_kernels.sage_attention(*_qkv(), **kwargs)
+
+
+def test_auto_on_cpu_runs_sdpa_without_a_fallback_reason():
+    plan = sage_kernels.explain(*_qkv())
+    assert (plan.precision, plan.kernel, plan.fallback) == ("sdpa", "torch.sdpa", False)
+    assert "cpu" in plan.note
+
+
+def test_explain_names_the_kernel_or_the_reason(monkeypatch):
+    q, k, v = _qkv()
+    assert sage_kernels.explain(q, k, v, precision="int8", backend="reference").kernel == "reference.int8"
+    assert sage_kernels.explain(q, k, v, precision="fp4", backend="reference").kernel == "reference.fp4"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    plan = sage_kernels.explain(q, k, v, precision="int8")
+    assert plan.fallback and plan.kernel == "torch.sdpa" and "CPU" in plan.reason
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert sage_kernels.explain(q, k, v, precision="int8").kernel == "triton.int8"
+    assert sage_kernels.explain(q, k, v, precision="fp4").kernel == "triton.fp4.emulated"  # native needs Blackwell
+    full = torch.ones(1, 1, 64, 64, dtype=torch.bool).tril()
+    plan = sage_kernels.explain(q, k, v, precision="int8", attn_mask=full)
+    assert plan.fallback and "varies along queries" in plan.reason
+    big = torch.randn(1, 2, 64, 320)
+    plan = sage_kernels.explain(big, big, big, precision="fp4")
+    assert plan.fallback and "head dim 320 > 256" in plan.reason
+
+
+def test_fallback_logs_once_per_reason_and_error_mode_raises(monkeypatch, caplog):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    logs.reset()
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="sage3"):
+        for _ in range(5):
+            out = sage_kernels.sage_attention(q, k, v, precision="int8")
+    assert len([r for r in caplog.records if "running SDPA instead" in r.getMessage()]) == 1
+    assert logs.counts()[next(iter(logs.counts()))] == 5
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    with pytest.raises(SageAttentionUnsupported, match="CPU"):
+        sage_kernels.sage_attention(q, k, v, precision="int8", fallback="error")
+
+
+def test_cuda_plans_follow_the_arch_table(monkeypatch):
+    p = build_problem(*_qkv())
+    for arch, want in ((90, "sdpa"), (89, "int8"), (80, "int8"), (75, "sdpa")):
+        precision, note = capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", arch))
+        assert precision == want and note, arch
+    assert "Hopper" in capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", 90))[1]
+    spec = capabilities.KERNELS["triton.fp4.native"]
+    assert "needs sm_100/sm_103/sm_120" in spec.check(p, capabilities.DeviceInfo("cuda", 90))
+    assert "sm_80+" in capabilities.KERNELS["triton.int8"].check(p, capabilities.DeviceInfo("cuda", 75))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lk", [48, 64, 96])
+def test_sdpa_path_masks_gqa_causal_lse(causal, lk):
+    q, k, v = _qkv(b=2, h=4, hk=2, l=64, lk=lk)
+    mask = torch.ones(2, 1, 1, lk, dtype=torch.bool)
+    mask[1, ..., :5] = False
+    out, lse = sage_kernels.sage_attention(q, k, v, precision="sdpa", is_causal=causal, attn_mask=mask,
+                                           return_lse=True)
+    ref, ref_lse = exact_attention(build_problem(q, k, v, is_causal=causal, attn_mask=mask))
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=1e-5)
+    plain = sage_kernels.sage_attention(q, k, v, precision="sdpa", is_causal=causal, attn_mask=mask)
+    torch.testing.assert_close(plain.double(), ref, atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(plain).all()  # rows with no visible key (causal, Lq > Lk) are 0, not NaN
+
+
+def test_layouts_and_out_layout():
+    q, k, v = _qkv(l=40)
+    ref = sage_kernels.sage_attention(q, k, v, precision="sdpa")
+    nhd = [t.transpose(1, 2).contiguous() for t in (q, k, v)]
+    out = sage_kernels.sage_attention(*nhd, layout="NHD", precision="sdpa")
+    assert out.shape == nhd[0].shape and out.is_contiguous()
+    torch.testing.assert_close(out.transpose(1, 2), ref)
+    mixed = sage_kernels.sage_attention(q, k, v, precision="int8", backend="reference", out_layout="NHD")
+    assert mixed.shape == (1, 40, 2, 32) and mixed.is_contiguous()
+
+
+def test_empty_inputs():
+    q, k, v = _qkv()
+    out, lse = sage_kernels.sage_attention(q[:, :, :0], k, v, return_lse=True)
+    assert out.shape == (1, 2, 0, 32) and lse.shape == (1, 2, 0)
+    out, lse = sage_kernels.sage_attention(q, k[:, :, :0], v[:, :, :0], return_lse=True, precision="int8",
+                                           backend="reference")
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_sageattn_drop_in_signature():
+    q, k, v = (t.half() for t in _qkv(l=96))
+    out, lse = sage_kernels.sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=0.1, return_lse=True,
+                                     smooth_k=False, pv_accum_dtype="fp32+fp32", precision="sdpa")
+    ref, ref_lse = exact_attention(build_problem(q, k, v, scale=0.1))
+    torch.testing.assert_close(out.double(), ref, atol=2e-3, rtol=1e-2)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-3, rtol=1e-3)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        sage_kernels.sageattn(q, k, v, not_an_option=1)
+
+
+def test_capability_table_lists_every_kernel():
+    rows = {row["kernel"]: row for row in sage_kernels.capability_table()}
+    assert set(rows) == set(capabilities.KERNELS)
+    assert rows["triton.fp4.native"]["gpus"] == "sm_100/sm_103/sm_120" and not rows["triton.fp4.native"]["interpreter"]
+    assert rows["triton.int8"]["max_head_dim"] == 256 and "full" not in rows["triton.int8"]["masks"]
+
+
+def test_torch_compile_keeps_the_kernel_in_one_graph():
+    """The Triton path is a torch custom op: fullgraph compilation must succeed (no graph break)."""
+    q, k, v = (t.half() for t in dist.make("normal", 1, 2, 64, 64, 64))
+
+    def f(q, k, v):
+        return sage_kernels.sage_attention(q * 1.0, k, v, precision="int8", backend="triton", fallback="error") + 1
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v), f(q, k, v))

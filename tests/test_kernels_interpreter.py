@@ -1,0 +1,127 @@
+"""The Triton kernels (run by Triton's interpreter on CPU in CI, natively on a GPU) against their torch mirror and
+float64 attention, with every feature: GQA, causal with Lq != Lk, key padding, LSE, layouts, dtypes, padded head
+dims, smoothing modes. Shapes are small and not multiples of the 128-token blocks on purpose."""
+import pytest
+import torch
+
+import sage_kernels
+from sage_kernels.kernels.run import prepare
+from sage_kernels.options import QuantOptions
+from sage_kernels.problem import build_problem
+from sage_kernels.reference.exact import exact_attention
+from sage_kernels.reference.quantized import prepare_fp4, prepare_int8, reference_attention
+from tests.support import distributions as dist
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# Kernel vs its torch mirror on fp16 inputs/outputs (fp16 keeps output rounding at ~2**-12): what remains are
+# rounding-level differences (exp2 approximations and accumulation order flip a quantized code now and then).
+MIRROR_L1 = {"16bit": 1e-3, "int8": 1e-3, "fp8": 1e-3, "fp4": 2e-3}
+
+
+def _kernel_and_mirror(q, k, v, precision, pv="16bit", **kw):
+    out = sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="triton", fallback="error", **kw)
+    mirror = sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="reference", **kw)
+    return out, mirror
+
+
+@pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "int8"), ("int8", "fp8"), ("fp4", "16bit")])
+@pytest.mark.parametrize("name", ["normal", "joint_text_image"])
+def test_kernel_matches_its_mirror(precision, pv, name):
+    q, k, v = (t.half().to(DEV) for t in dist.make(name, 1, 2, 200, 300, 64))
+    out, mirror = _kernel_and_mirror(q, k, v, precision, pv)
+    cos, l1 = dist.metrics(out, mirror)
+    assert torch.isfinite(out).all()
+    assert cos > 0.9999 and l1 < MIRROR_L1["fp4" if precision == "fp4" else pv], (cos, l1)
+
+
+def test_prepass_quantizes_like_the_mirror():
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("biased_k", 1, 2, 130, 200, 80))
+    p = build_problem(q, k, v)
+    opts = QuantOptions(pv="int8")
+    kern, mirror = prepare(p, "int8", opts, True, False), prepare_int8(p, opts, True)
+    for got, want in ((kern.q[:, :, :130], mirror.q), (kern.k, mirror.k), (kern.v.transpose(2, 3), mirror.v)):
+        diff = (got.int() - want.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 2e-3  # rotation sums may round differently
+    assert torch.allclose(kern.q_scale[:, :, :130], mirror.q_scale, rtol=1e-5)
+    assert torch.allclose(kern.v_scale, mirror.v_scale, rtol=1e-6)
+    assert torch.allclose(kern.shift[:, :, :130], p.scale * mirror.lse_shift, atol=1e-4)
+    fkern, fmirror = prepare(p, "fp4", QuantOptions(), False, False), prepare_fp4(p, QuantOptions(), False)
+    for got, want in ((fkern.q[:, :, :130], fmirror.q), (fkern.k, fmirror.k), (fkern.v, fmirror.v)):
+        assert (got.float() != want).float().mean() < 5e-3  # exact values; rare tie flips only
+
+
+CASES = {
+    "gqa+causal(Lq<Lk)+mask+lse+nhd": dict(b=2, hq=4, hk=2, lq=150, lk=300, d=80, causal=True, mask=True,
+                                           layout="NHD", dtype=torch.float16),
+    "causal(Lq>Lk) fully masked rows": dict(b=1, hq=2, hk=2, lq=300, lk=100, d=64, causal=True, mask=False,
+                                            layout="HND", dtype=torch.bfloat16),
+    "fp32 inputs, global smoothing": dict(b=1, hq=2, hk=1, lq=129, lk=129, d=64, causal=False, mask=False,
+                                          layout="HND", dtype=torch.float32, smooth_q="global"),
+}
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp4"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_features_against_float64(precision, case):
+    c = dict(CASES[case])
+    torch.manual_seed(3)
+    shape = (lambda h, l: (c["b"], l, h, c["d"])) if c["layout"] == "NHD" else (lambda h, l: (c["b"], h, l, c["d"]))
+    q = torch.randn(shape(c["hq"], c["lq"])).to(c["dtype"]).to(DEV)
+    k, v = (torch.randn(shape(c["hk"], c["lk"])).to(c["dtype"]).to(DEV) for _ in range(2))
+    mask = None
+    if c["mask"]:
+        mask = torch.zeros(c["b"], 1, 1, c["lk"], device=DEV)
+        mask[0, ..., -40:] = -torch.finfo(torch.float32).max  # HunyuanVideo's style of additive mask
+        mask[1, ..., :10] = float("-inf")
+    kw = dict(layout=c["layout"], is_causal=c["causal"], attn_mask=mask, return_lse=True,
+              smooth_q=c.get("smooth_q", "block"))
+    out, lse = sage_kernels.sage_attention(q, k, v, precision=precision, backend="triton", fallback="error", **kw)
+    p = build_problem(q, k, v, layout=c["layout"], is_causal=c["causal"], attn_mask=mask)
+    ref, ref_lse = exact_attention(p)
+    out_hnd = out.transpose(1, 2) if c["layout"] == "NHD" else out
+    assert out.dtype == c["dtype"] and out.shape == q.shape and out.is_contiguous()
+    live = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), live)  # dead rows: LSE -inf and output exactly 0
+    assert (out_hnd[~live.expand_as(ref_lse)] == 0).all()
+    cos, l1 = dist.metrics(out_hnd.float(), ref)
+    assert cos > (0.9995 if precision == "int8" else 0.97), (cos, l1)
+    lse_err = (lse[live] - ref_lse[live]).abs().max()
+    assert lse_err < (0.05 if precision == "int8" else 0.5), lse_err
+
+
+def test_smoothing_modes_and_value_smoothing_run_in_the_kernel():
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("biased_k", 1, 2, 140, 140, 64))
+    for smooth_q in ("block", "global", "off"):
+        for precision, pv, smooth_v in (("int8", "int8", True), ("fp4", "16bit", True), ("int8", "16bit", False)):
+            out, mirror = _kernel_and_mirror(q, k, v, precision, pv, smooth_q=smooth_q, smooth_v=smooth_v)
+            assert dist.metrics(out, mirror)[0] > 0.9999, (smooth_q, precision, pv)
+
+
+def test_single_query_and_single_key():
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("normal", 1, 2, 1, 1, 64))
+    out = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
+    torch.testing.assert_close(out.float(), v.float(), rtol=0, atol=0)  # one key: the output is its value
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("normal", 1, 2, 1, 300, 64))
+    out, mirror = _kernel_and_mirror(q, k, v, "int8")
+    assert dist.metrics(out, mirror)[0] > 0.9999
+
+
+def test_inputs_are_not_modified():
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("biased_k", 1, 2, 150, 150, 64))
+    copies = [t.clone() for t in (q, k, v)]
+    versions = [t._version for t in (q, k, v)]
+    for precision, pv in (("int8", "int8"), ("fp4", "16bit"), ("int8", "16bit")):
+        sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="triton", smooth_v=True,
+                                    return_lse=True)
+        sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="reference", smooth_v=True)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), copies))
+    assert [t._version for t in (q, k, v)] == versions
+
+
+def test_reference_matches_kernel_lse():
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("biased_k", 1, 2, 130, 260, 64))
+    for precision in ("int8", "fp4"):
+        _, lse = sage_kernels.sage_attention(q, k, v, precision=precision, backend="triton", return_lse=True)
+        p = build_problem(q, k, v)
+        _, mirror_lse = reference_attention(p, precision, QuantOptions(), True)
+        assert (lse - mirror_lse).abs().max() < 1e-3, precision
