@@ -5,8 +5,8 @@
 For each target it compiles the fp4 attention kernel in its native format (e2m1 codes + E4M3 block scales through
 `tl.dot_scaled`) and the FP4_CODES pre-pass kernels exactly as kernels/run.py launches them (the launches of a small
 problem are recorded, not run), then reads the distinct MMA instructions from the PTX and registers / spills from
-`ptxas -v`. An attention kernel passes when every MMA in it is the NVFP4 block-scaled one of that target and
-nothing spills; a pre-pass kernel passes when it compiles without spills. Exit status 1 unless all pass.
+`ptxas -v`. An attention kernel passes when every MMA in it is the NVFP4 block-scaled one of that target, nothing
+spills and its shared memory fits the target; a pre-pass kernel needs the last two. Exit status 1 unless all pass.
 
 `check(arch)` returns the same results as data. Compiling needs real `triton.jit` kernels: in a process that runs
 Triton's interpreter (TRITON_INTERPRET=1, e.g. the test session) `check` runs the CLI in a subprocess instead.
@@ -276,12 +276,14 @@ def compile_launch(launch: Launch, cc: int) -> Result:
 # ---------------------------------------------------------------- driver
 
 
-def _kernels_are_jitted() -> bool:
+def _can_compile_here() -> bool:
+    """False under TRITON_INTERPRET: Triton itself was imported in interpreter mode and its kernels cannot compile."""
     from triton.runtime.jit import JITFunction
 
+    from ._triton import interpreter_active
     from .kernels.attention import attention_kernel
 
-    return isinstance(attention_kernel, JITFunction)
+    return not interpreter_active() and isinstance(attention_kernel, JITFunction)
 
 
 def _check_in_subprocess(archs, dps, native: bool, attention_only: bool) -> list[Result]:
@@ -300,7 +302,7 @@ def _check_in_subprocess(archs, dps, native: bool, attention_only: bool) -> list
 
 def check_many(archs=TARGETS, dps=HEAD_DIMS, native: bool = True, attention_only: bool = False,
                jobs: int | None = None) -> list[Result]:
-    if not _kernels_are_jitted():
+    if not _can_compile_here():
         return _check_in_subprocess(list(archs), list(dps), native, attention_only)
     work = []
     for arch in archs:
@@ -349,7 +351,6 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
-    os.environ.pop("TRITON_INTERPRET", None)  # before the kernels are decorated
     results = check_many(args.arch, args.dp, args.format == "codes", args.attention_only, args.jobs)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in results]))

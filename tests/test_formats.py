@@ -11,6 +11,7 @@ from sage_kernels.formats.e4m3 import round_e4m3, round_e4m3_jit
 from sage_kernels.formats.int8 import quantize_int8, quantize_int8_jit
 
 GRID = torch.tensor(E2M1_VALUES)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the twins run natively on a GPU, interpreted on CPU
 
 
 def test_e2m1_grid_values_map_to_themselves():
@@ -138,8 +139,10 @@ def _edge_values(n):
 def test_triton_elementwise_twins_are_bit_exact():
     n = 1024
     x = _edge_values(n)
-    outs = [torch.empty(n) for _ in range(2)] + [torch.empty(n, dtype=torch.uint8)] + [torch.empty(n) for _ in range(2)]
-    _elementwise_kernel[(1,)](x, *outs, N=n)
+    outs = [torch.empty(n, device=DEV) for _ in range(2)] + [torch.empty(n, dtype=torch.uint8, device=DEV)] + \
+        [torch.empty(n, device=DEV) for _ in range(2)]
+    _elementwise_kernel[(1,)](x.to(DEV), *outs, N=n)
+    outs = [o.cpu() for o in outs]
     r = round_e2m1(x)
     assert torch.equal(outs[0], r)
     assert torch.equal(outs[1], round_e4m3(x))
@@ -155,9 +158,10 @@ def test_triton_block_twins_are_bit_exact():
     x = torch.randn(rows, cols) * torch.logspace(-4, 4, rows)[:, None]
     x[3] = 0
     g = tensor_scale(x.abs().amax(dim=1))
-    out_r, out_s = torch.empty(rows, cols), torch.empty(rows, cols // 16)
-    out_c, out_cs = torch.empty(rows, cols, dtype=torch.int8), torch.empty(rows)
-    _blocks_kernel[(1,)](x, g, out_r, out_s, out_c, out_cs, R=rows, C=cols)
+    out_r, out_s = torch.empty(rows, cols, device=DEV), torch.empty(rows, cols // 16, device=DEV)
+    out_c, out_cs = torch.empty(rows, cols, dtype=torch.int8, device=DEV), torch.empty(rows, device=DEV)
+    _blocks_kernel[(1,)](x.to(DEV), g.to(DEV), out_r, out_s, out_c, out_cs, R=rows, C=cols)
+    out_r, out_s, out_c, out_cs = (t.cpu() for t in (out_r, out_s, out_c, out_cs))
     vals, codes, scales = quantize_nvfp4(x, g[:, None])
     assert torch.equal(out_s, scales)
     assert torch.equal(out_r * torch.repeat_interleave(out_s, 16, dim=1) * g[:, None], vals)

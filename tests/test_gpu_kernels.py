@@ -45,9 +45,11 @@ def test_fp16_extremes_stay_finite():
     q, k, v = (torch.randn(1, 4, 2048, 128, device="cuda") for _ in range(3))
     q, k, v = (t / t.abs().amax() * 65000 for t in (q, k, v))
     for prec in ("int8", "fp4"):
-        out = sage_kernels.sage_attention(q.half(), k.half(), v.half(), precision=prec, backend="triton",
-                                          fallback="error")
-        assert torch.isfinite(out).all(), prec
+        for pv in ("16bit", "int8"):
+            out = sage_kernels.sage_attention(q.half(), k.half(), v.half(), precision=prec, pv=pv, backend="triton",
+                                              fallback="error")
+            bad = ~torch.isfinite(out)
+            assert not bad.any(), (prec, pv, int(bad.sum()), bad.nonzero()[:4].tolist())
 
 
 def test_features_full_size():
