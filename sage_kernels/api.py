@@ -88,11 +88,20 @@ def _run_sdpa(p: AttentionProblem, return_lse: bool):
     return out, None
 
 
+def _saturating_cast(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 -> dtype, clamping to its finite range: quantized V can round a value near fp16's max up past it
+    (the kernels do the same)."""
+    if dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max
+        out = out.clamp(-limit, limit)
+    return out.to(dtype)
+
+
 def _run_reference(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool):
     from .reference.quantized import reference_attention
 
     out, lse = reference_attention(p, precision, opts, return_lse)
-    return out.to(p.dtype), lse
+    return _saturating_cast(out, p.dtype), lse
 
 
 def _run_triton(p: AttentionProblem, plan: capabilities.Plan, opts: QuantOptions, return_lse: bool):

@@ -125,3 +125,19 @@ def test_reference_matches_kernel_lse():
         p = build_problem(q, k, v)
         _, mirror_lse = reference_attention(p, precision, QuantOptions(), True)
         assert (lse - mirror_lse).abs().max() < 1e-3, precision
+
+
+def test_fp16_values_near_the_limit_stay_finite():
+    """V's quantization may round 65000 up past fp16's 65504 (an E4M3 block scale rounds up by up to 2**-4): the
+    output saturates instead of overflowing to inf, in the kernel and in the mirror."""
+    v = torch.zeros(1, 1, 64, 64)
+    v[..., 0, :] = 64992.0  # one huge value per channel: the block max, rounded up by FP4's scale
+    q = torch.zeros(1, 1, 16, 64)
+    k = torch.zeros(1, 1, 64, 64)
+    k[..., 0, :] = 4.0  # every query attends (almost) only to key 0
+    q[..., :] = 4.0
+    q, k, v = (t.half().to(DEV) for t in (q, k, v))
+    for backend in ("triton", "reference"):
+        out = sage_kernels.sage_attention(q, k, v, precision="fp4", backend=backend)
+        assert torch.isfinite(out).all(), backend
+        assert out.float().max() > 60000, backend
