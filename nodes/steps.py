@@ -38,7 +38,7 @@ class StepLocator:
             self._schedule = tuple(float(s) for s in schedule_obj.flatten().tolist())
             self._schedule_obj = schedule_obj
         self._sigma_obj = sigma_obj
-        self._step = _nearest_step(self._schedule, float(sigma_obj.max()))
+        self._step = _nearest_step(self._schedule, float(sigma_obj.detach().max()))
         return self._step
 
     def forget(self) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import capabilities
+from . import capabilities, training
 from .logs import log_once
 from .options import PV_MODES, SMOOTH_Q_MODES, QuantOptions
 from .problem import AttentionProblem, SageAttentionInputError, build_problem
@@ -145,6 +145,9 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
         if fallback == "error":
             raise SageAttentionUnsupported(plan)
         log_once(f"fallback: {plan.reason}", f"sage_attention: running SDPA instead: {plan.reason}")
+    if plan.backend != "torch" and training.needs_grad(p):  # autograd: the int8 training kernels (docs/TRAINING.md)
+        out, lse = training.attention_with_grad(p, plan, return_lse)
+        return (out, lse) if return_lse else out
     if p.len_q == 0 or p.len_k == 0:  # nothing to attend to: zeros (and LSE -inf), whatever the plan
         out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype, device=p.device)
         lse = torch.full((p.batch, p.heads_q, p.len_q), float("-inf"), device=p.device)

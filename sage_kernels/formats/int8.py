@@ -20,7 +20,7 @@ def quantize_int8(x: torch.Tensor, dim: int = -1):
     """Returns (codes int8, scale fp32 with `dim` kept as size 1)."""
     x = x.to(torch.float32)
     amax = x.abs().amax(dim=dim, keepdim=True)
-    inv = torch.where(amax > 0, torch.full_like(amax, INT8_MAX) / amax, torch.zeros_like(amax))
+    inv = torch.where(amax > 0, torch.full_like(amax, INT8_MAX) / amax.clamp_min(1e-30), torch.zeros_like(amax))
     codes = rne(x * inv).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return codes, amax * (1.0 / INT8_MAX)
 

@@ -17,7 +17,17 @@ from ..logs import log_once
 from ..problem import AttentionProblem, SageAttentionInputError
 from .config import DEFAULT_QK, QK_MODES, check_qk
 
-_qk_mode = check_qk(os.environ.get("SAGE3_TRAIN_QK", DEFAULT_QK))
+
+def _qk_from_env() -> str:
+    value = os.environ.get("SAGE3_TRAIN_QK", DEFAULT_QK)
+    if value not in QK_MODES:  # a typo in the environment must not break importing the package
+        log_once("SAGE3_TRAIN_QK", f"sage_kernels: SAGE3_TRAIN_QK={value!r} is not one of {QK_MODES}; using "
+                 f"{DEFAULT_QK!r}")
+        return DEFAULT_QK
+    return value
+
+
+_qk_mode = _qk_from_env()
 
 
 def set_qk_mode(qk: str) -> None:

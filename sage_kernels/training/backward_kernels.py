@@ -26,7 +26,7 @@ def _scores_t(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexp
 @jit
 def _dequant_v(V_base, VS_base, keys, offs_d, s_vr, s_vsblk, BLOCK_V: tl.constexpr, DTYPE: tl.constexpr,
                INTERPRET: tl.constexpr):
-    """(DP, n) tile of the forward's V, dequantized and rounded to the input dtype."""
+    """(DP, n) tile of the forward's V, dequantized and rounded to the 16-bit compute dtype DTYPE."""
     codes = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
     scale = tl.load(VS_base + (keys[None, :] // BLOCK_V) * s_vsblk + offs_d[:, None])
     return cast(codes.to(tl.float32) * scale, DTYPE, INTERPRET)

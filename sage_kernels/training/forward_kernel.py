@@ -19,7 +19,7 @@ def cast(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     """x.to(DTYPE) rounding to nearest even. Triton 3.6's interpreter truncates fp32 -> bf16 (GPUs round), so
     there the value is first rounded to a bf16-representable fp32 with integer arithmetic (finite x)."""
     if INTERPRET:
-        if DTYPE == tl.bfloat16:
+        if DTYPE == tl.bfloat16 and x.dtype == tl.float32:
             bits = x.to(tl.int32, bitcast=True)
             bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
             x = bits.to(tl.float32, bitcast=True)
