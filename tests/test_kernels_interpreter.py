@@ -141,3 +141,19 @@ def test_fp16_values_near_the_limit_stay_finite():
         out = sage_kernels.sage_attention(q, k, v, precision="fp4", backend=backend)
         assert torch.isfinite(out).all(), backend
         assert out.float().max() > 60000, backend
+
+
+@pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "int8"), ("fp4", "16bit")])
+def test_nan_inputs_are_not_hidden(precision, pv):
+    """A NaN in k or v poisons every row, as in SDPA, and a NaN in q its row (here its whole 128-row block too,
+    through Q smoothing's block mean): quantization must never round it away into a plausible finite output."""
+    q, k, v = (t.half().to(DEV) for t in dist.make("normal", 1, 2, 140, 140, 64))
+    for tensor, whole in ((q, False), (k, True), (v, True)):
+        bad = tensor.clone()
+        bad[0, 1, 3, 5] = float("nan")
+        args = [bad if t is tensor else t for t in (q, k, v)]
+        for backend in ("triton", "reference"):
+            out = sage_kernels.sage_attention(*args, precision=precision, pv=pv, backend=backend)
+            nan_rows = torch.isnan(out).any(dim=-1)
+            assert nan_rows[0, 1].all() if whole else nan_rows[0, 1, 3], (backend, whole)
+            assert not nan_rows[0, 0].any(), backend  # the other head is untouched

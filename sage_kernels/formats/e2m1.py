@@ -126,6 +126,8 @@ def nvfp4_block_jit(xg, g, g_inv):
     """
     amax = tl.max(tl.abs(xg), axis=2)
     scale = round_e4m3_jit(amax * (1.0 / 6.0) * g_inv)
+    # GPU max ignores NaN, torch's amax propagates it: a NaN block scale keeps NaN inputs visible downstream.
+    scale = tl.where(tl.max((xg != xg).to(tl.int32), axis=2) > 0, float("nan"), scale)
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
     r = round_e2m1_jit(xg * inv[:, :, None])

@@ -32,4 +32,6 @@ def quantize_int8_jit(x, AXIS: tl.constexpr):
     inv = tl.where(amax > 0, tl.math.div_rn(tl.full(amax.shape, 127.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
     inv_b = tl.expand_dims(inv, AXIS)
     codes = tl.minimum(tl.maximum(rne_jit(x * inv_b), -127.0), 127.0).to(tl.int8)
-    return codes, amax * (1.0 / 127.0)
+    # GPU max ignores NaN; torch's amax propagates it. A NaN scale makes the NaN visible downstream, as in torch.
+    has_nan = tl.max((x != x).to(tl.int32), axis=AXIS) > 0
+    return codes, tl.where(has_nan, float("nan"), amax * (1.0 / 127.0))

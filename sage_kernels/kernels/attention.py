@@ -212,7 +212,7 @@ def attention_kernel(
                                      Lk, DV,
                                      BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, PIPELINE, INTERPRET)
 
-    live = l_i > 0
+    live = l_i != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
     out = acc / tl.where(live, l_i, 1.0)[:, None]
     if PV_FORMAT == C_FP4_CODES:
         out = out * tl.load(GV + bhk)

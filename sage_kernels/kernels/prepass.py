@@ -131,6 +131,7 @@ def prep_v_kernel(
         tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, scale)
     elif FORMAT == C_FP8:
         amax = tl.max(tl.abs(x), axis=0)
+        amax = tl.where(tl.max((x != x).to(tl.int32), axis=0) > 0, float("nan"), amax)  # NaN stays visible
         inv = tl.where(amax > 0, tl.math.div_rn(tl.full((DP,), 448.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
         # Rounded arithmetically first: the cast then only stores exact values (Triton's interpreter mis-rounds).
         vals = round_e4m3_jit(x * inv[None, :])

@@ -168,7 +168,7 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
             contrib = pv * (beta * (1.0 / FP4_RANGE))[..., None]
         acc = acc * alpha[..., None] + contrib
         m = m_new
-    live = l > 0
+    live = l != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
     out = torch.where(live[..., None], acc / torch.where(live, l, torch.ones_like(l))[..., None], torch.zeros_like(acc))
     out = out[..., :p.head_dim_v]
     if prep.v_mean is not None:

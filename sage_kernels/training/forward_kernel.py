@@ -117,7 +117,7 @@ def forward_kernel(
     if IS_CAUSAL:  # the blocks crossing the diagonal, after the fully visible ones (key order, as the mirror)
         acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, q_scale, rows, K_base, KS_base, V_base, VS_base, col_base,
                                         Lk_pad, causal_offset, full, hi, BN, DP, QK16, True, HAS_COL, INTERPRET)
-    live = l_i > 0
+    live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
     l_safe = tl.where(live, l_i, 1.0)
     out = tl.where(live[:, None], acc / l_safe[:, None], 0.0)
     row_ok = rows < Lq

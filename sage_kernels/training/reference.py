@@ -124,7 +124,7 @@ def reference_forward(p: AttentionProblem, qk: str):
         vs = ops.v_scale[:, :, j].repeat_interleave(g, dim=1)
         acc = acc * alpha[..., None] + (pv * (beta * (1.0 / 127.0))[..., None]) * vs[:, :, None, :]
         m = m_new
-    live = l > 0
+    live = l != 0  # 0 only when no key was visible; NaN inputs must stay visible
     l_safe = torch.where(live, l, torch.ones_like(l))
     out = torch.where(live[..., None], acc / l_safe[..., None], torch.zeros_like(acc))[..., :p.head_dim_v]
     lse = torch.where(live, (m + torch.log2(l_safe)) * LN2 + ops.shift, torch.full_like(l, float("-inf")))
