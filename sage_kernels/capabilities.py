@@ -7,7 +7,6 @@ does, the plan falls back to PyTorch SDPA with the first failed constraint as it
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -39,18 +38,31 @@ class Plan:
 class DeviceInfo:
     kind: str  # "cuda" | "cpu" | ...
     arch: int  # compute capability * 10 (90 for sm_90), 0 off CUDA
-    name: str = ""
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_info(index: int) -> DeviceInfo:
+_CUDA_INFO: dict[int, DeviceInfo] = {}
+
+
+def _query_cuda(index: int) -> DeviceInfo:
     major, minor = torch.cuda.get_device_capability(index)
-    return DeviceInfo("cuda", major * 10 + minor, torch.cuda.get_device_name(index))
+    return DeviceInfo("cuda", major * 10 + minor)
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_result"):
+    # torch.compile cannot trace torch.cuda queries: it calls this once while tracing and keeps the result.
+    _query_cuda = torch.compiler.assume_constant_result(_query_cuda)
+
+
+def _cuda_info(index: int) -> DeviceInfo:
+    info = _CUDA_INFO.get(index)
+    if info is None:
+        info = _CUDA_INFO[index] = _query_cuda(index)
+    return info
 
 
 def device_info(device: torch.device) -> DeviceInfo:
     if device.type == "cuda":
-        return _cuda_info(device.index if device.index is not None else torch.cuda.current_device())
+        return _cuda_info(device.index if device.index is not None else 0)
     return DeviceInfo(device.type, 0)
 
 

@@ -149,7 +149,8 @@ def test_capability_table_lists_every_kernel():
 
 def test_torch_compile_keeps_the_kernel_in_one_graph():
     """The Triton path is a torch custom op: fullgraph compilation must succeed (no graph break)."""
-    q, k, v = (t.half() for t in dist.make("normal", 1, 2, 64, 64, 64))
+    q, k, v = (t.half().to("cuda" if torch.cuda.is_available() else "cpu")
+               for t in dist.make("normal", 1, 2, 64, 64, 64))
 
     def f(q, k, v):
         return sage_kernels.sage_attention(q * 1.0, k, v, precision="int8", backend="triton", fallback="error") + 1

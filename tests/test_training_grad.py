@@ -18,9 +18,12 @@ from sage_kernels.training import attention_with_grad
 from sage_kernels.training.reference import reference_backward, reference_forward
 from tests.support import distributions as dist
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # kernels run natively on a GPU, interpreted on CPU
 GRAD_COS = 0.999
 INT8_QK_FLOOR = {"outlier_channels": 0.995, "sharp": 0.998}  # measured min(dQ, dK) 0.9964 / 0.9987
-MIRROR_COS, MIRROR_L1 = 0.99999, 3e-3  # bf16 output rounding alone is ~1.5e-3 rel L1
+# bf16 output rounding alone is ~1.5e-3 rel L1. On a GPU, exp2 is approximate and FMAs contract, so P's INT8 codes
+# flip more often than in the interpreter; dQ amplifies the flips on peaked rows (measured H200: cos 0.99967).
+MIRROR_COS, MIRROR_L1 = (0.9995, 2e-2) if DEV == "cuda" else (0.99999, 3e-3)
 
 
 def exact_grads(q, k, v, dout, *, scale=None, is_causal=False, key_mask=None, dlse=None):
@@ -47,16 +50,18 @@ def exact_grads(q, k, v, dout, *, scale=None, is_causal=False, key_mask=None, dl
 
 
 def sage_grads(q, k, v, dout, *, qk, backend="triton", layout="HND", dlse=None, **kwargs):
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    """The training path's (out, dq, dk, dv, lse) on DEV, returned on the CPU."""
+    q, k, v = (t.detach().clone().to(DEV).requires_grad_() for t in (q, k, v))
+    kwargs = {key: value.to(DEV) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()}
     p = build_problem(q, k, v, layout=layout, **kwargs)
     plan = decide(p, "int8", backend)
     assert plan.backend == backend, plan.reason
     out, lse = attention_with_grad(p, plan, return_lse=True, qk=qk)
-    loss = (out.float() * dout.float()).sum()
+    loss = (out.float() * dout.to(DEV).float()).sum()
     if dlse is not None:
-        loss = loss + (lse * dlse).sum()
+        loss = loss + (lse * dlse.to(DEV)).sum()
     loss.backward()
-    return out.detach(), q.grad, k.grad, v.grad, lse.detach()
+    return tuple(t.cpu() for t in (out.detach(), q.grad, k.grad, v.grad, lse.detach()))
 
 
 def check(case, q, k, v, *, qk="16bit", bars=(GRAD_COS,) * 3, layout="HND", dlse=None, key_mask=None, **kwargs):
@@ -142,7 +147,7 @@ def test_custom_ops_pass_opcheck():
     """Schema, fake (meta) implementations and the autograd registration, as torch.compile relies on them."""
     from sage_kernels.training.autograd import train_attention, train_attention_backward
 
-    q, k, v = (t.bfloat16().requires_grad_() for t in dist.make("normal", 1, 1, 64, 64, 64))
+    q, k, v = (t.bfloat16().to(DEV).requires_grad_() for t in dist.make("normal", 1, 1, 64, 64, 64))
     args = (q, k, v, None, "HND", "HND", False, 0.125, "16bit", "triton")
     torch.library.opcheck(train_attention, args, test_utils=("test_schema", "test_faketensor",
                                                               "test_autograd_registration"))

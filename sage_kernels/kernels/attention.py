@@ -222,7 +222,8 @@ def attention_kernel(
     row_ok = offs_m < Lq
     o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :]
     if O.dtype.element_ty == tl.float16:  # quantized V can round a value near 65504 up past fp16's range
-        out = tl.minimum(tl.maximum(out, -65504.0), 65504.0)
+        # (comparisons, not min/max: GPU min/max drop NaN, and NaN inputs must stay visible)
+        out = tl.where(out > 65504.0, 65504.0, tl.where(out < -65504.0, -65504.0, out))
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < DV))
     if RETURN_LSE:
         lse = (m_i + tl.math.log2(tl.where(live, l_i, 1.0))) * 0.6931471805599453
