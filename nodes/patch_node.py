@@ -23,7 +23,8 @@ class Sage3AttentionPatch(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 io.Combo.Input("precision", options=["auto", "fp4", "int8", "sdpa"], default="auto",
-                               tooltip="auto: fp4 on Blackwell, int8 on other sm_80+ GPUs, PyTorch SDPA elsewhere. "
+                               tooltip="auto: fp4 on Blackwell, int8 on Ampere/Ada, PyTorch SDPA on Hopper (faster "
+                                       "there) and elsewhere. "
                                        "fp4 keeps the first and last sampling steps at int8 unless a Sage3 Attention "
                                        "Quality node says otherwise."),
                 io.Combo.Input("fallback", options=["sdpa", "error"], default="sdpa",
