@@ -151,18 +151,25 @@ def variants(full: bool = True):
         yield "int8 no rotation", prob(), "int8", QuantOptions(rotate=False), False
 
 
+def distinct(launches) -> list[Launch]:
+    """The first launch of each specialisation (kernel, argument types, constexprs, launch options)."""
+    seen, unique = set(), []
+    for launch in launches:
+        key = launch_key(launch)
+        if key not in seen:
+            seen.add(key)
+            unique.append(launch)
+    return unique
+
+
 def record_all(full: bool = True) -> list[Launch]:
     """Every distinct launch of `variants(full)` (recorded from CPU tensors)."""
-    seen, unique = set(), []
+    recorded = []
     for _, p, precision, opts, lse in variants(full):
         with recording() as launches:
             run_module.run(p, precision, opts, lse)
-        for launch in launches:
-            key = launch_key(launch)
-            if key not in seen:
-                seen.add(key)
-                unique.append(launch)
-    return unique
+        recorded += launches
+    return distinct(recorded)
 
 
 def main(argv=None) -> int:

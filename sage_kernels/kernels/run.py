@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import transforms as T
-from .._triton import interpreter_active, triton
+from .._triton import interpreter_active
 from ..capabilities import device_info
 from ..formats.e2m1 import tensor_scale
 from ..options import BLOCK_M, BLOCK_N, QuantOptions

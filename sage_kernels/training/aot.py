@@ -17,7 +17,7 @@ import time
 import torch
 
 from .._triton import interpreter_active, triton
-from ..kernels.aot import Launch, launch_key, source_of
+from ..kernels.aot import Launch, distinct, source_of
 from . import launch
 
 _SITES = {  # module -> kernel names it launches
@@ -81,19 +81,15 @@ def variants(full: bool = True):
 def record_all(full: bool = True) -> list[Launch]:
     from . import backward, forward  # noqa: F401  (the recorded modules must be imported)
 
-    seen, unique = set(), []
+    recorded = []
     for _, p, qk in variants(full):
         with recording() as launches:
             out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
             lse = torch.zeros(p.batch, p.heads_q, p.len_q)
             forward.training_forward(p, qk)
             backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
-        for launch in launches:
-            key = launch_key(launch)
-            if key not in seen:
-                seen.add(key)
-                unique.append(launch)
-    return unique
+        recorded += launches
+    return distinct(recorded)
 
 
 def main(argv=None) -> int:
