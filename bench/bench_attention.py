@@ -26,8 +26,7 @@ import sage_kernels  # noqa: E402
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
-SWEEP = [(4, 3, 64, False), (4, 2, 64, False), (4, 2, 64, True), (8, 3, 128, False), (8, 3, 128, True),
-         (8, 2, 128, True)]  # warps, stages, BM, pipelined Q.K^T
+SWEEP = [(4, 3, 64), (4, 2, 64), (8, 3, 128), (8, 2, 128)]  # warps, stages, BM
 
 
 def tops(shape, ms):
@@ -132,9 +131,9 @@ def main():
                          "cos": cos, "rel_l1": l1})
         if args.sweep:
             for pv in args.sweep_pv:
-                for nw, ns, bm, pipe in SWEEP:
-                    configs.set_override(configs.LaunchConfig(nw, ns, bm, pipe))
-                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}{'p' if pipe else ''}"
+                for nw, ns, bm in SWEEP:
+                    configs.set_override(configs.LaunchConfig(nw, ns, bm))
+                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}"
                     try:
                         ms = timed(lambda: ours(args.sweep_precision, pv=pv)(q, k, v))
                         rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms),

@@ -110,9 +110,8 @@ def compile_launch(launch: Launch, arch: int):
         kw = launch.kwargs
         cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"])
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        if (cfg.block_m, cfg.pipeline) != (kw["BM"], kw["PIPELINE"]):
-            src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args,
-                                      {**kw, "BM": cfg.block_m, "PIPELINE": cfg.pipeline}))
+        if cfg.block_m != kw["BM"]:
+            src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args, {**kw, "BM": cfg.block_m}))
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 

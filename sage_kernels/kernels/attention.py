@@ -112,28 +112,15 @@ def _attn_blocks(
     offs_m, causal_offset, lo, hi, Lk, DV,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, MASKED: tl.constexpr, HAS_COL: tl.constexpr,
-    PIPELINE: tl.constexpr, INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    """Key blocks [lo, hi). PIPELINE issues the next block's Q.K^T before this block's softmax, so the tensor
-    cores work while the softmax runs (costs one more score tile of registers)."""
-    if PIPELINE:
-        if hi > lo:
-            s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, lo,
-                        BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
-            for start_n in range(lo, hi - BN, BN):
-                s_next = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset,
-                                 start_n + BN, BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
-                acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
-                                        Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
-                s = s_next
-            acc, l_i, m_i = _update(acc, l_i, m_i, s, hi - BN, V_base, VS_base, VSF_base, s_vr, s_vsblk,
-                                    Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
-    else:
-        for start_n in range(lo, hi, BN):
-            s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
-                        BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
-            acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
-                                    Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
+    """Key blocks [lo, hi). (Issuing the next block's Q.K^T before this block's softmax measured 10-25% slower on
+    an H200: register pressure; docs/BENCHMARKS.md.)"""
+    for start_n in range(lo, hi, BN):
+        s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
+                    BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
+        acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
+                                Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
     return acc, l_i, m_i
 
 
@@ -148,7 +135,7 @@ def attention_kernel(
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, g0, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr,
-    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, PIPELINE: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q, K: operand buffers (B, H, L_pad, ...) with strides s_q*, s_k* (row stride s_ql / s_kl).
     QS / KS: fp32 per-row scales (int8: scale, Q's includes sm_scale*log2e/rotation; fp4 codes: second level;
@@ -201,16 +188,16 @@ def attention_kernel(
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, mid,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, PIPELINE, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, mid, hi,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, PIPELINE, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, INTERPRET)
     else:
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, Lk_pad,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, PIPELINE, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
 
     live = l_i != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
     out = acc / tl.where(live, l_i, 1.0)[:, None]

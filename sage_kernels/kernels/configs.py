@@ -15,7 +15,6 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     block_m: int = 128  # query rows per program: 64 or 128 (math-neutral)
-    pipeline: bool = False  # issue the next block's Q.K^T before this block's softmax (math-neutral)
 
 
 _override: LaunchConfig | None = None

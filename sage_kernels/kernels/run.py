@@ -236,7 +236,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
             PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
-            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad), PIPELINE=cfg.pipeline,
+            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad),
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
