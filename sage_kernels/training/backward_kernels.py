@@ -12,7 +12,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
 from ..kernels.common import dot16, int32_to_f32
-from .forward_kernel import cast, scores
+from .forward_kernel import cast, query_tile, scores
 
 
 @jit
@@ -198,17 +198,7 @@ def dq_kernel(
     """Operands as in dkdv_kernel; KC: per-channel INT8 smoothed K (B, Hk, DP, Lk_pad), KCS (B, Hk, Lk_pad / SK, DP).
     KBAR: fp32 key means (B, Hk, DP); DLSE: fp32 (B, Hq, Lq), read when HAS_DLSE (the exact smooth-K term)."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    bhk = b * (Hq // kv_group) + h // kv_group
-    rows = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, DP)
-    q = tl.load(Q + (bh * Lq_pad + rows)[:, None] * DP + offs_d[None, :])
-    if QK16:
-        q_scale = tl.load(QS)
-    else:
-        q_scale = tl.load(QS + bh * Lq_pad + rows)
+    b, h, bh, bhk, rows, offs_d, q, q_scale = query_tile(Q, QS, Hq, kv_group, Lq_pad, BM, DP, QK16)
     do = tl.load(DO + b * s_gb + h * s_gh + rows[:, None] * s_gl + offs_d[None, :] * s_gd,
                  mask=(rows[:, None] < Lq) & (offs_d[None, :] < DV), other=0.0)
     m = tl.load(M + bh * Lq_pad + rows)

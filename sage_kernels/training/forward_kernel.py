@@ -36,6 +36,24 @@ def scores(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @jit
+def query_tile(Q, QS, Hq, kv_group, Lq_pad, BM: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr):
+    """This program's query block: (b, h, bh, bhk, rows, offs_d, q, q_scale) from the (query block, batch*head)
+    grid, with q (BM, DP) and its scale (per row for INT8, the scalar score factor for 16-bit)."""
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    bhk = b * (Hq // kv_group) + h // kv_group
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, DP)
+    q = tl.load(Q + (bh * Lq_pad + rows)[:, None] * DP + offs_d[None, :])
+    if QK16:
+        q_scale = tl.load(QS)
+    else:
+        q_scale = tl.load(QS + bh * Lq_pad + rows)
+    return b, h, bh, bhk, rows, offs_d, q, q_scale
+
+
+@jit
 def _forward_blocks(
     acc, l_i, m_i, q, q_scale, rows, K_base, KS, V_base, VS_base, col_base,
     Lk_pad, causal_offset, lo, hi,
@@ -88,17 +106,7 @@ def forward_kernel(
     (B, Hk, Lk_pad / BN, DP). COL (B|1, Hq|1, 1, Lk_pad) log2(e)*mask, -inf on padded keys. SHIFT (B, Hq, Lq_pad)
     the natural-log row offset removed by K smoothing. O any strides; LSE (B, Hq, Lq) fp32."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    bhk = b * (Hq // kv_group) + h // kv_group
-    rows = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, DP)
-    q = tl.load(Q + (bh * Lq_pad + rows)[:, None] * DP + offs_d[None, :])
-    if QK16:
-        q_scale = tl.load(QS)
-    else:
-        q_scale = tl.load(QS + bh * Lq_pad + rows)
+    b, h, bh, bhk, rows, offs_d, q, q_scale = query_tile(Q, QS, Hq, kv_group, Lq_pad, BM, DP, QK16)
     K_base = K + bhk * Lk_pad * DP
     KS_base = KS + bhk * Lk_pad
     V_base = V + bhk * DP * Lk_pad
