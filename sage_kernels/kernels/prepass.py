@@ -27,7 +27,7 @@ C_V16 = tl.constexpr(FMT_V16)
 
 
 @jit
-def _load_rows(X, sxl, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
+def load_rows(X, sxl, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
     """[BT, DP] tile of rows row0.. of one (batch, head), zero outside [L, D]; also returns the row mask.
     The last dim must be contiguous (the host guarantees it): a runtime column stride would defeat vector loads."""
     rows = row0 + tl.arange(0, BT)
@@ -56,7 +56,7 @@ def prep_rows_kernel(
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_t * BT
-    x_raw, live = _load_rows(X + b * sxb + h * sxh, sxl, row0, L, D, BT, DP)
+    x_raw, live = load_rows(X + b * sxb + h * sxh, sxl, row0, L, D, BT, DP)
     x = x_raw.to(tl.float32)
     cols = tl.arange(0, DP)
     if MEAN_MODE == 1:
@@ -119,7 +119,7 @@ def prep_v_kernel(
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_n * BN
-    x_raw, live = _load_rows(V + b * svb + h * svh, svl, row0, L, D, BN, DP)
+    x_raw, live = load_rows(V + b * svb + h * svh, svl, row0, L, D, BN, DP)
     x = x_raw.to(tl.float32)
     cols = tl.arange(0, DP)
     toks = row0 + tl.arange(0, BN)
@@ -177,7 +177,7 @@ def column_bias_kernel(
     cols = tl.arange(0, DP)
     qbar = tl.load(QBAR + b * sqb + h * sqh + (g0 + gs)[:, None] * sqg + cols[None, :],
                    mask=(gs[:, None] < G_chunk) & (cols[None, :] < D), other=0.0)
-    k, _ = _load_rows(K + b * skb + (h // kv_group) * skh, skl, pid_n * BN, Lk, D, BN, DP)
+    k, _ = load_rows(K + b * skb + (h // kv_group) * skh, skl, pid_n * BN, Lk, D, BN, DP)
     hi = qbar.to(tl.bfloat16 if K_FP32 else k.dtype)
     lo = (qbar - hi.to(tl.float32)).to(hi.dtype)
     if K_FP32:  # fp32 keys: split them too; the lo*lo term is below fp32 rounding

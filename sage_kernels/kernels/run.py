@@ -156,7 +156,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                     shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor)
 
 
-def _broadcast_strides(t: torch.Tensor):
+def broadcast_strides(t: torch.Tensor):
+    """Strides of a column-bias table's (batch, head, row) dims, 0 where it broadcasts."""
     return tuple(t.stride(i) if t.shape[i] > 1 else 0 for i in range(3))
 
 
@@ -219,7 +220,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     for g0, gcount, table, broadcast in tables:
         if table is None:
             table = _bias_chunk(p, ops, g0, gcount)
-        sc = _broadcast_strides(table)
+        sc = broadcast_strides(table)
         s_cg = 0 if broadcast else table.stride(2)
         attention_kernel[(gcount * (BLOCK_M // cfg.block_m), p.batch * p.heads_q)](
             ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,

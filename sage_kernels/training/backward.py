@@ -11,7 +11,7 @@ from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype
 from .launch import launch
 from .backward_kernels import dkdv_kernel, dq_kernel
-from .forward import broadcast_strides
+from ..kernels.run import broadcast_strides
 from .operands import quantize, score_operands
 from .prepass import row_stats_kernel
 
@@ -52,7 +52,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     dq, dq_h = _grad_like(p.q, p.layout)
     dk, dk_h = _grad_like(p.k, p.layout)
     dv, dv_h = _grad_like(p.v, p.layout)
-    sc = broadcast_strides(ops.col)
+    sc = broadcast_strides(ops.col)[:2]
     common = dict(BLOCK_V=FWD_BLOCK_K, DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp)
     launch("dkdv", dkdv_kernel, lambda block: (lk_pad // block, b * hk), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,

@@ -7,20 +7,16 @@ from .._triton import interpreter_active
 from ..problem import AttentionProblem
 from .config import FWD_BLOCK_K
 from .forward_kernel import forward_kernel
+from ..kernels.run import broadcast_strides
 from .launch import launch
 from .operands import ScoreOperands, score_operands
-
-
-def broadcast_strides(col: torch.Tensor) -> tuple[int, int]:
-    """(batch, head) strides of the column table, 0 where it broadcasts."""
-    return tuple(col.stride(i) if col.shape[i] > 1 else 0 for i in range(2))
 
 
 def launch_forward(p: AttentionProblem, ops: ScoreOperands):
     """Returns (out in p.out_layout, lse (B, Hq, Lq) fp32 natural log, -inf on rows that see no key)."""
     out, out_hnd = p.new_output()
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device)
-    sc = broadcast_strides(ops.col)
+    sc = broadcast_strides(ops.col)[:2]
     launch("forward", forward_kernel, lambda block: (ops.lq_pad // block, p.batch * p.heads_q), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, *sc,
         out_hnd, *out_hnd.stride(), lse, ops.shift,

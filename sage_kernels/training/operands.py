@@ -37,6 +37,7 @@ def quantize(x: torch.Tensor, l_pad: int, dp: int, block: int, *, per_channel: b
     `shift_keys` (the key means (B, Hk, D), head h reading h // kv_group) is given, else None."""
     b, h, l, d = x.shape
     dev = x.device
+    x = x if x.stride(3) == 1 else x.contiguous()  # the shared tile loader needs unit stride along D
     if per_channel:
         codes = torch.empty(b, h, dp, l_pad, dtype=torch.int8, device=dev)
         scale = torch.empty(b, h, l_pad // block, dp, dtype=torch.float32, device=dev)
@@ -49,7 +50,7 @@ def quantize(x: torch.Tensor, l_pad: int, dp: int, block: int, *, per_channel: b
     kbar = pad(shift_keys) if shift_keys is not None else scale
     shift = torch.empty(b, h, l_pad, dtype=torch.float32, device=dev) if shift_keys is not None else None
     quantize_kernel[(l_pad // block, b * h)](
-        x, *x.stride(), mean_buf, *m_strides, rotation if rotation is not None else scale,
+        x, *x.stride()[:3], mean_buf, *m_strides, rotation if rotation is not None else scale,
         kbar, *((kbar.stride(0), kbar.stride(1)) if shift_keys is not None else (0, 0)),
         shift if shift is not None else scale, codes, scale,
         h, l, l_pad, d, kv_group, sm_scale, row_factor,

@@ -9,12 +9,13 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
 from ..kernels.common import dot16
+from ..kernels.prepass import load_rows
 from .forward_kernel import cast
 
 
 @jit
 def quantize_kernel(
-    X, sxb, sxh, sxl, sxd,  # input (B, H, L, D) through strides
+    X, sxb, sxh, sxl,  # input (B, H, L, D) through strides, D contiguous
     MEAN, smb, smh,  # fp32 means (..., DP) at b * smb + h * smh, subtracted when SUB_MEAN
     ROT,  # (DP, DP) ±1 in the 16-bit compute dtype, when ROTATE
     KBAR, skb, skh,  # fp32 key means for the shift (WRITE_SHIFT): at b * skb + (h // kv_group) * skh
@@ -30,9 +31,7 @@ def quantize_kernel(
     h = pid_bh % H
     rows = pid_t * BT + tl.arange(0, BT)
     cols = tl.arange(0, DP)
-    live = rows < L
-    x_raw = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxl + cols[None, :] * sxd,
-                    mask=live[:, None] & (cols[None, :] < D), other=0.0)
+    x_raw, live = load_rows(X + b * sxb + h * sxh, sxl, pid_t * BT, L, D, BT, DP)
     x = x_raw.to(tl.float32)
     mean = tl.zeros((DP,), tl.float32)
     if SUB_MEAN:
