@@ -26,7 +26,7 @@ import sage_kernels  # noqa: E402
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
-SWEEP = [(4, 3, 64), (4, 2, 64), (8, 3, 128), (8, 2, 128)]  # warps, stages, BM
+SWEEP = [(4, 3, 64, False), (8, 3, 128, False), (4, 3, 64, True), (8, 3, 128, True)]  # warps, stages, BM, TMA kernel
 
 
 def tops(shape, ms):
@@ -87,7 +87,8 @@ def baselines():
     return fns
 
 
-def ours(precision, pv="int8", smooth_q="block"):
+def ours(precision, pv="16bit", smooth_q="block"):
+    """Our whole call; pv="16bit" is the API's default."""
     return lambda q, k, v: sage_kernels.sage_attention(q, k, v, precision=precision, backend="triton", pv=pv,
                                                        smooth_q=smooth_q, fallback="error")
 
@@ -117,8 +118,8 @@ def main():
             cands[f"sage3 {prec}"] = ours(prec)
         if args.variants:
             cands["sage3 int8 pv=fp8"] = ours("int8", pv="fp8")
-            cands["sage3 int8 pv=16bit"] = ours("int8", pv="16bit")
-            cands["sage3 int8 smooth_q=off"] = ours("int8", smooth_q="off")
+            cands["sage3 int8 pv=int8"] = ours("int8", pv="int8")
+            cands["sage3 int8 pv=int8 smooth_q=off"] = ours("int8", pv="int8", smooth_q="off")
         for name, fn in cands.items():
             try:
                 ms = timed(lambda: fn(q, k, v))
@@ -131,9 +132,9 @@ def main():
                          "cos": cos, "rel_l1": l1})
         if args.sweep:
             for pv in args.sweep_pv:
-                for nw, ns, bm in SWEEP:
-                    configs.set_override(configs.LaunchConfig(nw, ns, bm))
-                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}"
+                for nw, ns, bm, ws in SWEEP:
+                    configs.set_override(configs.LaunchConfig(nw, ns, bm, tma=ws))
+                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}{' tma' if ws else ''}"
                     try:
                         ms = timed(lambda: ours(args.sweep_precision, pv=pv)(q, k, v))
                         rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms),

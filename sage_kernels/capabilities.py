@@ -18,6 +18,17 @@ PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 BACKENDS = ("auto", "triton", "reference")
 MAX_HEAD_DIM = 256
 NATIVE_FP4_ARCHS = (100, 103, 120)  # tcgen05 block-scaled MMA (sm_100/103) and mma.sync block_scale (sm_120)
+# Shared memory one block may use (the opt-in maximum), by compute capability * 10. A kernel compiled past it fails
+# at launch, so configs.launch_config and the AOT checks keep every launched variant within it.
+SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
+              120: 101376, 121: 101376}
+WIDE_HEAD_SMEM = 232448  # head dims above 128 (padded to 256) need this much: the pre-pass's 256x256 rotation alone
+# takes 128 KB of operand tiles (measured with the AOT compiler: 196 KB per pre-pass block, 161 KB per attention block)
+
+
+def smem_limit(arch: int) -> int:
+    """Shared memory per block on sm_<arch> (unknown archs: the smallest current value, 99 KB)."""
+    return SMEM_LIMIT.get(arch, 101376)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,10 @@ class KernelSpec:
                 return f"Triton kernels do not run on {dev.kind} tensors"
         if max(p.head_dim, p.head_dim_v) > self.max_head_dim:
             return f"head dim {max(p.head_dim, p.head_dim_v)} > {self.max_head_dim}"
+        if self.triton and dev.kind == "cuda" and max(p.head_dim, p.head_dim_v) > 128 \
+                and smem_limit(dev.arch) < WIDE_HEAD_SMEM:
+            return (f"head dim {max(p.head_dim, p.head_dim_v)} > 128 needs {WIDE_HEAD_SMEM // 1024} KB of shared memory "
+                    f"per block (sm_90/sm_100); sm_{dev.arch} has {smem_limit(dev.arch) // 1024} KB")
         if p.mask_kind not in self.masks:
             return f"a {p.mask_kind.replace('_', '-')} attn_mask (varies along queries) is not supported by {self.name}"
         if self.probe:

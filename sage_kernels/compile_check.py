@@ -29,6 +29,8 @@ from unittest import mock
 
 import torch
 
+from .capabilities import smem_limit
+
 TARGETS = ("sm_100a", "sm_120a")
 HEAD_DIMS = (64, 128)
 # The NVFP4 MMA each target must use, as Triton 3.6 prints it (its NVVM intrinsic for sm_100 is
@@ -38,8 +40,6 @@ NVFP4_MMA = {
     10: ("tcgen05.mma", "kind::mxf4nvf4", "block_scale", "scale_vec::4X"),
     12: ("mma.sync", "kind::mxf4nvf4", "block_scale", "scale_vec::4X", "ue4m3"),
 }
-# Shared memory one program may use (opt-in maximum per block, CUDA C++ Programming Guide, per compute capability).
-SMEM_LIMIT = {9: 232448, 10: 232448, 12: 101376}
 _MMA_RE = re.compile(r"\b((?:tcgen05\.mma|mma\.sync|wgmma\.mma_async)[\w.:]*)")
 
 
@@ -267,8 +267,8 @@ def compile_launch(launch: Launch, cc: int) -> Result:
                 reasons.append(f"MMA other than NVFP4 block-scaled: {', '.join(other)}")
     if st or ld:
         reasons.append(f"spills: {st} B stores, {ld} B loads")
-    if shared > SMEM_LIMIT.get(cc // 10, 0):
-        reasons.append(f"{shared} B of shared memory > {SMEM_LIMIT.get(cc // 10, 0)} B available on sm_{cc}")
+    if shared > smem_limit(cc):
+        reasons.append(f"{shared} B of shared memory > {smem_limit(cc)} B available on sm_{cc}")
     return Result(arch, launch.name, launch.num_warps, launch.num_stages, mma, regs, shared, st, ld, not reasons,
                   "; ".join(reasons))
 

@@ -157,3 +157,17 @@ def test_torch_compile_keeps_the_kernel_in_one_graph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+def test_wide_heads_need_hopper_or_blackwell_datacenter_shared_memory():
+    """Head dims > 128 (padded to 256) need ~196 KB of shared memory per pre-pass block: consumer GPUs (99 KB) and
+    the A100 (163 KB) send them to SDPA with that reason instead of failing at launch; D <= 128 runs there."""
+    wide = build_problem(*(torch.randn(1, 2, 64, 160) for _ in range(3)))
+    narrow = build_problem(*(torch.randn(1, 2, 64, 128) for _ in range(3)))
+    for name in ("triton.int8", "triton.fp4.emulated"):
+        spec = capabilities.KERNELS[name]
+        for arch in (80, 86, 89, 120):
+            why = spec.check(wide, capabilities.DeviceInfo("cuda", arch))
+            assert "shared memory" in why and f"sm_{arch}" in why, (name, arch, why)
+            assert spec.check(narrow, capabilities.DeviceInfo("cuda", arch)) == "", (name, arch)
+        assert spec.check(wide, capabilities.DeviceInfo("cuda", 90)) == ""

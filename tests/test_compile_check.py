@@ -48,7 +48,7 @@ def test_every_fp4_kernel_passes_without_spills(blackwell, arch):
     assert {r.kernel.split(" d")[0] for r in results} == {"attention", "prep_rows Q", "prep_rows K", "prep_v"}
     for r in results:
         assert r.spill_stores == 0 and r.spill_loads == 0 and 0 < r.registers <= 255
-        assert 0 < r.shared <= cc.SMEM_LIMIT[cc.capability(arch) // 10]
+        assert 0 < r.shared <= cc.smem_limit(cc.capability(arch))
 
 
 def test_cli_prints_the_table_and_exits_zero():

@@ -157,3 +157,59 @@ def test_nan_inputs_are_not_hidden(precision, pv):
             nan_rows = torch.isnan(out).any(dim=-1)
             assert nan_rows[0, 1].all() if whole else nan_rows[0, 1, 3], (backend, whole)
             assert not nan_rows[0, 0].any(), backend  # the other head is untouched
+
+
+@pytest.fixture
+def tma_launches(monkeypatch):
+    """Count launches of the TMA kernel (configs pick it on sm_90 only; the tests force it with an override)."""
+    if DEV == "cuda" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the TMA kernel's configs are for sm_90")
+    from sage_kernels.kernels import configs, run
+
+    launches = []
+    real = run._launch_tma
+    monkeypatch.setattr(run, "_launch_tma", lambda *a, **k: (launches.append(1), real(*a, **k)))
+    yield launches
+    configs.set_override(None)
+
+
+@pytest.mark.parametrize("pv", ["16bit", "fp8", "int8"])
+def test_tma_kernel_matches_pointer_kernel(pv, tma_launches):
+    """Same math through TMA descriptors: GQA, key padding, LSE, NHD inputs, odd lengths, V smoothing."""
+    torch.manual_seed(3)
+    q = torch.randn(1, 150, 4, 64, dtype=torch.bfloat16, device=DEV)
+    k = torch.randn(1, 300, 2, 64, dtype=torch.bfloat16, device=DEV) + 0.5
+    v = torch.randn(1, 300, 2, 64, dtype=torch.bfloat16, device=DEV) + 2.0
+    mask = torch.ones(1, 1, 1, 300, dtype=torch.bool, device=DEV)
+    mask[..., 250:] = False
+    kw = dict(layout="NHD", precision="int8", backend="triton", pv=pv, smooth_v=pv != "16bit", attn_mask=mask,
+              return_lse=True, fallback="error")
+    from sage_kernels.kernels import configs, prepass
+
+    pv_fmt = {"16bit": prepass.FMT_V16, "fp8": prepass.FMT_FP8, "int8": prepass.FMT_INT8}[pv]
+    cfg = configs.launch_config(90, 64, prepass.FMT_INT8, pv_fmt)  # what an H100/H200 launches
+    assert cfg.tma
+    configs.set_override(cfg)
+    out_ws, lse_ws = sage_kernels.sage_attention(q, k, v, **kw)
+    assert len(tma_launches) == 1
+    configs.set_override(configs.LaunchConfig(4, 2, 64))
+    out, lse = sage_kernels.sage_attention(q, k, v, **kw)
+    assert len(tma_launches) == 1
+    if DEV == "cpu":  # the interpreter evaluates both kernels' shared helpers identically
+        assert torch.equal(out_ws, out)
+    cos, l1 = dist.metrics(out_ws, out)
+    assert cos > 0.99999 and l1 < 1e-3, (cos, l1)
+    assert torch.allclose(lse_ws, lse, atol=1e-4, rtol=0)
+
+
+def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
+    from sage_kernels.kernels import configs
+
+    configs.set_override(configs.LaunchConfig(8, 2, 128, tma=True))  # 2 stages: fits the fp32-V pointer kernel
+    q, k, v = (torch.randn(1, 2, 130, 64, dtype=torch.bfloat16, device=DEV) for _ in range(3))
+    sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", is_causal=True, fallback="error")
+    sage_kernels.sage_attention(q.float(), k.float(), v.float(), precision="int8", backend="triton", fallback="error")
+    sage_kernels.sage_attention(q, k, v, precision="fp4", backend="triton", fallback="error")
+    assert tma_launches == []
+    sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
+    assert tma_launches == [1]

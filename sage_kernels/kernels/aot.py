@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .._triton import triton
+from ..capabilities import WIDE_HEAD_SMEM, smem_limit
+from . import configs
 from . import run as run_module
-from .configs import launch_config
+from .configs import LaunchConfig, launch_config
+from .run import TensorDescriptor
 
-_KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel")
+_KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel")
+TMA_ARCHS = (90,)  # where the launcher may pick attention_tma_kernel (configs.launch_config)
+
 _DTYPES = {torch.int8: "i8", torch.uint8: "u8", torch.int32: "i32", torch.float32: "fp32", torch.float16: "fp16",
            torch.bfloat16: "bf16", torch.float8_e4m3fn: "fp8e4nv"}
 
@@ -60,6 +65,8 @@ def recording():
 
 
 def _arg_type(value) -> str:
+    if isinstance(value, TensorDescriptor):
+        return f"tensordesc<{_DTYPES[value.base.dtype]}[{','.join(map(str, value.block_shape))}]>"
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[value.dtype]
     if isinstance(value, bool):
@@ -95,7 +102,7 @@ def source_of(launch: Launch):
             constexprs[name] = value
         else:
             signature[name] = _arg_type(value)
-            if not param.do_not_specialize and _divisible_by_16(value):
+            if not param.do_not_specialize and not isinstance(value, TensorDescriptor) and _divisible_by_16(value):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
 
@@ -106,9 +113,13 @@ def compile_launch(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
 
     src, options = source_of(launch)
-    if launch.name == "attention_kernel":
+    if launch.name == "attention_tma_kernel":
         kw = launch.kwargs
-        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"])
+        cfg = launch_config(arch, kw["DP"], run_module.FMT_INT8, kw["PV_FORMAT"])
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    elif launch.name == "attention_kernel":
+        kw = launch.kwargs
+        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], launch.args[6].element_size())
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         if cfg.block_m != kw["BM"]:
             src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args, {**kw, "BM": cfg.block_m}))
@@ -144,6 +155,9 @@ def variants(full: bool = True):
             for dtype in (torch.float16, torch.float32):
                 yield f"{precision} {dtype}", prob(dtype=dtype), precision, QuantOptions(), False
     yield "int8 pv=fp8", prob(), "int8", QuantOptions(pv="fp8"), False
+    yield ("int8 lse+mask+gqa, pv=int8, smooth_v", prob(mask=True, hq=4), "int8", QuantOptions(pv="int8", smooth_v=True),
+           True)
+    yield "int8 no smoothing, no padding", prob(d=64), "int8", QuantOptions("off", False), False
     yield "int8 pv=16bit", prob(causal=True, hq=4), "int8", QuantOptions(pv="16bit"), True
     yield "int8 fp32 inputs", prob(dtype=torch.float32), "int8", QuantOptions(), False
     if full:
@@ -162,18 +176,24 @@ def distinct(launches) -> list[Launch]:
 
 
 def record_all(full: bool = True) -> list[Launch]:
-    """Every distinct launch of `variants(full)` (recorded from CPU tensors)."""
+    """Every distinct launch of `variants(full)` (recorded from CPU tensors), each variant recorded twice: as on
+    a GPU without warp specialisation and as on sm_90, where eligible problems launch attention_tma_kernel."""
     recorded = []
     for _, p, precision, opts, lse in variants(full):
-        with recording() as launches:
-            run_module.run(p, precision, opts, lse)
-        recorded += launches
+        for ws in (False, True):
+            configs.set_override(LaunchConfig(8, 3, 128, tma=True) if ws else None)
+            try:
+                with recording() as launches:
+                    run_module.run(p, precision, opts, lse)
+            finally:
+                configs.set_override(None)
+            recorded += [x for x in launches if not ws or x.name == "attention_tma_kernel"]
     return distinct(recorded)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", type=int, default=[90, 80])
+    ap.add_argument("--arch", nargs="+", type=int, default=[90, 80, 86, 89, 120])
     ap.add_argument("--quick", action="store_true", help="one variant per format and feature (CI)")
     args = ap.parse_args(argv)
     from .. import _triton
@@ -188,11 +208,17 @@ def main(argv=None) -> int:
             fp8 = launch.kwargs.get("PV_FORMAT", launch.kwargs.get("FORMAT")) == run_module.FMT_FP8
             if arch < 89 and fp8 and launch.name in ("attention_kernel", "prep_v_kernel"):
                 continue  # FP8 P.V is only planned on sm_89+
+            if launch.name == "attention_tma_kernel" and arch not in TMA_ARCHS:
+                continue
+            if launch.kwargs.get("DP", 0) > 128 and smem_limit(arch) < WIDE_HEAD_SMEM:
+                continue  # the capability table sends head dims > 128 to SDPA there
             t0 = time.time()
             try:
                 compiled = compile_launch(launch, arch)
-                meta = compiled.metadata
-                status = f"ok  shared={getattr(meta, 'shared', '?')}"
+                shared = compiled.metadata.shared
+                if shared > smem_limit(arch):  # it would compile and then fail at launch
+                    raise RuntimeError(f"{shared} bytes of shared memory > sm_{arch}'s {smem_limit(arch)}")
+                status = f"ok  shared={shared}"
             except Exception as exc:  # noqa: BLE001 - report every failing variant
                 failures += 1
                 status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

@@ -23,84 +23,119 @@ from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
 
 @jit
+def int8_scores(qk, k_scale, q_scale, col, HAS_COL: tl.constexpr):
+    """Dequantized INT8 scores in log2 units: qk (int32 [BM, BN]) * q_scale (rows) * k_scale ([1, BN]) + col
+    ([1, BN], the column bias, skipped when HAS_COL is False)."""
+    s = int32_scaled(qk, k_scale, -12582912.0 * k_scale)
+    if HAS_COL:
+        return tl.fma(s, q_scale[:, None], col)
+    return s * q_scale[:, None]
+
+
+@jit
 def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
             BN: tl.constexpr, DP: tl.constexpr, QK_FORMAT: tl.constexpr, MASKED: tl.constexpr,
             HAS_COL: tl.constexpr, INTERPRET: tl.constexpr):
-    """Scores of one key block in log2 units: dequantized Q.K^T plus the column bias, causal mask applied."""
+    """Scores of one key block in log2 units: dequantized Q.K^T plus the column bias, causal mask applied.
+    (The column bias is loaded after the product: loaded before, it stays live across it and the native NVFP4
+    kernel spills.)"""
     offs_d = tl.arange(0, DP)
     keys = start_n + tl.arange(0, BN)
-    # ---- scores t (log2 units) ----
     if QK_FORMAT == C_INT8:
         k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
-        k_scale = tl.load(KS_base + keys)
-        s = int32_scaled(tl.dot(q, tl.trans(k)), k_scale[None, :], (-12582912.0 * k_scale)[None, :])
-    elif QK_FORMAT == C_FP4_VALUES:
+        qk = tl.dot(q, tl.trans(k))
+        col = 0.0
+        if HAS_COL:
+            col = tl.load(col_base + keys)[None, :]
+        s = int8_scores(qk, tl.load(KS_base + keys)[None, :], q_scale, col, HAS_COL)
+    elif QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
         k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
-        s = dot16(q, tl.trans(k), INTERPRET)
+        s = dot16(q, tl.trans(k), INTERPRET) * q_scale
+        if HAS_COL:
+            s = s + tl.load(col_base + keys)[None, :]
     else:
         s = native_qk(q, q_sf, K_base, KSF_base, s_kl, start_n, q_scale, BN, DP) * tl.load(KS_base + keys)[None, :]
-    if QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
         if HAS_COL:
-            s = s * q_scale + tl.load(col_base + keys)[None, :]
+            s = tl.fma(s, q_scale[:, None], tl.load(col_base + keys)[None, :])
         else:
-            s = s * q_scale
-    elif HAS_COL:
-        s = tl.fma(s, q_scale[:, None], tl.load(col_base + keys)[None, :])
-    else:
-        s = s * q_scale[:, None]
+            s = s * q_scale[:, None]
     if MASKED:
         s = tl.where(keys[None, :] <= offs_m[:, None] + causal_offset, s, float("-inf"))
     return s
 
 
 @jit
-def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk, Lk, DV,
-            BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, PV_FORMAT: tl.constexpr, INTERPRET: tl.constexpr):
-    """Online-softmax update with one key block's scores: quantize P, P.V, rescale and accumulate."""
-    keys = start_n + tl.arange(0, BN)
-    offs_d = tl.arange(0, DP)
-    # ---- online softmax with the block's own max ----
+def online_stats(s, m_i, l_i, PER_BLOCK_MAX: tl.constexpr):
+    """One key block's softmax statistics: (e, alpha, beta, l_new, m_new).
+    PER_BLOCK_MAX (quantized P): e = exp2(s - block max), so every row of e peaks at exactly 1, and beta rescales
+    it to the running max; otherwise e is relative to the running max and beta is 1."""
     m_blk = tl.max(s, 1)
     m_new = tl.maximum(m_i, m_blk)
     m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_new_safe)
-    if PV_FORMAT == C_V16:  # unquantized V: plain online softmax, P in V's 16-bit type, in-place accumulate
-        e = tl.math.exp2(s - m_new_safe[:, None])
-        l_i = l_i * alpha + tl.sum(e, 1)
-        v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :],
-                    mask=(keys[:, None] < Lk) & (offs_d[None, :] < DV), other=0.0)
-        acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
-    else:
-        # quantized P: relative to the block's own max (beta = that max relative to the running one)
+    if PER_BLOCK_MAX:
         m_blk_safe = tl.where(m_blk == float("-inf"), 0.0, m_blk)
         beta = tl.math.exp2(m_blk - m_new_safe)
         e = tl.math.exp2(s - m_blk_safe[:, None])
-        l_i = l_i * alpha + tl.sum(e, 1) * beta
-        # ---- quantized P . V into a fresh accumulator ----
+        l_new = l_i * alpha + tl.sum(e, 1) * beta
+    else:
+        beta = 1.0
+        e = tl.math.exp2(s - m_new_safe[:, None])
+        l_new = l_i * alpha + tl.sum(e, 1)
+    return e, alpha, beta, l_new, m_new
+
+
+@jit
+def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr, PV_FORMAT: tl.constexpr,
+               INTERPRET: tl.constexpr):
+    """Online-softmax update with one key block's scores s (log2 units) and its V tile: quantize P, P.V, rescale
+    and accumulate. v: (BN, DP) for 16-bit and FP4-values V, (DP, BN) keys contiguous for INT8/FP8 V; v_scale:
+    (1, DP) per-channel scales of this key block (INT8/FP8). Shared by both attention kernels."""
+    if PV_FORMAT == C_V16:  # unquantized V: P in V's 16-bit type, accumulated in place
+        e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, False)
+        acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
+    else:  # quantized P . V into a fresh accumulator
+        e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, True)
         if PV_FORMAT == C_INT8:
-            v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
-            v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
-            pv = int32_scaled(tl.dot(p_to_int8(e), tl.trans(v)), v_scale[None, :], (-12582912.0 * v_scale)[None, :])
+            pv = int32_scaled(tl.dot(p_to_int8(e), tl.trans(v)), v_scale, -12582912.0 * v_scale)
             contrib = pv * (beta * (1.0 / 127.0))[:, None]
         elif PV_FORMAT == C_FP8:
-            v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
-            v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)
             p = e * 448.0
             if INTERPRET:  # interpreter only: its fp32 -> fp8 cast mis-rounds (triton#8322)
                 p = round_e4m3_jit(p)
             pv = tl.dot(p.to(v.dtype), tl.trans(v))
-            contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale[None, :]
-        elif PV_FORMAT == C_FP4_VALUES:
-            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
+            contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale
+        else:  # FP4 values
             r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
             p = tl.reshape(r * sc[:, :, None], (BM, BN))
             pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
             contrib = pv * (beta * (1.0 / 2688.0))[:, None]
-        else:
-            pv = native_pv(e, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i, BM, BN, DP)
-            contrib = pv * (beta * (1.0 / 2688.0))[:, None]
         acc = acc * alpha[:, None] + contrib
-    m_i = m_new
+    return acc, l_i, m_new
+
+
+@jit
+def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk, Lk, DV,
+            BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, PV_FORMAT: tl.constexpr, INTERPRET: tl.constexpr):
+    """Load one key block's V tile through pointers and apply softmax_pv (native NVFP4 P.V loads its own).
+    (No early return: Triton 3.6 still compiles the code after a `return` inside a constexpr branch.)"""
+    keys = start_n + tl.arange(0, BN)
+    offs_d = tl.arange(0, DP)
+    if PV_FORMAT == C_FP4_CODES:
+        e, alpha, beta, l_i, m_i = online_stats(s, m_i, l_i, True)
+        pv = native_pv(e, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i, BM, BN, DP)
+        acc = acc * alpha[:, None] + pv * (beta * (1.0 / 2688.0))[:, None]
+    else:
+        v_scale = tl.zeros((1, DP), tl.float32)
+        if PV_FORMAT == C_V16:
+            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :],
+                        mask=(keys[:, None] < Lk) & (offs_d[None, :] < DV), other=0.0)
+        elif PV_FORMAT == C_FP4_VALUES:
+            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
+        else:
+            v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
+            v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)[None, :]
+        acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, INTERPRET)
     return acc, l_i, m_i
 
 
@@ -199,21 +234,36 @@ def attention_kernel(
                                      Lk, DV,
                                      BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
 
-    live = l_i != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
-    out = acc / tl.where(live, l_i, 1.0)[:, None]
+    g_v = 1.0
     if PV_FORMAT == C_FP4_CODES:
-        out = out * tl.load(GV + bhk)
+        g_v = tl.load(GV + bhk)
+    vmean = 0.0
     if HAS_VMEAN:
-        out = tl.where(live[:, None], out + tl.load(VMEAN + bhk * DP + offs_d)[None, :], 0.0)
+        vmean = tl.load(VMEAN + bhk * DP + offs_d)[None, :]
+    shift = 0.0
+    if RETURN_LSE:
+        shift = tl.load(SHIFT + pid_bh * Lq_pad + offs_m)
+    store_output(acc, l_i, m_i, g_v, vmean, shift, O + b * s_ob + h * s_oh, s_ol, LSE + pid_bh * Lq, offs_m, Lq, DV,
+                 DP, HAS_VMEAN, RETURN_LSE)
+
+
+@jit
+def store_output(acc, l_i, m_i, g_v, vmean, shift, O_bh, s_ol, LSE_bh, offs_m, Lq, DV,
+                 DP: tl.constexpr, HAS_VMEAN: tl.constexpr, RETURN_LSE: tl.constexpr):
+    """Normalise and store one query block (both kernels): out = acc / l * g_v (+ V mean), rows without any
+    visible key are 0 with LSE -inf; shift: the LSE's smoothing correction (natural log units)."""
+    live = l_i != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
+    out = acc / tl.where(live, l_i, 1.0)[:, None] * g_v
+    if HAS_VMEAN:
+        out = out + vmean
     out = tl.where(live[:, None], out, 0.0)
+    offs_d = tl.arange(0, DP)
     row_ok = offs_m < Lq
-    o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :]
-    if O.dtype.element_ty == tl.float16:  # quantized V can round a value near 65504 up past fp16's range
+    if O_bh.dtype.element_ty == tl.float16:  # quantized V can round a value near 65504 up past fp16's range
         # (comparisons, not min/max: GPU min/max drop NaN, and NaN inputs must stay visible)
         out = tl.where(out > 65504.0, 65504.0, tl.where(out < -65504.0, -65504.0, out))
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < DV))
+    tl.store(O_bh + offs_m[:, None] * s_ol + offs_d[None, :], out.to(O_bh.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < DV))
     if RETURN_LSE:
-        lse = (m_i + tl.math.log2(tl.where(live, l_i, 1.0))) * 0.6931471805599453
-        lse = lse + tl.load(SHIFT + pid_bh * Lq_pad + offs_m)
-        lse = tl.where(live, lse, float("-inf"))
-        tl.store(LSE + pid_bh * Lq + offs_m, lse, mask=row_ok)
+        lse = (m_i + tl.math.log2(tl.where(live, l_i, 1.0))) * 0.6931471805599453 + shift
+        tl.store(LSE_bh + offs_m, tl.where(live, lse, float("-inf")), mask=row_ok)

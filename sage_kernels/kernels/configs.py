@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_INT8, FMT_V16
+from ..capabilities import smem_limit
+from .prepass import FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16
+
+TMA_PV_FORMATS = (FMT_V16, FMT_FP8, FMT_INT8)  # P.V formats attention_tma_kernel implements (INT8 Q.K^T)
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,8 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     block_m: int = 128  # query rows per program: 64 or 128 (math-neutral)
+    tma: bool = False  # attention_tma_kernel (TMA descriptor loads) where the problem allows it
+    warp_specialize: bool = False  # its loop through Triton's Hopper warp specialisation (experimental: hangs in 3.6)
 
 
 _override: LaunchConfig | None = None
@@ -26,13 +31,15 @@ def set_override(config: LaunchConfig | None) -> None:
     _override = config
 
 
-def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchConfig:
+def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: int = 2) -> LaunchConfig:
     """arch: compute capability * 10 of the target GPU; 0 for the interpreter (ignored there).
 
     Measured on an H200 (bench/bench_attention.py --sweep, docs/BENCHMARKS.md): 4 warps over 64 query rows lets
     two programs share an SM (each needs ~250 registers/thread), which beats one 8-warp program of 128 rows for the
     INT8 P.V path; 16-bit P.V at head dim 128 prefers 8 warps x 128 rows (its V tile fills shared memory).
-    Head dim 256 keeps 2 stages so the tiles fit in 227 KB of shared memory."""
+    Head dim 256 keeps 2 stages so the tiles fit in 227 KB of shared memory, as does an fp32 V read as it is
+    (v_bytes=4: fp32 inputs with 16-bit P.V, a 64 KB V tile per stage). GPUs with less shared memory per block
+    (capabilities.SMEM_LIMIT) get fewer stages; every config is checked against it by `kernels.aot`."""
     if _override is not None:
         return _override
     if not arch:
@@ -41,9 +48,17 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int) -> LaunchC
         return LaunchConfig(8, 3 if arch // 10 == 10 else 2, 128)
     if dp >= 256:
         return LaunchConfig(8, 1 if qk_format == FMT_FP4_VALUES else 2, 128)
+    if qk_format == FMT_INT8 and arch == 90 and pv_format in TMA_PV_FORMATS and dp <= 128:
+        # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the
+        # pointer kernel; FP8/INT8 P.V 4 warps x 64 rows (two programs per SM), +9..20%
+        if pv_format == FMT_V16:
+            return LaunchConfig(8, 2 if v_bytes > 2 else 3, 128, tma=True)
+        return LaunchConfig(4, 3, 64, tma=True)
     if qk_format == FMT_INT8:
         if pv_format == FMT_V16 and dp == 128:
-            return LaunchConfig(8, 3, 128)
+            if smem_limit(arch) < 200 * 1024:  # sm_80/86/89/120: 3 stages need 114 KB (99 KB on consumer GPUs)
+                return LaunchConfig(8, 1 if v_bytes > 2 else 2, 128)
+            return LaunchConfig(8, 2 if v_bytes > 2 else 3, 128)
         return LaunchConfig(4, 3, 64)
     if qk_format == FMT_FP4_VALUES and dp <= 64:
         return LaunchConfig(4, 3, 64)

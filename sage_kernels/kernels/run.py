@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import transforms as T
 from .._triton import interpreter_active
@@ -18,7 +19,8 @@ from ..formats.e2m1 import tensor_scale
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
-from .configs import launch_config, prepass_warps
+from .attention_tma import attention_tma_kernel
+from .configs import TMA_PV_FORMATS, launch_config, prepass_warps
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
 
@@ -206,7 +208,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     if p.len_q == 0:
         return out, lse
     ops = prepare(p, precision, opts, return_lse, native_fp4)
-    cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format)
+    cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
     n_qblocks = ops.lq_pad // BLOCK_M
     if ops.q_means is None or ops.q_means.shape[2] == 1:
         tables = [(0, n_qblocks, _key_bias_table(p, ops.lk_pad) if ops.q_means is None else
@@ -217,9 +219,16 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         gc = max(1, min(n_qblocks, budget // per_block))
         tables = [(g0, min(gc, n_qblocks - g0), None, False) for g0 in range(0, n_qblocks, gc)]
     dummy = _empty(p.device)
+    tma = cfg.tma and _tma_applies(p, ops)
+    has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
     for g0, gcount, table, broadcast in tables:
         if table is None:
             table = _bias_chunk(p, ops, g0, gcount)
+        if tma:
+            _launch_tma(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse)
+            if lse is not None and g0 + gcount == n_qblocks:
+                lse += ops.shift[:, :, :p.len_q]
+            continue
         sc = broadcast_strides(table)
         s_cg = 0 if broadcast else table.stride(2)
         attention_kernel[(gcount * (BLOCK_M // cfg.block_m), p.batch * p.heads_q)](
@@ -237,8 +246,60 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
             PV_FORMAT=ops.pv_format,
             IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
-            HAS_COL=not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad),
+            HAS_COL=has_col,
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, lse
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """A TMA descriptor needs a 16-byte aligned base and 16-byte multiples for every stride but the last (1)."""
+    es = t.element_size()
+    return t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all((st * es) % 16 == 0 for st in t.stride()[:-1])
+
+
+def _tma_applies(p: AttentionProblem, ops: Operands) -> bool:
+    """attention_tma_kernel covers non-causal INT8 Q.K^T with 16-bit/FP8/INT8 P.V on fp16/bf16 inputs and head dims
+    <= 128 (what was measured; 256 keeps the pointer kernel's shared-memory-bounded config)."""
+    if p.is_causal or p.len_k == 0 or ops.dp > 128 or p.dtype == torch.float32:
+        return False
+    if ops.qk_format != FMT_INT8 or ops.pv_format not in TMA_PV_FORMATS:
+        return False
+    return ops.pv_format != FMT_V16 or _tma_ok(ops.v)
+
+
+def _row_desc(t: torch.Tensor, block: int):
+    """A contiguous tensor of per-row values as one (1, N) row, read [1, block] at a time."""
+    return TensorDescriptor(t, [1, t.numel()], [t.numel(), 1], [1, block])
+
+
+def _rows_desc(t: torch.Tensor, width: int, block_rows: int, block_cols: int | None = None):
+    """A contiguous tensor seen as (numel / width, width) rows."""
+    return TensorDescriptor(t, [t.numel() // width, width], [width, 1], [block_rows, block_cols or width])
+
+
+def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+    bm, dp, lk_pad = cfg.block_m, ops.dp, ops.lk_pad
+    if ops.pv_format == FMT_V16:
+        v = ops.v
+        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, BLOCK_N, dp])
+        vs_desc = _row_desc(ops.q_scale, bm)  # unused
+    else:
+        v_desc = _rows_desc(ops.v, lk_pad, dp, BLOCK_N)
+        vs_desc = _rows_desc(ops.v_scale, dp, 1)
+    sc = broadcast_strides(table)
+    unused = _row_desc(ops.q_scale, bm)
+    attention_tma_kernel[(gcount * (BLOCK_M // bm), p.batch * p.heads_q)](
+        _rows_desc(ops.q, dp, bm), _row_desc(ops.q_scale, bm), _rows_desc(ops.k, dp, BLOCK_N),
+        _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
+        _rows_desc(ops.v_mean, dp, 1) if ops.v_mean is not None else unused,
+        out_hnd, lse if lse is not None else _empty(p.device),
+        *out_hnd.stride()[:3],
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
+        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1,
+        BM=bm, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, PV_FORMAT=ops.pv_format, RETURN_LSE=lse is not None,
+        HAS_VMEAN=ops.v_mean is not None, HAS_COL=has_col,
+        WARP_SPECIALIZE=cfg.warp_specialize and not interpreter_active(), INTERPRET=interpreter_active(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )

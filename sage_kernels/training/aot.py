@@ -17,6 +17,7 @@ import time
 import torch
 
 from .._triton import interpreter_active, triton
+from ..capabilities import smem_limit
 from ..kernels.aot import Launch, distinct, source_of
 from . import launch
 
@@ -36,7 +37,6 @@ class _Recorder:
 
 
 # Shared memory per block (opt-in maximum) by compute capability.
-SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 _LAUNCHED_AS = {"forward_kernel": "forward", "dkdv_kernel": "dkdv", "dq_kernel": "dq"}
 
 
@@ -122,11 +122,11 @@ def main(argv=None) -> int:
                     status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     break
                 tried.append(f"{shared // 1024}K")
-                if shared <= SMEM_LIMIT.get(arch, 101376):
+                if shared <= smem_limit(arch):
                     status = f"ok  {cfg if cfg else ''} shared={shared // 1024}K"
                     break
             else:
-                status = f"FAIL no config fits {SMEM_LIMIT.get(arch, 101376) // 1024}K (tried {', '.join(tried)})"
+                status = f"FAIL no config fits {smem_limit(arch) // 1024}K (tried {', '.join(tried)})"
             failures += status.startswith("FAIL")
             consts = {k: v for k, v in rec.kwargs.items() if k.isupper() and k != "INTERPRET"}
             dtypes = sorted({str(a.dtype).replace("torch.", "") for a in rec.args if isinstance(a, torch.Tensor)})
