@@ -26,7 +26,7 @@ import sage_kernels  # noqa: E402
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
-SWEEP = [(4, 3, 64, False), (8, 3, 128, False), (4, 3, 64, True), (8, 3, 128, True)]  # warps, stages, BM, TMA kernel
+SWEEP = [(4, 3, 64, False), (8, 2, 128, False), (8, 3, 128, False), (4, 3, 64, True), (8, 2, 128, True), (8, 3, 128, True)]  # warps, stages, BM, TMA kernel
 
 
 def tops(shape, ms):

@@ -173,8 +173,8 @@ def tma_launches(monkeypatch):
     configs.set_override(None)
 
 
-@pytest.mark.parametrize("pv", ["16bit", "fp8", "int8"])
-def test_tma_kernel_matches_pointer_kernel(pv, tma_launches):
+@pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "fp8"), ("int8", "int8"), ("fp4", "16bit")])
+def test_tma_kernel_matches_pointer_kernel(precision, pv, tma_launches):
     """Same math through TMA descriptors: GQA, key padding, LSE, NHD inputs, odd lengths, V smoothing."""
     torch.manual_seed(3)
     q = torch.randn(1, 150, 4, 64, dtype=torch.bfloat16, device=DEV)
@@ -182,12 +182,14 @@ def test_tma_kernel_matches_pointer_kernel(pv, tma_launches):
     v = torch.randn(1, 300, 2, 64, dtype=torch.bfloat16, device=DEV) + 2.0
     mask = torch.ones(1, 1, 1, 300, dtype=torch.bool, device=DEV)
     mask[..., 250:] = False
-    kw = dict(layout="NHD", precision="int8", backend="triton", pv=pv, smooth_v=pv != "16bit", attn_mask=mask,
-              return_lse=True, fallback="error")
+    kw = dict(layout="NHD", precision=precision, backend="triton", pv=pv, smooth_v=pv != "16bit" or precision == "fp4",
+              attn_mask=mask, return_lse=True, fallback="error")
     from sage_kernels.kernels import configs, prepass
 
-    pv_fmt = {"16bit": prepass.FMT_V16, "fp8": prepass.FMT_FP8, "int8": prepass.FMT_INT8}[pv]
-    cfg = configs.launch_config(90, 64, prepass.FMT_INT8, pv_fmt)  # what an H100/H200 launches
+    qk_fmt = prepass.FMT_FP4_VALUES if precision == "fp4" else prepass.FMT_INT8
+    pv_fmt = qk_fmt if precision == "fp4" else {"16bit": prepass.FMT_V16, "fp8": prepass.FMT_FP8,
+                                                 "int8": prepass.FMT_INT8}[pv]
+    cfg = configs.launch_config(90, 64, qk_fmt, pv_fmt)  # what an H100/H200 launches
     assert cfg.tma
     configs.set_override(cfg)
     out_ws, lse_ws = sage_kernels.sage_attention(q, k, v, **kw)
@@ -197,8 +199,8 @@ def test_tma_kernel_matches_pointer_kernel(pv, tma_launches):
     assert len(tma_launches) == 1
     if DEV == "cpu":  # the interpreter evaluates both kernels' shared helpers identically
         assert torch.equal(out_ws, out)
-    cos, l1 = dist.metrics(out_ws, out)
-    assert cos > 0.99999 and l1 < 1e-3, (cos, l1)
+    cos, l1 = dist.metrics(out_ws, out)  # on a GPU, rounding-level differences can flip a quantized P code
+    assert cos > 0.9999 and l1 < MIRROR_L1["fp4" if precision == "fp4" else pv], (cos, l1)
     assert torch.allclose(lse_ws, lse, atol=1e-4, rtol=0)
 
 
@@ -209,7 +211,8 @@ def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
     q, k, v = (torch.randn(1, 2, 130, 64, dtype=torch.bfloat16, device=DEV) for _ in range(3))
     sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", is_causal=True, fallback="error")
     sage_kernels.sage_attention(q.float(), k.float(), v.float(), precision="int8", backend="triton", fallback="error")
-    sage_kernels.sage_attention(q, k, v, precision="fp4", backend="triton", fallback="error")
+    sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", pv="int8", is_causal=True,
+                                fallback="error")
     assert tma_launches == []
     sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
     assert tma_launches == [1]

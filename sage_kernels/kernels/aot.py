@@ -18,9 +18,8 @@ import torch
 
 from .._triton import triton
 from ..capabilities import WIDE_HEAD_SMEM, smem_limit
-from . import configs
 from . import run as run_module
-from .configs import LaunchConfig, launch_config
+from .configs import launch_config
 from .run import TensorDescriptor
 
 _KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel")
@@ -113,10 +112,8 @@ def compile_launch(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
 
     src, options = source_of(launch)
-    if launch.name == "attention_tma_kernel":
-        kw = launch.kwargs
-        cfg = launch_config(arch, kw["DP"], run_module.FMT_INT8, kw["PV_FORMAT"])
-        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if launch.name == "attention_tma_kernel":  # recorded with sm_90's config (record_all)
+        options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages")}
     elif launch.name == "attention_kernel":
         kw = launch.kwargs
         cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], launch.args[6].element_size())
@@ -177,17 +174,20 @@ def distinct(launches) -> list[Launch]:
 
 def record_all(full: bool = True) -> list[Launch]:
     """Every distinct launch of `variants(full)` (recorded from CPU tensors), each variant recorded twice: as on
-    a GPU without warp specialisation and as on sm_90, where eligible problems launch attention_tma_kernel."""
+    a GPU without the TMA kernel, and with the launcher's configs for sm_90, where eligible problems launch
+    attention_tma_kernel (its descriptors' block shapes depend on the config, so they are recorded as launched)."""
     recorded = []
+    real_config = run_module.launch_config
     for _, p, precision, opts, lse in variants(full):
-        for ws in (False, True):
-            configs.set_override(LaunchConfig(8, 3, 128, tma=True) if ws else None)
+        for tma in (False, True):
+            if tma:
+                run_module.launch_config = lambda _arch, *a: real_config(TMA_ARCHS[0], *a)
             try:
                 with recording() as launches:
                     run_module.run(p, precision, opts, lse)
             finally:
-                configs.set_override(None)
-            recorded += [x for x in launches if not ws or x.name == "attention_tma_kernel"]
+                run_module.launch_config = real_config
+            recorded += [x for x in launches if not tma or x.name == "attention_tma_kernel"]
     return distinct(recorded)
 
 

@@ -1,6 +1,7 @@
 """The Hopper fast path: the INT8 attention kernel with every operand read through TMA tensor descriptors.
 
-Same math as `attention.attention_kernel` for INT8 Q.K^T with 16-bit, FP8 or INT8 P.V (it calls the same
+Same math as `attention.attention_kernel` for INT8 Q.K^T with 16-bit, FP8 or INT8 P.V, and for the FP4 emulation
+(NVFP4 decoded to exact bf16 values; PV_FORMAT=FP4_VALUES then covers Q and K too) (it calls the same
 `int8_scores`, `softmax_pv` and `store_output`); the bulk-copy engine replaces the pointer arithmetic and vector
 loads of the K, V, scale and column-bias tiles, which frees issue slots in a loop that is ALU-issue bound.
 Measured on an H200 (docs/BENCHMARKS.md): +10..21% over the pointer kernel at the same launch config.
@@ -11,14 +12,15 @@ two 64-row consumer warpgroups) requires: a pointer load, even of the row scales
 fail to compile. With it the kernel compiles but hangs or faults on the H200 (as does a plain bf16 attention loop),
 so no config enables it; it stays a switch (configs.LaunchConfig.warp_specialize) for a later Triton.
 
-Not handled here (the launcher keeps `attention_kernel` for them): causal masking, fp32 inputs, FP4 formats, head
+Not handled here (the launcher keeps `attention_kernel` for them): causal masking, fp32 inputs, native FP4, head
 dims above 128, and V tensors whose strides TMA cannot describe (16-byte alignment).
 """
 from __future__ import annotations
 
 from .._triton import jit, tl
 from .attention import int8_scores, softmax_pv, store_output
-from .prepass import C_V16
+from .common import dot16
+from .prepass import C_FP4_VALUES, C_V16
 
 
 @jit
@@ -26,13 +28,14 @@ def attention_tma_kernel(
     q_desc, qs_desc, k_desc, ks_desc, v_desc, vs_desc, col_desc, vmean_desc,
     O, LSE,
     s_ob, s_oh, s_ol,
-    Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g,
+    Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     PV_FORMAT: tl.constexpr, RETURN_LSE: tl.constexpr, HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Descriptors (all 2-D except V16's): q (B*Hq*Lq_pad, DP) int8 [BM, DP]; qs (1, B*Hq*Lq_pad) [1, BM];
-    k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (1, B*Hk*Lk_pad) [1, BN]; v: 16-bit (B, Hk, Lk, DV) [1, 1, BN, DP]
+    """Descriptors (all 2-D except V16's): q (B*Hq*Lq_pad, DP) int8 or bf16 values [BM, DP]; qs (1, B*Hq*Lq_pad)
+    [1, BM]; k (B*Hk*Lk_pad, DP) [BN, DP]; ks (1, B*Hk*Lk_pad) [1, BN]; FP4 values: v (B*Hk*Lk_pad, DP) [BN, DP]
+    and the scores' factor qk_factor (sm_scale*log2(e)); v: 16-bit (B, Hk, Lk, DV) [1, 1, BN, DP]
     (the caller's tensor, zero-filled past Lk and DV) or INT8/FP8 (B*Hk*DP, Lk_pad) [DP, BN]; vs (B*Hk*Lk_pad/BN,
     DP) [1, DP]; col: the column-bias table as (rows, Lk_pad) [1, BN], row = b*col_rows_b + h*col_rows_h +
     group*col_rows_g (col_rows_g = 0 when one row serves every query block); vmean (B*Hk, DP) [1, DP]. Unused
@@ -48,23 +51,32 @@ def attention_tma_kernel(
     k_row = bhk * Lk_pad
     col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - g0) * col_rows_g
     q = q_desc.load([q_row, 0])
-    q_scale = tl.reshape(qs_desc.load([0, q_row]), (BM,))
+    if PV_FORMAT != C_FP4_VALUES:
+        q_scale = tl.reshape(qs_desc.load([0, q_row]), (BM,))
 
     acc = tl.zeros((BM, DP), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     for start_n in tl.range(0, Lk_pad, BN, warp_specialize=WARP_SPECIALIZE):
         k = k_desc.load([k_row + start_n, 0])
-        col = 0.0
-        if HAS_COL:
-            col = col_desc.load([col_row, start_n])
-        s = int8_scores(tl.dot(q, tl.trans(k)), ks_desc.load([0, k_row + start_n]), q_scale, col, HAS_COL)
-        if PV_FORMAT == C_V16:
-            v = tl.reshape(v_desc.load([b, hk, start_n, 0]), (BN, DP))
+        if PV_FORMAT == C_FP4_VALUES:  # the FP4 emulation: Q, K and V as exact bf16 values
+            s = dot16(q, tl.trans(k), INTERPRET) * qk_factor
+            if HAS_COL:
+                s = s + col_desc.load([col_row, start_n])
+            v = v_desc.load([k_row + start_n, 0])
             v_scale = 0.0
         else:
-            v = v_desc.load([bhk * DP, start_n])
-            v_scale = vs_desc.load([bhk * (Lk_pad // BN) + start_n // BN, 0])
+            qk = tl.dot(q, tl.trans(k))
+            col = 0.0
+            if HAS_COL:
+                col = col_desc.load([col_row, start_n])
+            s = int8_scores(qk, ks_desc.load([0, k_row + start_n]), q_scale, col, HAS_COL)
+            if PV_FORMAT == C_V16:
+                v = tl.reshape(v_desc.load([b, hk, start_n, 0]), (BN, DP))
+                v_scale = 0.0
+            else:
+                v = v_desc.load([bhk * DP, start_n])
+                v_scale = vs_desc.load([bhk * (Lk_pad // BN) + start_n // BN, 0])
         acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, INTERPRET)
 
     offs_m = pid_m * BM + tl.arange(0, BM)

@@ -260,13 +260,22 @@ def _tma_ok(t: torch.Tensor) -> bool:
 
 
 def _tma_applies(p: AttentionProblem, ops: Operands) -> bool:
-    """attention_tma_kernel covers non-causal INT8 Q.K^T with 16-bit/FP8/INT8 P.V on fp16/bf16 inputs and head dims
+    """attention_tma_kernel covers non-causal INT8 Q.K^T with 16-bit/FP8/INT8 P.V, and the FP4 emulation, on
+    fp16/bf16 inputs and head dims
     <= 128 (what was measured; 256 keeps the pointer kernel's shared-memory-bounded config)."""
     if p.is_causal or p.len_k == 0 or ops.dp > 128 or p.dtype == torch.float32:
         return False
+    if ops.qk_format == FMT_FP4_VALUES:
+        return True
     if ops.qk_format != FMT_INT8 or ops.pv_format not in TMA_PV_FORMATS:
         return False
     return ops.pv_format != FMT_V16 or _tma_ok(ops.v)
+
+
+@functools.lru_cache(maxsize=8)
+def _placeholder_desc(device: torch.device):
+    """A valid descriptor for kernel arguments the launched variant never reads."""
+    return _row_desc(torch.zeros(1, BLOCK_N, dtype=torch.float32, device=device), BLOCK_N)
 
 
 def _row_desc(t: torch.Tensor, block: int):
@@ -281,23 +290,26 @@ def _rows_desc(t: torch.Tensor, width: int, block_rows: int, block_cols: int | N
 
 def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
     bm, dp, lk_pad = cfg.block_m, ops.dp, ops.lk_pad
+    fp4 = ops.qk_format == FMT_FP4_VALUES  # no row scales (their buffers are 1-element placeholders)
+    unused = _placeholder_desc(p.device)
     if ops.pv_format == FMT_V16:
         v = ops.v
         v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, BLOCK_N, dp])
-        vs_desc = _row_desc(ops.q_scale, bm)  # unused
+        vs_desc = unused
+    elif ops.pv_format == FMT_FP4_VALUES:
+        v_desc, vs_desc = _rows_desc(ops.v, dp, BLOCK_N), unused
     else:
         v_desc = _rows_desc(ops.v, lk_pad, dp, BLOCK_N)
         vs_desc = _rows_desc(ops.v_scale, dp, 1)
     sc = broadcast_strides(table)
-    unused = _row_desc(ops.q_scale, bm)
     attention_tma_kernel[(gcount * (BLOCK_M // bm), p.batch * p.heads_q)](
-        _rows_desc(ops.q, dp, bm), _row_desc(ops.q_scale, bm), _rows_desc(ops.k, dp, BLOCK_N),
-        _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
+        _rows_desc(ops.q, dp, bm), unused if fp4 else _row_desc(ops.q_scale, bm),
+        _rows_desc(ops.k, dp, BLOCK_N), unused if fp4 else _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
         _rows_desc(ops.v_mean, dp, 1) if ops.v_mean is not None else unused,
         out_hnd, lse if lse is not None else _empty(p.device),
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
-        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1,
+        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1, ops.score_factor,
         BM=bm, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, PV_FORMAT=ops.pv_format, RETURN_LSE=lse is not None,
         HAS_VMEAN=ops.v_mean is not None, HAS_COL=has_col,
         WARP_SPECIALIZE=cfg.warp_specialize and not interpreter_active(), INTERPRET=interpreter_active(),
