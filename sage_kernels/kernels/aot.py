@@ -116,7 +116,8 @@ def compile_launch(launch: Launch, arch: int):
         options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages")}
     elif launch.name == "attention_kernel":
         kw = launch.kwargs
-        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], launch.args[6].element_size())
+        v = launch.args[[param.name for param in launch.kernel.params].index("V")]
+        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], v.element_size())
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         if cfg.block_m != kw["BM"]:
             src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args, {**kw, "BM": cfg.block_m}))

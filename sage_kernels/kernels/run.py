@@ -226,8 +226,6 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             table = _bias_chunk(p, ops, g0, gcount)
         if tma:
             _launch_tma(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse)
-            if lse is not None and g0 + gcount == n_qblocks:
-                lse += ops.shift[:, :, :p.len_q]
             continue
         sc = broadcast_strides(table)
         s_cg = 0 if broadcast else table.stride(2)
@@ -250,6 +248,8 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+    if tma and lse is not None:  # the TMA kernel stores the LSE without the smoothing shift
+        lse += ops.shift[:, :, :p.len_q]
     return out, lse
 
 
