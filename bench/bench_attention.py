@@ -26,7 +26,9 @@ import sage_kernels  # noqa: E402
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
-SWEEP = [(4, 3, 64, False), (8, 2, 128, False), (8, 3, 128, False), (4, 3, 64, True), (8, 2, 128, True), (8, 3, 128, True)]  # warps, stages, BM, TMA kernel
+# warps, stages, BM, kernel ("ptr": attention_kernel, "tma": attention_tma_kernel, "gluon": attention_ws_kernel)
+SWEEP = [(4, 3, 64, "ptr"), (8, 2, 128, "ptr"), (8, 3, 128, "ptr"), (4, 3, 64, "tma"), (8, 2, 128, "tma"),
+         (8, 3, 128, "tma"), (4, 2, 128, "gluon"), (4, 3, 128, "gluon")]
 
 
 def tops(shape, ms):
@@ -132,9 +134,9 @@ def main():
                          "cos": cos, "rel_l1": l1})
         if args.sweep:
             for pv in args.sweep_pv:
-                for nw, ns, bm, ws in SWEEP:
-                    configs.set_override(configs.LaunchConfig(nw, ns, bm, tma=ws))
-                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm}{' tma' if ws else ''}"
+                for nw, ns, bm, kernel in SWEEP:
+                    configs.set_override(configs.LaunchConfig(nw, ns, bm, tma=kernel != "ptr", gluon=kernel == "gluon"))
+                    name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm} {kernel}"
                     try:
                         ms = timed(lambda: ours(args.sweep_precision, pv=pv)(q, k, v))
                         rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms),

@@ -16,7 +16,7 @@ k = torch.randn(2, 517, 2, 80, device="cuda", dtype=torch.bfloat16)
 v = torch.randn(2, 517, 2, 80, device="cuda", dtype=torch.bfloat16)
 mask = torch.ones(2, 1, 1, 517, dtype=torch.bool, device="cuda")
 mask[1, ..., 400:] = False
-for prec, pv in (("int8", "int8"), ("int8", "fp8"), ("fp4", "int8")):
+for prec, pv in (("int8", "16bit"), ("int8", "int8"), ("int8", "fp8"), ("fp4", "int8")):
     for causal in (False, True):
         for smooth_q in ("block", "global", "off"):
             out, lse = sage_kernels.sage_attention(q, k, v, layout="NHD", precision=prec, pv=pv, backend="triton",

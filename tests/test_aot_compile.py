@@ -27,10 +27,14 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     compiled = [line for line in lines if line.startswith("sm_") and " ok " in line]
     kinds = {line.split()[1] for line in compiled}
     assert kinds == {"prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel",
-                     "attention_tma_kernel"}
+                     "attention_tma_kernel", "attention_ws_kernel"}
     for arch in ("sm_80", "sm_89", "sm_120"):
         assert any(line.startswith(f"{arch} attention_kernel") for line in compiled), arch
     assert {line.split()[0] for line in compiled if " attention_tma_kernel " in line} == {"sm_90"}
+    ws = [line for line in compiled if " attention_ws_kernel " in line]  # the Gluon kernel: sm_90's default int8
+    assert {line.split()[0] for line in ws} == {"sm_90"}
+    assert {"'HAS_COL': False" in line for line in ws} == {True, False}
+    assert {"'RETURN_LSE': True" in line for line in ws} == {True, False}
 
 
 def test_aot_refuses_the_interpreter():

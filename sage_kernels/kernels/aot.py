@@ -19,11 +19,17 @@ import torch
 from .._triton import triton
 from ..capabilities import WIDE_HEAD_SMEM, smem_limit
 from . import run as run_module
+from .attention_ws import HAS_GLUON
 from .configs import launch_config
 from .run import TensorDescriptor
 
-_KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel")
-TMA_ARCHS = (90,)  # where the launcher may pick attention_tma_kernel (configs.launch_config)
+if HAS_GLUON:
+    from .attention_ws import GluonDescriptor
+
+_KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel",
+                 "attention_ws_kernel")
+TMA_ARCHS = (90,)  # where the launcher may pick attention_tma_kernel / attention_ws_kernel (configs.launch_config)
+SM90_ONLY = ("attention_tma_kernel", "attention_ws_kernel")  # recorded with sm_90's configs
 
 _DTYPES = {torch.int8: "i8", torch.uint8: "u8", torch.int32: "i32", torch.float32: "fp32", torch.float16: "fp16",
            torch.bfloat16: "bf16", torch.float8_e4m3fn: "fp8e4nv"}
@@ -64,6 +70,9 @@ def recording():
 
 
 def _arg_type(value) -> str:
+    if HAS_GLUON and isinstance(value, GluonDescriptor):
+        from triton.runtime.jit import mangle_type
+        return mangle_type(value)  # the type string carries the descriptor's shared-memory layout
     if isinstance(value, TensorDescriptor):
         return f"tensordesc<{_DTYPES[value.base.dtype]}[{','.join(map(str, value.block_shape))}]>"
     if isinstance(value, torch.Tensor):
@@ -92,7 +101,7 @@ def source_of(launch: Launch):
 
     fn = launch.kernel
     signature, constexprs, attrs = {}, {}, {}
-    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in launch.kwargs}
     for i, param in enumerate(fn.params):
         name = param.name
         value = launch.args[i] if i < len(launch.args) else launch.kwargs[name]
@@ -103,6 +112,9 @@ def source_of(launch: Launch):
             signature[name] = _arg_type(value)
             if not param.do_not_specialize and not isinstance(value, TensorDescriptor) and _divisible_by_16(value):
                 attrs[(i,)] = [["tt.divisibility", 16]]
+    if launch.name == "attention_ws_kernel":
+        from triton.experimental.gluon._runtime import GluonASTSource
+        return GluonASTSource(fn, signature, constexprs, attrs), options
     return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
 
 
@@ -112,8 +124,8 @@ def compile_launch(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
 
     src, options = source_of(launch)
-    if launch.name == "attention_tma_kernel":  # recorded with sm_90's config (record_all)
-        options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages")}
+    if launch.name in SM90_ONLY:  # recorded with sm_90's config (record_all): options as launched
+        pass
     elif launch.name == "attention_kernel":
         kw = launch.kwargs
         v = launch.args[[param.name for param in launch.kernel.params].index("V")]
@@ -136,10 +148,10 @@ def variants(full: bool = True):
     from ..options import QuantOptions
     from ..problem import build_problem
 
-    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2):
+    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2, lk=260):
         q = torch.randn(1, hq, 130, d, dtype=dtype)
-        k, v = (torch.randn(1, hk, 260, d, dtype=dtype) for _ in range(2))
-        m = torch.ones(1, 1, 1, 260, dtype=torch.bool) if mask else None
+        k, v = (torch.randn(1, hk, lk, d, dtype=dtype) for _ in range(2))
+        m = torch.ones(1, 1, 1, lk, dtype=torch.bool) if mask else None
         return build_problem(q, k, v, is_causal=causal, attn_mask=m)
 
     for precision in ("int8", "fp4"):
@@ -156,6 +168,8 @@ def variants(full: bool = True):
     yield ("int8 lse+mask+gqa, pv=int8, smooth_v", prob(mask=True, hq=4), "int8", QuantOptions(pv="int8", smooth_v=True),
            True)
     yield "int8 no smoothing, no padding", prob(d=64), "int8", QuantOptions("off", False), False
+    yield "int8 lse+mask+gqa, 16-bit P.V", prob(mask=True, hq=4), "int8", QuantOptions(), True
+    yield "int8 d128 no smoothing, no padding", prob(lk=256), "int8", QuantOptions("off", False), False
     yield "int8 pv=16bit", prob(causal=True, hq=4), "int8", QuantOptions(pv="16bit"), True
     yield "int8 fp32 inputs", prob(dtype=torch.float32), "int8", QuantOptions(), False
     if full:
@@ -176,7 +190,8 @@ def distinct(launches) -> list[Launch]:
 def record_all(full: bool = True) -> list[Launch]:
     """Every distinct launch of `variants(full)` (recorded from CPU tensors), each variant recorded twice: as on
     a GPU without the TMA kernel, and with the launcher's configs for sm_90, where eligible problems launch
-    attention_tma_kernel (its descriptors' block shapes depend on the config, so they are recorded as launched)."""
+    attention_tma_kernel or attention_ws_kernel (descriptors' block shapes depend on the config, so they are
+    recorded as launched)."""
     recorded = []
     real_config = run_module.launch_config
     for _, p, precision, opts, lse in variants(full):
@@ -188,7 +203,7 @@ def record_all(full: bool = True) -> list[Launch]:
                     run_module.run(p, precision, opts, lse)
             finally:
                 run_module.launch_config = real_config
-            recorded += [x for x in launches if not tma or x.name == "attention_tma_kernel"]
+            recorded += [x for x in launches if not tma or x.name in SM90_ONLY]
     return distinct(recorded)
 
 
@@ -209,7 +224,7 @@ def main(argv=None) -> int:
             fp8 = launch.kwargs.get("PV_FORMAT", launch.kwargs.get("FORMAT")) == run_module.FMT_FP8
             if arch < 89 and fp8 and launch.name in ("attention_kernel", "prep_v_kernel"):
                 continue  # FP8 P.V is only planned on sm_89+
-            if launch.name == "attention_tma_kernel" and arch not in TMA_ARCHS:
+            if launch.name in SM90_ONLY and arch not in TMA_ARCHS:
                 continue
             if launch.kwargs.get("DP", 0) > 128 and smem_limit(arch) < WIDE_HEAD_SMEM:
                 continue  # the capability table sends head dims > 128 to SDPA there

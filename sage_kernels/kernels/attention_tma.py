@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .._triton import jit, tl
 from .attention import int8_scores, softmax_pv, store_output
-from .common import dot16
+from .common import dot16, program_coords
 from .prepass import C_FP4_VALUES, C_V16
 
 
@@ -41,14 +41,7 @@ def attention_tma_kernel(
     group*col_rows_g (col_rows_g = 0 when one row serves every query block); vmean (B*Hk, DP) [1, DP]. Unused
     descriptors may be any tensor's. LSE is stored without the smoothing shift
     (the host adds it: a second [1, BM] descriptor load makes Triton 3.6's warp-specialisation pass fail)."""
-    pid_bh = tl.program_id(1)
-    pid_m = g0 * (SMOOTH_BLOCK // BM) + tl.program_id(0)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    hk = h // kv_group
-    bhk = b * (Hq // kv_group) + hk
-    q_row = pid_bh * Lq_pad + pid_m * BM
-    k_row = bhk * Lk_pad
+    pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
     col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - g0) * col_rows_g
     q = q_desc.load([q_row, 0])
     if PV_FORMAT != C_FP4_VALUES:

@@ -47,3 +47,17 @@ def pack_pairs(codes, R: tl.constexpr, C: tl.constexpr):
     """uint8 [R, C] 4-bit codes -> [R, C//2]: element 2i in the low nibble, 2i+1 in the high one."""
     lo, hi = tl.split(tl.reshape(codes, (R, C // 2, 2)))
     return lo | (hi << 4)
+
+
+@jit
+def program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BLOCK: tl.constexpr):
+    """Grid (query blocks of this launch, B*Hq) -> (pid_bh, pid_m, b, h, hk, bhk, q_row, k_row): the row-major
+    operand rows of this program's query block and of its KV head's keys (the TMA and Gluon kernels; g0: the first
+    128-row smoothing block of the launch)."""
+    pid_bh = tl.program_id(1)
+    pid_m = g0 * (SMOOTH_BLOCK // BM) + tl.program_id(0)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // kv_group
+    bhk = b * (Hq // kv_group) + hk
+    return pid_bh, pid_m, b, h, hk, bhk, pid_bh * Lq_pad + pid_m * BM, bhk * Lk_pad

@@ -20,6 +20,7 @@ class LaunchConfig:
     block_m: int = 128  # query rows per program: 64 or 128 (math-neutral)
     tma: bool = False  # attention_tma_kernel (TMA descriptor loads) where the problem allows it
     warp_specialize: bool = False  # its loop through Triton's Hopper warp specialisation (experimental: hangs in 3.6)
+    gluon: bool = False  # attention_ws_kernel (Gluon: a TMA producer warp, two consumer warpgroups) where it applies
 
 
 _override: LaunchConfig | None = None
@@ -54,6 +55,8 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
     if qk_format == FMT_INT8 and arch == 90 and pv_format in TMA_PV_FORMATS and dp <= 128:
         # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the
         # pointer kernel; FP8/INT8 P.V 4 warps x 64 rows (two programs per SM), +9..20%
+        if pv_format == FMT_V16 and dp == 128 and v_bytes == 2:  # the Gluon kernel: +12..17% at 16k-32k tokens
+            return LaunchConfig(4, 3, 128, tma=True, gluon=True)  # (its num_warps: one consumer warpgroup's)
         if pv_format == FMT_V16:
             return LaunchConfig(8, 2 if v_bytes > 2 else 3, 128, tma=True)
         return LaunchConfig(4, 3, 64, tma=True)

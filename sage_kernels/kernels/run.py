@@ -20,6 +20,8 @@ from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
+from ..logs import log_once
+from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
 from .configs import TMA_PV_FORMATS, launch_config, prepass_warps
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
@@ -220,10 +222,15 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         tables = [(g0, min(gc, n_qblocks - g0), None, False) for g0 in range(0, n_qblocks, gc)]
     dummy = _empty(p.device)
     tma = cfg.tma and _tma_applies(p, ops)
+    ws = tma and cfg.gluon and _ws_applies(p, ops)
+    if cfg.gluon and not ws:  # the TMA kernel's own config for this problem (8 warps over 128 rows)
+        cfg = dataclasses.replace(cfg, num_warps=8, gluon=False)
     has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
     for g0, gcount, table, broadcast in tables:
         if table is None:
             table = _bias_chunk(p, ops, g0, gcount)
+        if ws and _try_launch_ws(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+            continue
         if tma:
             _launch_tma(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse)
             continue
@@ -314,4 +321,43 @@ def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, ou
         HAS_VMEAN=ops.v_mean is not None, HAS_COL=has_col,
         WARP_SPECIALIZE=cfg.warp_specialize and not interpreter_active(), INTERPRET=interpreter_active(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _ws_applies(p: AttentionProblem, ops: Operands) -> bool:
+    """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V, within what _tma_applies allows."""
+    return (HAS_GLUON and _ws_failure is None and not interpreter_active() and ops.qk_format == FMT_INT8
+            and ops.pv_format == FMT_V16)
+
+
+_ws_failure: str | None = None  # why attention_ws_kernel could not be built here (then the TMA kernel runs)
+
+
+def _try_launch_ws(*args) -> bool:
+    """Launch attention_ws_kernel; if it cannot be built (a Triton whose Gluon API differs from 3.6's), log the
+    reason once and return False so that the caller launches attention_tma_kernel instead."""
+    global _ws_failure
+    try:
+        _launch_ws(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
+        _ws_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+        log_once("gluon kernel unavailable", f"sage_attention: the Gluon sm_90 kernel failed to build "
+                 f"({_ws_failure}); using the TMA kernel")
+        return False
+
+
+def _launch_ws(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+    dp, lk_pad = ops.dp, ops.lk_pad
+    sc = broadcast_strides(table)
+    attention_ws_kernel[(gcount, p.batch * p.heads_q)](
+        gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
+        gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N]),
+        gluon_desc(table.view(-1), [BLOCK_N]),
+        ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
+        *out_hnd.stride()[:3],
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
+        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1,
+        BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, RETURN_LSE=lse is not None,
+        HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
     )

@@ -1,0 +1,199 @@
+"""The Hopper fast path written in Gluon: INT8 Q.K^T, 16-bit P.V attention with explicit warp specialisation.
+
+Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode; the torch
+mirror is reference/quantized.py), laid out FlashAttention-3's way for sm_90:
+  - a producer warp streams K, its row scales, V and the column bias into a STAGES-deep shared-memory ring with TMA
+    and mbarriers (`ready` / `empty` per slot);
+  - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (the int32
+    accumulator starts at the bits of 1.5*2**23, so that int -> float is one bitcast), the online softmax in fp32,
+    then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
+    partitions, one warpgroup's softmax overlaps the other's MMAs.
+Triton 3.6's automatic warp specialisation hangs on this loop (docs/BENCHMARKS.md); Gluon states the partitions and
+barriers explicitly. sm_90 only (wgmma, setmaxnreg); configs.launch_config picks it, kernels/run.py launches it.
+"""
+from __future__ import annotations
+
+try:  # Gluon ships with Triton >= 3.5; without it the launcher never picks this kernel
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    HAS_GLUON = True
+except Exception:  # pragma: no cover - only on installs without gluon
+    HAS_GLUON = False
+
+MAGIC_I32 = 0x4B400000  # the bits of 1.5 * 2**23: int32 x + MAGIC_I32, read as fp32, is 12582912.0 + x
+WS_WARPS = 4  # per consumer partition (one warpgroup); the kernel's num_warps
+WS_MAXNREG = 168  # 12 warps (2 consumer warpgroups + the producer's, rounded up) x 168 fill the 64K registers
+WS_CONSUMER_REGS = 240  # after setmaxnreg: what the producer's 24 leave to each consumer warpgroup
+_GL_DTYPES: dict = {}
+
+
+def gluon_desc(t, block: list[int]):
+    """A Gluon TMA descriptor over tensor t (its shape and strides; unit stride last) read `block` at a time, in
+    the widest shared-memory swizzle the block allows (1-D blocks: unswizzled)."""
+    if not _GL_DTYPES:
+        import torch
+        _GL_DTYPES.update({torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16,
+                           torch.float16: gl.float16})
+    if len(block) == 1:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=t.element_size() * 8, rank=1)
+    else:
+        layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
+    return GluonDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+if HAS_GLUON:
+    from .common import program_coords
+
+    G_MAGIC = gl.constexpr(MAGIC_I32)
+
+    @gluon.jit
+    def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
+                        q_bar, ready, empty, q_row, k_row, v_b, v_hk, col_off, n_blocks,
+                        BN: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr):
+        """One warp: Q once, then K, K's scales, V and the column bias of every key block into the ring."""
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+        nbytes: gl.constexpr = (k_desc.block_type.nbytes + v_desc.block_type.nbytes + ks_desc.block_type.nbytes
+                                + (col_desc.block_type.nbytes if HAS_COL else 0))
+        for j in range(n_blocks):
+            slot = j % STAGES
+            mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
+            bar = ready.index(slot)
+            mbarrier.expect(bar, nbytes)
+            start = j * BN
+            tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(slot))
+            tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(slot))
+            tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(slot))
+            if HAS_COL:
+                tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(slot))
+
+    @gluon.jit
+    def _qk_issue(q_smem, k_bufs, ready, j, magic, STAGES: gl.constexpr):
+        """Start S = Q.K^T of key block j (once its tiles have landed) on the tensor cores; returns the token."""
+        slot = j % STAGES
+        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        return warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), magic, is_async=True)
+
+    @gluon.jit
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
+               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
+               DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr):
+        """Key block j: scores in log2 units from the accumulator bits (MAGIC_I32 + q.k: one bitcast, one FMA with
+        the key scales that also removes the magic offset, one FMA with the row scale and the column bias), the
+        online softmax, acc = alpha * acc + P.V; then its ring slot is released."""
+        slot = j % STAGES
+        cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        ks = ks_bufs.index(slot).load(cols)
+        s = qk_bits.to(gl.float32, bitcast=True) * ks[None, :] + (-12582912.0 * ks)[None, :]
+        if HAS_COL:
+            s = gl.fma(s, q_scale[:, None], col_bufs.index(slot).load(cols)[None, :])
+        else:
+            s = s * q_scale[:, None]
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_new_safe)
+        e = gl.exp2(s - m_new_safe[:, None])
+        l_i = l_i * alpha + gl.sum(e, 1)
+        p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        mbarrier.arrive(empty.index(slot), count=1)
+        return acc, m_new, l_i
+
+    @gluon.jit
+    def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
+                           QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
+                           BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr,
+                           HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, num_warps: gl.constexpr):
+        """One warpgroup: BM query rows (from q_row / output row m0) against every key block, then the store."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, BN, 32])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, DP, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        q_scale = gl.load(QS + q_row + gl.arange(0, BM, layout=row_s))
+        magic = gl.full([BM, BN], G_MAGIC, gl.int32, s_layout)
+        acc = gl.zeros([BM, DP], gl.float32, o_layout)
+        m_i = gl.full([BM], float("-inf"), gl.float32, row_s)
+        l_i = gl.zeros([BM], gl.float32, row_s)
+        mbarrier.wait(q_bar, 0)
+        # The next block's Q.K^T is issued before this block's softmax (the last block is peeled so that every
+        # issue is unconditional). Measured +2..4% over issuing it after this block's P.V.
+        qk_next = _qk_issue(q_smem, k_bufs, ready, 0, magic, STAGES)
+        for j in range(n_blocks - 1):
+            qk = warpgroup_mma_wait(0, deps=(qk_next, ))
+            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, magic, STAGES)
+            acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
+                                   s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL)
+        qk = warpgroup_mma_wait(0, deps=(qk_next, ))
+        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, v_bufs, ks_bufs, col_bufs, empty,
+                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL)
+
+        # the store, as attention.store_output
+        live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
+        out = acc * gl.convert_layout(1.0 / gl.where(live, l_i, 1.0), row_o)[:, None]
+        out = gl.where(gl.convert_layout(live, row_o)[:, None], out, 0.0)
+        if O.dtype.element_ty == gl.float16:  # P rounded to 16 bits can lift a value near 65504 past fp16's range
+            out = gl.where(out > 65504.0, 65504.0, gl.where(out < -65504.0, -65504.0, out))
+        offs_m = m0 + gl.arange(0, BM, layout=row_o)
+        offs_d = gl.arange(0, DP, layout=gl.SliceLayout(0, o_layout))
+        gl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=(offs_m < Lq)[:, None] & (offs_d < DV)[None, :])
+        if RETURN_LSE:  # without the smoothing shift, which the host adds (as for attention_tma_kernel)
+            rows = m0 + gl.arange(0, BM, layout=row_s)
+            lse = (m_i + gl.log2(gl.where(live, l_i, 1.0))) * 0.6931471805599453
+            gl.store(LSE + pid_bh * Lq + rows, gl.where(live, lse, float("-inf")), mask=rows < Lq)
+
+    @gluon.jit
+    def attention_ws_kernel(
+        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE,
+        s_ob, s_oh, s_ol,
+        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g,
+        BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
+        RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        """Descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (B*Hk*Lk_pad,) fp32
+        [BN]; col: the column-bias table flattened (rows*Lk_pad,) [BN], row = b*col_rows_b + h*col_rows_h +
+        group*col_rows_g; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and DV.
+        QS: fp32 row scales (B*Hq*Lq_pad). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing
+        shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
+        pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM,
+                                                                    SMOOTH_BLOCK)
+        col_off = (b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - g0) * col_rows_g) * Lk_pad
+        n_blocks = Lk_pad // BN
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+        ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [STAGES] + ks_desc.block_type.shape, ks_desc.layout)
+        col_bufs = gl.allocate_shared_memory(col_desc.dtype, [STAGES if HAS_COL else 1] + col_desc.block_type.shape,
+                                             col_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)  # both consumer warpgroups release every slot
+
+        HALF: gl.constexpr = BM // 2
+        gl.warp_specialize([
+            (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
+                                  QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV, n_blocks,
+                                  HALF, BN, DP, STAGES, HAS_COL, RETURN_LSE, num_warps)),
+            (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
+                                  QS, O, LSE, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM + HALF, Lq,
+                                  DV, n_blocks, HALF, BN, DP, STAGES, HAS_COL, RETURN_LSE, num_warps)),
+            (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
+                               q_bar, ready, empty, q_row, k_row, b, hk, col_off, n_blocks,
+                               BN, STAGES, HAS_COL)),
+        ], [num_warps, 1], [CONSUMER_REGS, 24])
+else:  # pragma: no cover
+    attention_ws_kernel = None

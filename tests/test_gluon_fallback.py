@@ -1,0 +1,34 @@
+"""If sm_90's Gluon kernel cannot be built (a Triton whose Gluon API differs), the launcher logs the reason once
+and runs the TMA kernel instead: never a failed call."""
+import logging
+
+from sage_kernels import logs
+from sage_kernels.kernels import run
+
+
+def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
+    logs.reset()
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("gluon: unsupported layout\nno such op")
+
+    monkeypatch.setattr(run, "_launch_ws", broken)
+    monkeypatch.setattr(run, "_ws_failure", None)
+    monkeypatch.setattr(run, "HAS_GLUON", True)
+    with caplog.at_level(logging.WARNING):
+        assert run._try_launch_ws(1, 2) is False
+        assert run._try_launch_ws(1, 2) is False
+    assert len(calls) == 2
+    assert run._ws_failure == "RuntimeError: no such op"
+    messages = [r.getMessage() for r in caplog.records if "Gluon sm_90 kernel failed" in r.getMessage()]
+    assert len(messages) == 1 and "using the TMA kernel" in messages[0]
+
+    class Ops:  # a problem the Gluon kernel would otherwise take
+        qk_format, pv_format = run.FMT_INT8, run.FMT_V16
+
+    monkeypatch.setattr(run, "interpreter_active", lambda: False)
+    assert not run._ws_applies(None, Ops())
+    monkeypatch.setattr(run, "_ws_failure", None)
+    assert run._ws_applies(None, Ops())
