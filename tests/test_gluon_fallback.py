@@ -32,3 +32,14 @@ def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
     assert not run._ws_applies(None, Ops())
     monkeypatch.setattr(run, "_ws_failure", None)
     assert run._ws_applies(None, Ops())
+
+
+def test_fallback_config_is_the_tma_kernels_measured_one():
+    """Without the Gluon kernel, 16-bit P.V at head dim 128 on sm_90 runs the TMA kernel's 8-warp config."""
+    from sage_kernels.kernels import configs
+
+    cfg = configs.launch_config(90, 128, run.FMT_INT8, run.FMT_V16)
+    assert cfg.gluon
+    assert configs.without_gluon(cfg) == configs.LaunchConfig(8, 3, 128, tma=True)
+    other = configs.launch_config(90, 64, run.FMT_INT8, run.FMT_V16)
+    assert not other.gluon and configs.without_gluon(other) is other

@@ -124,9 +124,7 @@ def compile_launch(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
 
     src, options = source_of(launch)
-    if launch.name in SM90_ONLY:  # recorded with sm_90's config (record_all): options as launched
-        pass
-    elif launch.name == "attention_kernel":
+    if launch.name == "attention_kernel":  # (SM90_ONLY kernels were recorded with sm_90's config: as launched)
         kw = launch.kwargs
         v = launch.args[[param.name for param in launch.kernel.params].index("V")]
         cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], v.element_size())

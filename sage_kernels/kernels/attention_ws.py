@@ -13,6 +13,8 @@ barriers explicitly. sm_90 only (wgmma, setmaxnreg); configs.launch_config picks
 """
 from __future__ import annotations
 
+import torch
+
 try:  # Gluon ships with Triton >= 3.5; without it the launcher never picks this kernel
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -27,16 +29,11 @@ MAGIC_I32 = 0x4B400000  # the bits of 1.5 * 2**23: int32 x + MAGIC_I32, read as 
 WS_WARPS = 4  # per consumer partition (one warpgroup); the kernel's num_warps
 WS_MAXNREG = 168  # 12 warps (2 consumer warpgroups + the producer's, rounded up) x 168 fill the 64K registers
 WS_CONSUMER_REGS = 240  # after setmaxnreg: what the producer's 24 leave to each consumer warpgroup
-_GL_DTYPES: dict = {}
 
 
 def gluon_desc(t, block: list[int]):
     """A Gluon TMA descriptor over tensor t (its shape and strides; unit stride last) read `block` at a time, in
     the widest shared-memory swizzle the block allows (1-D blocks: unswizzled)."""
-    if not _GL_DTYPES:
-        import torch
-        _GL_DTYPES.update({torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16,
-                           torch.float16: gl.float16})
     if len(block) == 1:
         layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=t.element_size() * 8, rank=1)
     else:
@@ -46,6 +43,8 @@ def gluon_desc(t, block: list[int]):
 
 if HAS_GLUON:
     from .common import program_coords
+
+    _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
     G_MAGIC = gl.constexpr(MAGIC_I32)
 

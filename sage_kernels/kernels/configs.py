@@ -5,6 +5,7 @@ part of the math (P and V are quantized per key block) and stays fixed; the quer
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..capabilities import smem_limit
@@ -24,6 +25,12 @@ class LaunchConfig:
 
 
 _override: LaunchConfig | None = None
+
+
+def without_gluon(cfg: LaunchConfig) -> LaunchConfig:
+    """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V at head dim 128), for
+    when attention_ws_kernel does not run: 8 warps over the same 128 rows and stages, as measured for it."""
+    return dataclasses.replace(cfg, num_warps=8, gluon=False) if cfg.gluon else cfg
 
 
 def set_override(config: LaunchConfig | None) -> None:

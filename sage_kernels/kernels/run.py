@@ -16,13 +16,13 @@ from .. import transforms as T
 from .._triton import interpreter_active
 from ..capabilities import device_info
 from ..formats.e2m1 import tensor_scale
+from ..logs import log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
-from ..logs import log_once
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import TMA_PV_FORMATS, launch_config, prepass_warps
+from .configs import TMA_PV_FORMATS, launch_config, prepass_warps, without_gluon
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
 
@@ -223,14 +223,16 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     dummy = _empty(p.device)
     tma = cfg.tma and _tma_applies(p, ops)
     ws = tma and cfg.gluon and _ws_applies(p, ops)
-    if cfg.gluon and not ws:  # the TMA kernel's own config for this problem (8 warps over 128 rows)
-        cfg = dataclasses.replace(cfg, num_warps=8, gluon=False)
+    if not ws:
+        cfg = without_gluon(cfg)
     has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
     for g0, gcount, table, broadcast in tables:
         if table is None:
             table = _bias_chunk(p, ops, g0, gcount)
-        if ws and _try_launch_ws(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
-            continue
+        if ws:
+            if _try_launch_ws(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+                continue
+            ws, cfg = False, without_gluon(cfg)  # it could not be built: the TMA kernel from here on
         if tma:
             _launch_tma(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse)
             continue
@@ -341,7 +343,8 @@ def _try_launch_ws(*args) -> bool:
         _launch_ws(*args)
         return True
     except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
-        _ws_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+        lines = str(exc).strip().splitlines()  # compiler errors end with the message, after the source excerpt
+        _ws_failure = f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
         log_once("gluon kernel unavailable", f"sage_attention: the Gluon sm_90 kernel failed to build "
                  f"({_ws_failure}); using the TMA kernel")
         return False
