@@ -35,6 +35,7 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     assert {line.split()[0] for line in ws} == {"sm_90"}
     assert {"'HAS_COL': False" in line for line in ws} == {True, False}
     assert {"'RETURN_LSE': True" in line for line in ws} == {True, False}
+    assert all("wgmma async" in line for line in ws), ws  # ptxas would otherwise wait after every wgmma
 
 
 def test_aot_refuses_the_interpreter():

@@ -159,6 +159,35 @@ def test_torch_compile_keeps_the_kernel_in_one_graph():
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
 
 
+def test_eager_calls_skip_the_custom_op_dispatch_but_dispatch_modes_see_it(monkeypatch):
+    """Eager calls launch directly (the op's dispatch costs host time); under a TorchDispatchMode (FakeTensorMode,
+    FlopCounterMode, ...) the call goes through the custom op, whose fake implementation such modes need."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sage_kernels import ops
+
+    through_op = []
+    real_op = ops.attention_op
+    monkeypatch.setattr(ops, "attention_op", lambda *args: through_op.append(1) or real_op(*args))
+    q, k, v = (t.half().to("cuda" if torch.cuda.is_available() else "cpu")
+               for t in dist.make("normal", 1, 2, 64, 64, 64))
+
+    def call():
+        return sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
+
+    eager = call()
+    assert not through_op
+
+    class PassThrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with PassThrough():
+        moded = call()
+    assert through_op == [1]
+    torch.testing.assert_close(moded, eager, rtol=0, atol=0)
+
+
 def test_wide_heads_need_hopper_or_blackwell_datacenter_shared_memory():
     """Head dims > 128 (padded to 256) need ~196 KB of shared memory per pre-pass block: consumer GPUs (99 KB) and
     the A100 (163 KB) send them to SDPA with that reason instead of failing at launch; D <= 128 runs there."""

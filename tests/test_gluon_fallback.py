@@ -26,12 +26,14 @@ def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
     assert len(messages) == 1 and "using the TMA kernel" in messages[0]
 
     class Ops:  # a problem the Gluon kernel would otherwise take
-        qk_format, pv_format = run.FMT_INT8, run.FMT_V16
+        qk_format, pv_format, lk_pad = run.FMT_INT8, run.FMT_V16, 2 * run.BLOCK_N
 
     monkeypatch.setattr(run, "interpreter_active", lambda: False)
     assert not run._ws_applies(None, Ops())
     monkeypatch.setattr(run, "_ws_failure", None)
     assert run._ws_applies(None, Ops())
+    Ops.lk_pad = run.BLOCK_N  # one key block: the kernel peels the first and the last, so it needs two
+    assert not run._ws_applies(None, Ops())
 
 
 def test_fallback_config_is_the_tma_kernels_measured_one():

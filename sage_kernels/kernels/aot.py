@@ -134,6 +134,24 @@ def compile_launch(launch: Launch, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
+def wgmma_serialized(compiled, arch: int) -> str:
+    """ptxas's reason if it serialises the kernel's wgmma instructions (warnings C7514/C7515: a non-wgmma instruction
+    touches an accumulator's registers while a wgmma is in flight), else ''. Only meaningful for sm_90."""
+    import subprocess
+    import tempfile
+
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = f"{tmp}/k.ptx"
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        proc = subprocess.run([knobs.nvidia.ptxas.path, f"-arch=sm_{arch}a", "-v", ptx, "-o", f"{tmp}/k.cubin"],
+                              capture_output=True, text=True, timeout=300)
+    hits = [line for line in proc.stderr.splitlines() if "(C7514)" in line or "(C7515)" in line]
+    return hits[0].split("Potential Performance Loss: ")[-1].strip() if hits else ""
+
+
 def launch_key(launch: Launch) -> tuple:
     src, options = source_of(launch)
     return (launch.name, tuple(sorted(src.signature.items())), tuple(sorted((k, str(v)) for k, v in src.constants.items())),
@@ -233,6 +251,9 @@ def main(argv=None) -> int:
                 if shared > smem_limit(arch):  # it would compile and then fail at launch
                     raise RuntimeError(f"{shared} bytes of shared memory > sm_{arch}'s {smem_limit(arch)}")
                 status = f"ok  shared={shared}"
+                if launch.name == "attention_ws_kernel":  # its speed depends on asynchronous wgmma
+                    why = wgmma_serialized(compiled, arch)
+                    status += f"  wgmma serialised: {why}" if why else "  wgmma async"
             except Exception as exc:  # noqa: BLE001 - report every failing variant
                 failures += 1
                 status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

@@ -4,14 +4,16 @@ Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the AP
 mirror is reference/quantized.py), laid out FlashAttention-3's way for sm_90:
   - a producer warp streams K, its row scales, V and the column bias into a STAGES-deep shared-memory ring with TMA
     and mbarriers (`ready` / `empty` per slot);
-  - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (the int32
-    accumulator starts at the bits of 1.5*2**23, so that int -> float is one bitcast), the online softmax in fp32,
+  - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (int32; adding
+    the bits of 1.5*2**23 makes int -> float one add and a bitcast), the online softmax in fp32,
     then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
     partitions, one warpgroup's softmax overlaps the other's MMAs.
 Triton 3.6's automatic warp specialisation hangs on this loop (docs/BENCHMARKS.md); Gluon states the partitions and
 barriers explicitly. sm_90 only (wgmma, setmaxnreg); configs.launch_config picks it, kernels/run.py launches it.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -34,11 +36,15 @@ WS_CONSUMER_REGS = 240  # after setmaxnreg: what the producer's 24 leave to each
 def gluon_desc(t, block: list[int]):
     """A Gluon TMA descriptor over tensor t (its shape and strides; unit stride last) read `block` at a time, in
     the widest shared-memory swizzle the block allows (1-D blocks: unswizzled)."""
+    return GluonDescriptor(t, list(t.shape), list(t.stride()), block, _smem_layout(tuple(block), t.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _smem_layout(block: tuple, dtype: torch.dtype):
+    """(Cached: building a layout per descriptor per call is measurable host time at Flux's sizes.)"""
     if len(block) == 1:
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=t.element_size() * 8, rank=1)
-    else:
-        layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
-    return GluonDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+        return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=dtype.itemsize * 8, rank=1)
+    return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPES[dtype])
 
 
 if HAS_GLUON:
@@ -70,23 +76,27 @@ if HAS_GLUON:
                 tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(slot))
 
     @gluon.jit
-    def _qk_issue(q_smem, k_bufs, ready, j, magic, STAGES: gl.constexpr):
-        """Start S = Q.K^T of key block j (once its tiles have landed) on the tensor cores; returns the token."""
+    def _qk_issue(q_smem, k_bufs, ready, j, unused_acc, STAGES: gl.constexpr):
+        """Start S = Q.K^T of key block j (once its tiles have landed) on the tensor cores; returns the token.
+        use_acc=False: no instruction may write or read the accumulator's registers while a wgmma is in flight, or
+        ptxas serialises every wgmma of the kernel (warning C7514); so no register init, and the magic-number offset
+        that makes int -> float a bitcast is one integer add after the wait."""
         slot = j % STAGES
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        return warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), magic, is_async=True)
+        return warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), unused_acc, is_async=True, use_acc=False)
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk_bits, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
+    def _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
-               DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr):
-        """Key block j: scores in log2 units from the accumulator bits (MAGIC_I32 + q.k: one bitcast, one FMA with
-        the key scales that also removes the magic offset, one FMA with the row scale and the column bias), the
-        online softmax, acc = alpha * acc + P.V; then its ring slot is released."""
+               DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr, FIRST: gl.constexpr):
+        """Key block j: scores in log2 units from the int32 q.k (+ MAGIC_I32, read as fp32: one add and a bitcast;
+        one FMA with the key scales that also removes the magic offset, one FMA with the row scale and the column
+        bias), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero instead: a zero
+        accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot is released."""
         slot = j % STAGES
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         ks = ks_bufs.index(slot).load(cols)
-        s = qk_bits.to(gl.float32, bitcast=True) * ks[None, :] + (-12582912.0 * ks)[None, :]
+        s = (qk + G_MAGIC).to(gl.float32, bitcast=True) * ks[None, :] + (-12582912.0 * ks)[None, :]
         if HAS_COL:
             s = gl.fma(s, q_scale[:, None], col_bufs.index(slot).load(cols)[None, :])
         else:
@@ -97,8 +107,11 @@ if HAS_GLUON:
         e = gl.exp2(s - m_new_safe[:, None])
         l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True)
+        if FIRST:
+            acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True, use_acc=False)
+        else:
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(slot), count=1)
         return acc, m_new, l_i
@@ -118,22 +131,25 @@ if HAS_GLUON:
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
         q_scale = gl.load(QS + q_row + gl.arange(0, BM, layout=row_s))
-        magic = gl.full([BM, BN], G_MAGIC, gl.int32, s_layout)
+        s_unused = gl.zeros([BM, BN], gl.int32, s_layout)  # accumulators that use_acc=False never reads
         acc = gl.zeros([BM, DP], gl.float32, o_layout)
         m_i = gl.full([BM], float("-inf"), gl.float32, row_s)
         l_i = gl.zeros([BM], gl.float32, row_s)
         mbarrier.wait(q_bar, 0)
-        # The next block's Q.K^T is issued before this block's softmax (the last block is peeled so that every
-        # issue is unconditional). Measured +2..4% over issuing it after this block's P.V.
-        qk_next = _qk_issue(q_smem, k_bufs, ready, 0, magic, STAGES)
-        for j in range(n_blocks - 1):
+        # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
+        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
+        qk = warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES), ))
+        qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES)
+        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, 0, v_bufs, ks_bufs, col_bufs, empty,
+                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, True)
+        for j in range(1, n_blocks - 1):
             qk = warpgroup_mma_wait(0, deps=(qk_next, ))
-            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, magic, STAGES)
+            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES)
             acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
-                                   s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL)
+                                   s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
         qk = warpgroup_mma_wait(0, deps=(qk_next, ))
         acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, v_bufs, ks_bufs, col_bufs, empty,
-                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL)
+                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
 
         # the store, as attention.store_output
         live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible

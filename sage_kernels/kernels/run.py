@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import transforms as T
@@ -60,16 +61,21 @@ def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int,
 
 
 def _pad_cols(x: torch.Tensor, dp: int) -> torch.Tensor:
+    if x.shape[-1] == dp:
+        return x.contiguous()
     return torch.nn.functional.pad(x, (0, dp - x.shape[-1])).contiguous()
 
 
+@functools.lru_cache(maxsize=32)
 def _empty(dev, dtype=torch.float32):
+    """Placeholder for an argument the launched variant never reads or writes (one per device and dtype: an
+    allocation per call costs host time at Flux's sizes)."""
     return torch.empty(1, dtype=dtype, device=dev)
 
 
 def _unused(dev):
     """Placeholder for a buffer the launched variant never touches (uint8: fp8 pointers do not compile on sm_80)."""
-    return torch.empty(1, dtype=torch.uint8, device=dev)
+    return _empty(dev, torch.uint8)
 
 
 def _row_buffers(b, h, l_pad, dp, fmt, dev):
@@ -180,17 +186,25 @@ def _key_bias_table(p: AttentionProblem, lk_pad: int) -> torch.Tensor:
     return T.column_bias(None, p.k, p.key_bias, p.scale, lk_pad, p.heads_q)
 
 
+def bias_chunk_blocks(p: AttentionProblem, ops: Operands, n_qblocks: int) -> int:
+    """Query blocks per column-bias chunk: as many as fit in the size of the quantized Q."""
+    per_block = p.batch * p.heads_q * ops.lk_pad * 4
+    budget = max(ops.q.numel() * ops.q.element_size(), per_block)
+    return max(1, min(n_qblocks, budget // per_block))
+
+
 def _bias_chunk(p: AttentionProblem, ops: Operands, g0: int, gc: int) -> torch.Tensor:
     b, hq = p.batch, p.heads_q
     out = torch.empty(b, hq, gc, ops.lk_pad, dtype=torch.float32, device=p.device)
     kb = p.key_bias
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
-    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-gc // _BIAS_ROWS), b * hq)](
+    bg = min(_BIAS_ROWS, max(16, triton.next_power_of_2(gc)))  # no all-masked rows when a chunk is small
+    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-gc // bg), b * hq)](
         qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
         kb if kb is not None else _empty(p.device), *kb_strides, out,
         hq, hq // p.heads_kv, g0, gc, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
-        BG=_BIAS_ROWS, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
+        BG=bg, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
         INTERPRET=interpreter_active(),
     )
     return out
@@ -216,9 +230,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         tables = [(0, n_qblocks, _key_bias_table(p, ops.lk_pad) if ops.q_means is None else
                    _bias_chunk(p, ops, 0, 1), True)]
     else:  # one table row per query block, computed in chunks bounded by the size of the quantized Q
-        per_block = p.batch * p.heads_q * ops.lk_pad * 4
-        budget = max(ops.q.numel() * ops.q.element_size(), per_block)
-        gc = max(1, min(n_qblocks, budget // per_block))
+        gc = bias_chunk_blocks(p, ops, n_qblocks)
         tables = [(g0, min(gc, n_qblocks - g0), None, False) for g0 in range(0, n_qblocks, gc)]
     dummy = _empty(p.device)
     tma = cfg.tma and _tma_applies(p, ops)
@@ -327,9 +339,10 @@ def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, ou
 
 
 def _ws_applies(p: AttentionProblem, ops: Operands) -> bool:
-    """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V, within what _tma_applies allows."""
+    """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V and at least two key blocks (it peels the
+    first and the last), within what _tma_applies allows."""
     return (HAS_GLUON and _ws_failure is None and not interpreter_active() and ops.qk_format == FMT_INT8
-            and ops.pv_format == FMT_V16)
+            and ops.pv_format == FMT_V16 and ops.lk_pad >= 2 * BLOCK_N)
 
 
 _ws_failure: str | None = None  # why attention_ws_kernel could not be built here (then the TMA kernel runs)
