@@ -216,3 +216,28 @@ def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
     assert tma_launches == []
     sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
     assert tma_launches == [1]
+
+
+def test_column_bias_chunks_give_the_same_result(monkeypatch):
+    """Long keys split the per-query-block column-bias table into chunks (to stay within the size of the quantized
+    Q); the launches over chunks (with their query-block offset g0) must give exactly the one-chunk result."""
+    from sage_kernels.kernels import run as kernel_run
+
+    q, k, v = (t.half().to(DEV) for t in dist.make("biased_k", 2, 4, 300, 260, 64))
+    k, v = k[:, :2].contiguous(), v[:, :2].contiguous()  # GQA: two query heads per key head
+    mask = torch.ones(2, 1, 1, 260, dtype=torch.bool, device=DEV)
+    mask[1, ..., 200:] = False
+
+    def call():
+        return sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error",
+                                           attn_mask=mask, return_lse=True)
+
+    p = build_problem(q, k, v)
+    assert kernel_run.bias_chunk_blocks(p, prepare(p, "int8", QuantOptions(), False, False), 3) == 3  # one chunk
+    whole, whole_lse = call()
+    chunks = []
+    monkeypatch.setattr(kernel_run, "bias_chunk_blocks", lambda p, ops, n: chunks.append(n) or 1)
+    split, split_lse = call()  # three chunks of one query block
+    assert chunks == [3]
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0)
