@@ -156,16 +156,25 @@ _CANDIDATES = {
 
 # GPUs where the quantized kernels measured slower than PyTorch's SDPA: precision="auto" keeps SDPA there.
 AUTO_SDPA = {
-    90: "on Hopper the Triton int8 kernel measured 0.5-0.7x cuDNN SDPA (H200, docs/BENCHMARKS.md); "
+    90: "on Hopper the Triton int8 kernel measured 0.6-0.9x cuDNN SDPA (H200, docs/BENCHMARKS.md); "
         "request precision='int8' explicitly for its accuracy preview",
 }
+# Below this many scores (B * Hq * Lq * Lk) precision="auto" runs SDPA: the quantized path's fixed cost (four
+# extra kernels, ~0.3 ms of host time per call on the H200's host) is then larger than the attention itself, e.g.
+# cross-attention to 77 text tokens (SDXL: 10 heads x 4096 x 77 = 3.2M). Flux (24 x 4608^2) is far above.
+AUTO_MIN_SCORES = 1 << 22
 
 
 def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, str]:
     """precision="auto" -> (precision, note): fp4 on Blackwell when its native kernel compiles; int8 on other
-    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU (quantization buys no speed there)."""
+    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU and for small problems (AUTO_MIN_SCORES), where
+    quantization buys no speed."""
     if dev.kind != "cuda":
         return "sdpa", f"auto: {dev.kind} tensors run SDPA"
+    scores = p.batch * p.heads_q * p.len_q * p.len_k
+    if scores < AUTO_MIN_SCORES:
+        return "sdpa", (f"auto: small problem ({scores:,} scores < {AUTO_MIN_SCORES:,}): the quantized path's "
+                        "fixed cost exceeds the attention work")
     if dev.arch in NATIVE_FP4_ARCHS and not KERNELS["triton.fp4.native"].check(p, dev):
         return "fp4", "auto: native NVFP4 kernel available"
     if dev.arch in AUTO_SDPA:

@@ -83,11 +83,17 @@ def test_fallback_logs_once_per_reason_and_error_mode_raises(monkeypatch, caplog
 
 
 def test_cuda_plans_follow_the_arch_table(monkeypatch):
-    p = build_problem(*_qkv())
+    p = build_problem(*_qkv(h=4, l=1024))  # 4M scores: at the small-problem bound
     for arch, want in ((90, "sdpa"), (89, "int8"), (80, "int8"), (75, "sdpa")):
         precision, note = capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", arch))
         assert precision == want and note, arch
     assert "Hopper" in capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", 90))[1]
+    # cross-attention to 77 text tokens (SDXL-like) and other small problems: SDPA, with the reason
+    cross = build_problem(*_qkv(h=10, l=4096, lk=77, d=8))
+    precision, note = capabilities.resolve_auto_precision(cross, capabilities.DeviceInfo("cuda", 89))
+    assert precision == "sdpa" and "small problem" in note
+    just_below = build_problem(*_qkv(h=4, l=1024, lk=1023, d=8))
+    assert capabilities.resolve_auto_precision(just_below, capabilities.DeviceInfo("cuda", 89))[0] == "sdpa"
     spec = capabilities.KERNELS["triton.fp4.native"]
     assert "needs sm_100/sm_103/sm_120" in spec.check(p, capabilities.DeviceInfo("cuda", 90))
     assert "sm_80+" in capabilities.KERNELS["triton.int8"].check(p, capabilities.DeviceInfo("cuda", 75))
