@@ -1,7 +1,7 @@
 """Host side of the Triton path: allocate padded operand buffers, launch the pre-pass, launch attention.
 
 Extra device memory: the quantized Q, K, V (+ fp32 row scales) and the column-bias table, which is computed in
-chunks (of whole heads, else of query blocks: chunk_plan) so that it never exceeds the size of the quantized Q.
+chunks of query blocks so that it never exceeds the size of the quantized Q.
 """
 from __future__ import annotations
 
