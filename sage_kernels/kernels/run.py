@@ -278,8 +278,6 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     if not ws:
         cfg = without_gluon(cfg)
     has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
-    # Each piece: (problem, operands, output and LSE) of the whole call or of a head chunk (views), its query blocks
-    # [g0, g0 + gcount) and its column-bias table (computed here when None). The launches below see only the piece.
     for (p, ops, out_hnd, lse), g0, gcount, table, broadcast in pieces:
         if table is None:
             table = _bias_chunk(p, ops, g0, gcount)
@@ -311,7 +309,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
             INTERPRET=interpreter_active(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-    p, ops, _, lse = whole  # the whole call again
+    p, ops, _, lse = whole
     if tma and lse is not None:  # the TMA kernel stores the LSE without the smoothing shift
         lse += ops.shift[:, :, :p.len_q]
     return out, lse
