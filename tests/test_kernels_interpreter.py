@@ -218,11 +218,9 @@ def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
     assert tma_launches == [1]
 
 
-@pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "int8"), ("fp4", "16bit")])
-def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv):
+def test_column_bias_chunks_give_the_same_result(monkeypatch):
     """Long keys split the per-query-block column-bias table into chunks (to stay within the size of the quantized
-    Q): by whole heads of one batch entry (views of the operands), or by query blocks (a block offset g0). Every
-    split must give exactly the one-chunk result."""
+    Q); the launches over chunks (with their query-block offset g0) must give exactly the one-chunk result."""
     from sage_kernels.kernels import run as kernel_run
 
     q, k, v = (t.half().to(DEV) for t in dist.make("biased_k", 2, 4, 300, 260, 64))
@@ -231,36 +229,15 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv):
     mask[1, ..., 200:] = False
 
     def call():
-        return sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="triton", fallback="error",
+        return sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error",
                                            attn_mask=mask, return_lse=True)
 
     p = build_problem(q, k, v)
-    assert kernel_run.chunk_plan(p, prepare(p, "int8", QuantOptions(), False, False), 3) == ("all", 3)
+    assert kernel_run.bias_chunk_blocks(p, prepare(p, "int8", QuantOptions(), False, False), 3) == 3  # one chunk
     whole, whole_lse = call()
-    for plan in (("blocks", 1), ("heads", 2)):  # three chunks of one query block; four of one GQA group
-        monkeypatch.setattr(kernel_run, "chunk_plan", lambda p, ops, n, plan=plan: plan)
-        split, split_lse = call()
-        torch.testing.assert_close(split, whole, rtol=0, atol=0, msg=str(plan))
-        torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0, msg=str(plan))
-
-
-def test_chunk_plan_prefers_whole_heads():
-    """The table of 32k keys is 8x the size of INT8 Q: chunks of 5 of 40 heads; with GQA whole groups; a single head
-    larger than the budget falls back to query-block chunks."""
-    from types import SimpleNamespace
-
-    from sage_kernels.kernels.run import chunk_plan
-
-    def plan(b, hq, hk, lq, lk):
-        p = SimpleNamespace(batch=b, heads_q=hq, heads_kv=hk)
-        lq_pad, lk_pad = -(-lq // 128) * 128, -(-lk // 128) * 128
-        ops = SimpleNamespace(q=torch.empty(b * hq * lq_pad * 128, dtype=torch.int8, device="meta"), lk_pad=lk_pad)
-        return chunk_plan(p, ops, lq_pad // 128)
-
-    assert plan(1, 24, 24, 4096, 4096) == ("all", 32)
-    assert plan(1, 40, 40, 32768, 32768) == ("heads", 5)
-    assert plan(1, 40, 8, 32768, 32768) == ("heads", 5)  # one GQA group of 5 heads per chunk
-    assert plan(1, 40, 20, 32768, 32768) == ("heads", 4)  # groups of 2: 5 heads round down to 4
-    assert plan(1, 40, 4, 32768, 32768) == ("blocks", 32)  # a group of 10 heads does not fit
-    assert plan(2, 24, 24, 16384, 16384) == ("heads", 12)  # the budget counts both batch entries
-    assert plan(1, 1, 1, 32768, 32768) == ("blocks", 32)
+    chunks = []
+    monkeypatch.setattr(kernel_run, "bias_chunk_blocks", lambda p, ops, n: chunks.append(n) or 1)
+    split, split_lse = call()  # three chunks of one query block
+    assert chunks == [3]
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0)
