@@ -4,7 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+try:  # private torch API (stable since 2.0); without it every call goes through the custom op
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+except ImportError:  # pragma: no cover
+    def _get_current_dispatch_mode():
+        return "unknown"
 
 from .kernels import run as kernel_run
 from .options import QuantOptions
