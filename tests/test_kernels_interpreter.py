@@ -218,7 +218,8 @@ def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
     assert tma_launches == [1]
 
 
-def test_column_bias_chunks_give_the_same_result(monkeypatch):
+@pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "int8"), ("fp4", "16bit")])
+def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv):
     """Long keys split the per-query-block column-bias table into chunks (to stay within the size of the quantized
     Q); the launches over chunks (with their query-block offset g0) must give exactly the one-chunk result."""
     from sage_kernels.kernels import run as kernel_run
@@ -229,7 +230,7 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch):
     mask[1, ..., 200:] = False
 
     def call():
-        return sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error",
+        return sage_kernels.sage_attention(q, k, v, precision=precision, pv=pv, backend="triton", fallback="error",
                                            attn_mask=mask, return_lse=True)
 
     p = build_problem(q, k, v)
