@@ -234,7 +234,8 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv):
                                            attn_mask=mask, return_lse=True)
 
     p = build_problem(q, k, v)
-    assert kernel_run.bias_chunk_blocks(p, prepare(p, "int8", QuantOptions(), False, False), 3) == 3  # one chunk
+    ops = prepare(p, precision, QuantOptions(pv=pv), True, False)
+    assert kernel_run.bias_chunk_blocks(p, ops, 3) == 3  # the unpatched call: one chunk
     whole, whole_lse = call()
     chunks = []
     monkeypatch.setattr(kernel_run, "bias_chunk_blocks", lambda p, ops, n: chunks.append(n) or 1)

@@ -10,11 +10,10 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import transforms as T
-from .._triton import interpreter_active
+from .._triton import interpreter_active, triton
 from ..capabilities import device_info
 from ..formats.e2m1 import tensor_scale
 from ..logs import log_once
