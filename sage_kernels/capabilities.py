@@ -49,6 +49,7 @@ class Plan:
 class DeviceInfo:
     kind: str  # "cuda" | "cpu" | ...
     arch: int  # compute capability * 10 (90 for sm_90), 0 off CUDA
+    sms: int = 0  # streaming multiprocessors (CUDA), 0 when unknown
 
 
 _CUDA_INFO: dict[int, DeviceInfo] = {}
@@ -56,7 +57,7 @@ _CUDA_INFO: dict[int, DeviceInfo] = {}
 
 def _query_cuda(index: int) -> DeviceInfo:
     major, minor = torch.cuda.get_device_capability(index)
-    return DeviceInfo("cuda", major * 10 + minor)
+    return DeviceInfo("cuda", major * 10 + minor, torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_result"):

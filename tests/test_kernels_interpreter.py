@@ -243,3 +243,47 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv):
     assert chunks == [3]
     torch.testing.assert_close(split, whole, rtol=0, atol=0)
     torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0)
+
+
+def test_key_mean_kernel_matches_torch_and_repeats_bit_for_bit():
+    """The kernel paths' key mean (tile sums, then one ordered sum per head) against transforms.key_mean
+    (torch): fp32 rounding only, on HND and NHD strides, odd lengths and head dims; identical bits on a second
+    call; zeros without smoothing or keys."""
+    from sage_kernels import transforms as T
+    from sage_kernels.kernels.means import key_mean
+
+    for shape, dtype in [((2, 3, 1000, 80), torch.bfloat16), ((1, 2, 257, 64), torch.float16),
+                         ((1, 1, 5, 128), torch.float32)]:
+        k = (torch.randn(shape) * 2 + 3).to(dtype).to(DEV)
+        got = key_mean(k, True)
+        assert got.shape == (shape[0], shape[1], 1, shape[3]) and got.dtype == torch.float32
+        torch.testing.assert_close(got, T.key_mean(k, True), rtol=1e-6, atol=1e-6)
+        assert torch.equal(key_mean(k, True), got)
+    nhd = torch.randn(2, 300, 3, 64, device=DEV).transpose(1, 2)
+    torch.testing.assert_close(key_mean(nhd, True), T.key_mean(nhd, True), rtol=1e-6, atol=1e-6)
+    assert not key_mean(nhd, False).any() and not key_mean(nhd[:, :, :0], True).any()
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp4"])
+def test_persistent_prepass_programs_give_the_same_operands(monkeypatch, precision):
+    """prep_rows_kernel with STAGES > 1 is persistent (each program loops over tiles i, i + grid, ...; on sm_90
+    the grid is two programs per SM). Any program count must give exactly the operands of one program per tile,
+    across heads and batches, with GQA, padded rows and the per-tile Q means."""
+    from sage_kernels.kernels import run as kernel_run
+
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("biased_k", 2, 4, 300, 260, 64))
+    k, v = k[:, :2].contiguous(), v[:, :2].contiguous()
+    p = build_problem(q, k, v)
+    opts = QuantOptions()
+    tiles = []
+    monkeypatch.setattr(kernel_run, "prepass_stages", lambda *args: 2)  # persistent wherever this runs
+    monkeypatch.setattr(kernel_run, "prep_programs", lambda n, stages, dev: tiles.append(n) or n)
+    whole = prepare(p, precision, opts, True, False)
+    assert tiles == [2 * 4 * 3, 2 * 2 * 3]  # Q tiles, K tiles: one program each
+    for programs in (1, 5):
+        monkeypatch.setattr(kernel_run, "prep_programs", lambda n, stages, dev: min(n, programs))
+        got = prepare(p, precision, opts, True, False)
+        for name in ("q", "q_scale", "q_sf", "k", "k_scale", "k_sf", "shift", "q_means"):
+            a, b = getattr(got, name), getattr(whole, name)
+            assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                               b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b), (programs, name)

@@ -18,9 +18,10 @@ import torch
 
 from .._triton import triton
 from ..capabilities import WIDE_HEAD_SMEM, smem_limit
+from . import means as means_module
 from . import run as run_module
 from .attention_ws import HAS_GLUON
-from .configs import launch_config
+from .configs import launch_config, prepass_stages
 from .run import TensorDescriptor
 
 if HAS_GLUON:
@@ -28,6 +29,7 @@ if HAS_GLUON:
 
 _KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel",
                  "attention_ws_kernel")
+_SITES = ((run_module, _KERNEL_NAMES), (means_module, ("key_sums_kernel", "key_mean_kernel")))  # (module, kernels it launches)
 TMA_ARCHS = (90,)  # where the launcher may pick attention_tma_kernel / attention_ws_kernel (configs.launch_config)
 SM90_ONLY = ("attention_tma_kernel", "attention_ws_kernel")  # recorded with sm_90's configs
 
@@ -59,14 +61,14 @@ class _Recorder:
 def recording():
     """Replace the kernels the launcher calls with recorders; yields the list of recorded launches."""
     launches: list[Launch] = []
-    saved = {name: getattr(run_module, name) for name in _KERNEL_NAMES}
+    saved = [(mod, name, getattr(mod, name)) for mod, names in _SITES for name in names]
     try:
-        for name, kernel in saved.items():
-            setattr(run_module, name, _Recorder(kernel, launches))
+        for mod, name, kernel in saved:
+            setattr(mod, name, _Recorder(kernel, launches))
         yield launches
     finally:
-        for name, kernel in saved.items():
-            setattr(run_module, name, kernel)
+        for mod, name, kernel in saved:
+            setattr(mod, name, kernel)
 
 
 def _arg_type(value) -> str:
@@ -123,6 +125,10 @@ def compile_launch(launch: Launch, arch: int):
     that GPU; returns triton's CompiledKernel (PTX in .asm["ptx"])."""
     from triton.backends.compiler import GPUTarget
 
+    if launch.name == "prep_rows_kernel":  # its pipeline depth depends on the GPU's shared memory, as launched
+        kw = launch.kwargs
+        stages = prepass_stages(arch, kw["DP"], launch.args[0].element_size())
+        launch = Launch(launch.kernel, launch.grid, launch.args, {**kw, "STAGES": stages})
     src, options = source_of(launch)
     if launch.name == "attention_kernel":  # (SM90_ONLY kernels were recorded with sm_90's config: as launched)
         kw = launch.kwargs

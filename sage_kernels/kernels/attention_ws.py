@@ -27,7 +27,6 @@ try:  # Gluon ships with Triton >= 3.5; without it the launcher never picks this
 except Exception:  # pragma: no cover - only on installs without gluon
     HAS_GLUON = False
 
-MAGIC_I32 = 0x4B400000  # the bits of 1.5 * 2**23: int32 x + MAGIC_I32, read as fp32, is 12582912.0 + x
 WS_WARPS = 4  # per consumer partition (one warpgroup); the kernel's num_warps
 WS_MAXNREG = 168  # 12 warps (2 consumer warpgroups + the producer's, rounded up) x 168 fill the 64K registers
 WS_CONSUMER_REGS = 240  # after setmaxnreg: what the producer's 24 leave to each consumer warpgroup
@@ -48,11 +47,10 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
+    from .attention import int8_scores
     from .common import program_coords
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-
-    G_MAGIC = gl.constexpr(MAGIC_I32)
 
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
@@ -89,18 +87,15 @@ if HAS_GLUON:
     def _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
                DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr, FIRST: gl.constexpr):
-        """Key block j: scores in log2 units from the int32 q.k (+ MAGIC_I32, read as fp32: one add and a bitcast;
-        one FMA with the key scales that also removes the magic offset, one FMA with the row scale and the column
-        bias), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero instead: a zero
+        """Key block j: scores in log2 units from the int32 q.k (attention.int8_scores: two FMAs per score), the
+        online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero instead: a zero
         accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot is released."""
         slot = j % STAGES
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
-        ks = ks_bufs.index(slot).load(cols)
-        s = (qk + G_MAGIC).to(gl.float32, bitcast=True) * ks[None, :] + (-12582912.0 * ks)[None, :]
+        col = 0.0
         if HAS_COL:
-            s = gl.fma(s, q_scale[:, None], col_bufs.index(slot).load(cols)[None, :])
-        else:
-            s = s * q_scale[:, None]
+            col = col_bufs.index(slot).load(cols)[None, :]
+        s = int8_scores(qk, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
         m_new = gl.maximum(m_i, gl.max(s, 1))
         m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_new_safe)

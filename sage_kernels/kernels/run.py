@@ -22,7 +22,8 @@ from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import TMA_PV_FORMATS, launch_config, prepass_warps, without_gluon
+from .configs import PREP_PROGRAMS_PER_SM, TMA_PV_FORMATS, launch_config, prepass_stages, prepass_warps, without_gluon
+from .means import key_mean
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
 
@@ -89,6 +90,15 @@ def _row_buffers(b, h, l_pad, dp, fmt, dev):
             torch.empty(b, h, l_pad, dp // 16, dtype=torch.float8_e4m3fn, device=dev))
 
 
+def prep_programs(n_tiles: int, stages: int, dev: torch.device) -> int:
+    """Programs of prep_rows_kernel: one per tile, or when it is persistent (stages > 1) enough to fill every SM
+    (one per tile under the interpreter and where the SM count is unknown)."""
+    sms = device_info(dev).sms
+    if stages == 1 or interpreter_active() or sms == 0:
+        return n_tiles
+    return max(1, min(n_tiles, PREP_PROGRAMS_PER_SM * sms))
+
+
 def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool) -> Operands:
     dev = p.device
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
@@ -103,7 +113,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
     row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
-    kbar = _pad_cols(T.key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
+    kbar = _pad_cols(key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
     # --- Q ---
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
@@ -117,21 +127,24 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         q_means, mean_mode = None, 0
     qm = q_means if q_means is not None else _empty(dev)
     sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
-    prep_rows_kernel[(lq_pad // BLOCK_M, b * hq)](
+    stages = prepass_stages(device_info(dev).arch, dp, p.q.element_size())
+    n_tiles = b * hq * (lq_pad // BLOCK_M)
+    prep_rows_kernel[(prep_programs(n_tiles, stages, dev),)](
         p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
-        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
+        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale, n_tiles,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
+        STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
-    prep_rows_kernel[(lk_pad // BLOCK_N, b * hk)](
+    n_tiles = b * hk * (lk_pad // BLOCK_N)
+    prep_rows_kernel[(prep_programs(n_tiles, stages, dev),)](
         p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
         _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
-        hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
+        hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0, n_tiles,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
+        X_FP32=x_fp32, STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import transforms as T
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype
 from .launch import launch
 from .backward_kernels import dkdv_kernel, dq_kernel
+from ..kernels.means import key_mean
 from ..kernels.run import broadcast_strides
 from .operands import quantize, score_operands
 from .prepass import row_stats_kernel
@@ -45,7 +45,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     )
     do8, do_scale, _ = quantize(dout_h, lq_pad, dp, DKV_STEP_Q, per_channel=True)
     qc, qc_scale, _ = quantize(p.q, lq_pad, dp, DKV_STEP_Q, per_channel=True)
-    kbar = T.key_mean(p.k, True).squeeze(2)
+    kbar = key_mean(p.k, True).squeeze(2)
     kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
 

@@ -8,6 +8,7 @@ import torch
 
 from .. import transforms as T
 from .._triton import interpreter_active
+from ..kernels.means import key_mean
 from ..problem import AttentionProblem
 from .config import FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, rotates
 from .prepass import quantize_kernel
@@ -81,7 +82,7 @@ def score_operands(p: AttentionProblem, qk: str) -> ScoreOperands:
                              shift, col, has_col, dp, lq_pad, lk_pad)
     # int8: K smoothing, Hadamard rotation (x R with R R^T = DP I, undone by 1/DP in Q's scale), per-token INT8
     rot = T.rotation(dp, p.device, compute_dtype(p.dtype)) if rotates(dp) else None
-    kbar = T.key_mean(p.k, True).squeeze(2)  # (B, Hk, D)
+    kbar = key_mean(p.k, True).squeeze(2)  # (B, Hk, D)
     q8, q_scale, shift = quantize(p.q, lq_pad, dp, FWD_BLOCK_Q, per_channel=False, rotation=rot,
                                   row_factor=c / dp if rot is not None else c,
                                   shift_keys=kbar, kv_group=p.heads_q // p.heads_kv, sm_scale=p.scale)
