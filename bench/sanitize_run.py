@@ -1,6 +1,7 @@
 """A small representative run of every Triton path, for `compute-sanitizer --tool memcheck` (issue #3).
 
-Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD.
+Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD;
+then one longer call (several pre-pass tiles per program).
 """
 import sys
 from pathlib import Path
@@ -24,4 +25,10 @@ for prec, pv in (("int8", "16bit"), ("int8", "int8"), ("int8", "fp8"), ("fp4", "
                                                    smooth_q=smooth_q, smooth_v=causal, fallback="error")
             torch.cuda.synchronize()
             assert torch.isfinite(out).all(), (prec, pv, causal, smooth_q)
+# Enough rows for several tiles per program of the persistent pre-pass on sm_90 (2 programs per SM), odd length.
+q, k, v = (torch.randn(1, 8, 9001, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+for prec in ("int8", "fp4"):
+    out = sage_kernels.sage_attention(q, k, v, precision=prec, backend="triton", fallback="error")
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), prec
 print("sanitize_run: all paths ran")
