@@ -47,9 +47,9 @@ def key_mean(k: torch.Tensor, smooth_k: bool) -> torch.Tensor:
     """fp32 (B, Hk, 1, D): mean over tokens (zeros when smoothing is off or there are no keys); the kernel twin of
     transforms.key_mean."""
     b, h, lk, d = k.shape
-    out = torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device)
-    if not smooth_k or lk == 0 or out.numel() == 0:
-        return out
+    if not smooth_k or lk == 0 or b * h * d == 0:
+        return torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device)
+    out = torch.empty(b, h, 1, d, dtype=torch.float32, device=k.device)  # every column is written
     dp = triton.next_power_of_2(d)
     n_tiles = triton.cdiv(lk, TILE)
     sums = torch.empty(b * h, n_tiles, dp, dtype=torch.float32, device=k.device)
