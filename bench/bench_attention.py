@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--sweep-precision", default="int8")
     ap.add_argument("--sweep-pv", nargs="*", default=["int8"], help="P.V modes to sweep (int8 precision)")
     ap.add_argument("--variants", action="store_true", help="also time pv=fp8 and smooth_q=off")
+    ap.add_argument("--smooth-q", nargs="*", default=[], help="also time the int8 default with these smooth_q modes")
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -118,6 +119,8 @@ def main():
         cands = dict(fns)
         for prec in args.precisions:
             cands[f"sage3 {prec}"] = ours(prec)
+        for mode in args.smooth_q:
+            cands[f"sage3 int8 smooth_q={mode}"] = ours("int8", smooth_q=mode)
         if args.variants:
             cands["sage3 int8 pv=fp8"] = ours("int8", pv="fp8")
             cands["sage3 int8 pv=int8"] = ours("int8", pv="int8")

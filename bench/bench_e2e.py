@@ -122,8 +122,9 @@ def main():
         rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="no attention",
                          s=t_none, speedup=t_ref / t_none, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                          kernels="-"))
-        for precision in args.precisions:
-            patched = patch.execute(model.patcher, precision=precision).args[0]
+        for spec in args.precisions:  # "int8" or "int8:off" (precision:qk_smoothing widget value)
+            precision, _, smoothing = spec.partition(":")
+            patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block").args[0]
             torch.cuda.reset_peak_memory_stats()
             out, t = timed(model, patched, args.reps)
             peak = torch.cuda.max_memory_allocated() / 2**30
@@ -132,7 +133,7 @@ def main():
             rel_l1 = float((a - b).abs().sum() / b.abs().sum())
             text = report.execute(patched, {}).args[0]
             kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
-            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant=f"sage3 {precision}",
+            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant=f"sage3 {spec}",
                              s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1, peak_gb=peak, kernels=kernels))
         del model, ref
         torch.cuda.empty_cache()

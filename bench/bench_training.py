@@ -2,6 +2,7 @@
 
     python bench/bench_training.py            # ~2-3 minutes including Triton compilation
     python bench/bench_training.py --sweep    # also time alternative launch configs of the training kernels
+    python bench/bench_training.py --profile  # also GPU time per kernel (torch.profiler)
 
 Speed: B=1, H=24, L=16384, D=128, bf16, non-causal (a mid-size video DiT), every method in this one run.
   FLOP convention (asked for): fwd = 4*B*H*L^2*D and fwd+bwd = 2.5 * fwd. FlashAttention's papers count the
@@ -155,7 +156,7 @@ def accuracy_table():
         print(f"{name:32s} " + " ".join(f"{c:>26s}" for c in cells))
 
 
-def sweep():
+def sweep(kernels):
     """Times fwd+bwd of the default training path with each alternative config of one kernel at a time."""
     q, k, v, dout = (t.bfloat16() for t in inputs(SPEED_SHAPE))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -167,6 +168,8 @@ def sweep():
     }
     print("\nLaunch-config sweep (fwd+bwd ms, qk 16bit; other kernels at their defaults)")
     for kernel, configs in candidates.items():
+        if kernel not in kernels:
+            continue
         for cfg in configs:
             launch.set_override(kernel, cfg)
             try:
@@ -176,12 +179,34 @@ def sweep():
             except Exception as exc:  # noqa: BLE001 (e.g. out of shared memory)
                 print(f"  {kernel:8s} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})", flush=True)
         launch.set_override(kernel, None)
-    print("defaults:", launch.DEFAULTS)
+    print("defaults (first that fits):", {name: cands[0] for name, cands in launch.CANDIDATES.items()})
+
+
+def profile():
+    """GPU time per kernel of one default fwd+bwd (torch.profiler), at the speed shape."""
+    from profile_call import kernel_times
+
+    q, k, v, dout = (t.bfloat16() for t in inputs(SPEED_SHAPE))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    for name in ("sage int8 (qk 16bit, default)", "SDPA cuDNN"):
+        fn = METHODS[name]
+
+        def step():
+            fn(q, k, v).backward(dout)
+            for t in (q, k, v):
+                t.grad = None
+        times = kernel_times(step, calls=5)
+        print(f"\nGPU ms per fwd+bwd by kernel, {name}: total {sum(times.values()):.2f}")
+        for kname, ms in list(times.items())[:12]:
+            print(f"  {ms:8.3f}  {kname}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", action="store_true", help="also sweep the training kernels' launch configs")
+    parser.add_argument("--sweep", nargs="*", choices=("forward", "dkdv", "dq"), default=None,
+                        help="also sweep the launch configs of these training kernels (all when none named)")
+    parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one fwd+bwd")
+    parser.add_argument("--no-accuracy", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_training.py needs a CUDA GPU")
@@ -190,9 +215,12 @@ def main():
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     start = time.time()
     speed_table()
-    accuracy_table()
-    if args.sweep:
-        sweep()
+    if not args.no_accuracy:
+        accuracy_table()
+    if args.profile:
+        profile()
+    if args.sweep is not None:
+        sweep(args.sweep or ("forward", "dkdv", "dq"))
     print(f"\ntotal {time.time() - start:.0f} s")
 
 

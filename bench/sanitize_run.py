@@ -1,7 +1,8 @@
 """A small representative run of every Triton path, for `compute-sanitizer --tool memcheck` (issue #3).
 
 Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD;
-then one longer call (several pre-pass tiles per program).
+then one longer call (several pre-pass tiles per program); then the training kernels (forward and backward, both
+QK modes) on odd sizes.
 """
 import sys
 from pathlib import Path
@@ -31,4 +32,19 @@ for prec in ("int8", "fp4"):
     out = sage_kernels.sage_attention(q, k, v, precision=prec, backend="triton", fallback="error")
     torch.cuda.synchronize()
     assert torch.isfinite(out).all(), prec
+# Training: fwd + bwd through the int8 training kernels, odd sizes, GQA, key padding, causal, NHD, LSE gradient.
+from sage_kernels.training import set_qk_mode  # noqa: E402
+
+q = torch.randn(2, 333, 4, 80, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+k, v = (torch.randn(2, 517, 2, 80, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+for qk in ("16bit", "int8"):
+    set_qk_mode(qk)
+    for causal in (False, True):
+        out, lse = sage_kernels.sage_attention(q, k, v, layout="NHD", precision="int8", backend="triton",
+                                               is_causal=causal, attn_mask=mask, return_lse=True, fallback="error")
+        (out.float().square().sum() + lse.sum()).backward()
+        torch.cuda.synchronize()
+        assert all(torch.isfinite(t.grad).all() for t in (q, k, v)), (qk, causal)
+        q.grad = k.grad = v.grad = None
+set_qk_mode("16bit")
 print("sanitize_run: all paths ran")

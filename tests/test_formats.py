@@ -6,6 +6,7 @@ import torch
 from sage_kernels._triton import HAS_TRITON, tl, triton
 from sage_kernels.formats.e2m1 import (E2M1_VALUES, decode_e2m1, e2m1_codes, e2m1_codes_jit, e2m1_values_jit,
                                        nvfp4_block_jit, pack_nibbles, quantize_nvfp4, round_e2m1, round_e2m1_jit,
+                                       round_e2m1_nonneg_jit,
                                        tensor_scale, tensor_scale_jit, unpack_nibbles)
 from sage_kernels.formats.e4m3 import round_e4m3, round_e4m3_jit
 from sage_kernels.formats.int8 import quantize_int8, quantize_int8_jit
@@ -168,3 +169,53 @@ def test_triton_block_twins_are_bit_exact():
     want_codes, want_scale = quantize_int8(x)
     assert torch.equal(out_c, want_codes)
     assert torch.equal(out_cs, want_scale.squeeze(1))
+
+
+@pytestmark_triton
+def test_triton_int8_keeps_nan_and_inf_scales():
+    """A NaN in a row makes its INT8 scale NaN and an inf makes it inf, as torch's amax does (the kernels rely on
+    that to keep a bad input visible); the other rows' codes are untouched."""
+    rows, cols = 32, 64
+    torch.manual_seed(3)
+    x = torch.randn(rows, cols)
+    x[5, 7], x[6, 2] = float("nan"), float("-inf")
+    g = torch.ones(rows)
+    out_r, out_s = torch.empty(rows, cols, device=DEV), torch.empty(rows, cols // 16, device=DEV)
+    out_c, out_cs = torch.empty(rows, cols, dtype=torch.int8, device=DEV), torch.empty(rows, device=DEV)
+    _blocks_kernel[(1,)](x.to(DEV), g.to(DEV), out_r, out_s, out_c, out_cs, R=rows, C=cols)
+    want_codes, want_scale = quantize_int8(x)
+    torch.testing.assert_close(out_cs.cpu(), want_scale.squeeze(1), rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(out_cs[5]) and torch.isinf(out_cs[6])
+    keep = torch.ones(rows, dtype=torch.bool)
+    keep[5:7] = False
+    assert torch.equal(out_c.cpu()[keep], want_codes[keep])
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _nonneg_kernel(X, OUT_R, OUT_BR, OUT_BS, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(OUT_R + offs, round_e2m1_nonneg_jit(tl.load(X + offs)))
+        rows = tl.arange(0, R)
+        cols = tl.arange(0, C)
+        x = tl.reshape(tl.load(X + rows[:, None] * C + cols[None, :]), (R, C // 16, 16))
+        r, s = nvfp4_block_jit(x, 1.0, 1.0, True)
+        tl.store(OUT_BR + rows[:, None] * C + cols[None, :], tl.reshape(r, (R, C)))
+        tl.store(OUT_BS + rows[:, None] * (C // 16) + tl.arange(0, C // 16)[None, :], s)
+
+
+@pytestmark_triton
+def test_nonnegative_fp4_rounding_matches_the_general_one():
+    """The attention kernels quantize P (>= 0) with the sign-free rounding: same grid values and block scales
+    as round_e2m1 / quantize_nvfp4, ties (0.25, 0.75, 2.5, 3.5, 5.0, ...) and saturation included."""
+    n, rows, cols = 1024, 16, 64
+    x = _edge_values(n).abs()
+    x[100:116] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5, 7.0, 2688.0, 0.0, 1e-30, 3.0, 4.0, 6.0,
+                               1.999])
+    out_r, out_br = torch.empty(n, device=DEV), torch.empty(rows, cols, device=DEV)
+    out_bs = torch.empty(rows, cols // 16, device=DEV)
+    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_br, out_bs, N=n, R=rows, C=cols)
+    assert torch.equal(out_r.cpu(), round_e2m1(x))
+    vals, _, scales = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
+    assert torch.equal(out_bs.cpu(), scales)
+    assert torch.equal(out_br.cpu() * torch.repeat_interleave(out_bs.cpu(), 16, dim=1), vals)

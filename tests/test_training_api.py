@@ -1,5 +1,6 @@
 """`sage_attention` under autograd: which path runs and that its gradients are right (the api.py wiring of
-sage_kernels.training; docs/TRAINING.md). Small shapes: the kernels run in Triton's interpreter on CPU."""
+sage_kernels.training; docs/TRAINING.md). Small shapes: the kernels run natively on a GPU, in Triton's interpreter
+on CPU."""
 import logging
 
 import pytest
@@ -9,9 +10,15 @@ from sage_kernels import sage_attention
 from sage_kernels.logs import reset as reset_logs
 from tests.support import distributions as dist
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _inputs(name="normal", lq=140, lk=140, h=2, hk=None, dtype=torch.bfloat16):
-    return [t.to(dtype).requires_grad_() for t in dist.make(name, 1, h, lq, lk, 64, hk=hk)]
+    return [t.to(dtype).requires_grad_() for t in dist.make(name, 1, h, lq, lk, 64, hk=hk, device=DEV)]
+
+
+def _dout(lq):
+    return torch.randn(1, 2, lq, 64, generator=torch.Generator().manual_seed(1)).bfloat16().to(DEV)
 
 
 def _exact(q, k, v, dout, mask=None):
@@ -44,7 +51,7 @@ def _assert_close(grads, ref, bar=0.999):
 def test_quantized_precisions_train_through_the_int8_kernels(precision, caplog):
     reset_logs()
     q, k, v = _inputs(hk=1)
-    dout = torch.randn(1, 2, 140, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    dout = _dout(140)
     with caplog.at_level(logging.INFO, logger="sage3"):
         _, grads = _grads(q, k, v, dout, precision=precision, backend="triton", fallback="error")
     _assert_close(grads, _exact(q, k, v, dout))
@@ -62,7 +69,7 @@ def test_without_grad_the_inference_kernel_runs_unchanged():
 
 def test_reference_backend_trains_with_its_torch_mirror():
     q, k, v = _inputs(lq=100, lk=100)
-    dout = torch.randn(1, 2, 100, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    dout = _dout(100)
     _, grads = _grads(q, k, v, dout, precision="int8", backend="reference")
     _assert_close(grads, _exact(q, k, v, dout))
 
@@ -71,7 +78,7 @@ def test_per_query_mask_falls_back_to_sdpa_with_gradients():
     q, k, v = _inputs(lq=96, lk=96)
     mask = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(3)) > 0.3
     mask[..., 0] = True  # every query sees a key
-    dout = torch.randn(1, 2, 96, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    mask, dout = mask.to(DEV), _dout(96)
     _, grads = _grads(q, k, v, dout, precision="int8", backend="triton", attn_mask=mask)
     _assert_close(grads, _exact(q, k, v, dout, mask))
 

@@ -40,3 +40,9 @@ def exponent(a: torch.Tensor) -> torch.Tensor:
 @jit
 def exponent_jit(a):
     return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@jit
+def max_keep_nan(a, b):
+    """Reduction combiner: max that returns NaN when either side is NaN (torch's amax; the GPU's max drops NaN)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import exponent, exponent_jit, pow2, pow2_jit, rne, rne_jit
+from .common import exponent, exponent_jit, max_keep_nan, pow2, pow2_jit, rne, rne_jit
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit
 
 E2M1_MAX = 6.0
@@ -33,6 +33,14 @@ def round_e2m1(x: torch.Tensor) -> torch.Tensor:
     step = torch.where(a < 2.0, 0.5, torch.where(a < 4.0, 1.0, 2.0))
     r = torch.clamp(rne(a / step) * step, max=E2M1_MAX)
     return torch.where(x < 0, -r, r)
+
+
+@jit
+def round_e2m1_nonneg_jit(a):
+    """round_e2m1 of a >= 0 in five instructions: adding 1.5 * 2**23 * step rounds a to a multiple of the grid
+    step with ties to even, as RNE(a / step) * step does (step is a power of two, so both are exact)."""
+    c = tl.where(a < 2.0, 6291456.0, tl.where(a < 4.0, 12582912.0, 25165824.0))
+    return tl.minimum((a + c) - c, 6.0)
 
 
 @jit
@@ -118,19 +126,22 @@ def quantize_nvfp4(x: torch.Tensor, g: torch.Tensor):
 
 
 @jit
-def nvfp4_block_jit(xg, g, g_inv):
+def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
     """Quantize an fp32 [R, G, 16] tile in groups along the last axis; g, g_inv: the tensor scale and 1/g.
 
     Returns (r, scale): r = E2M1 grid values [R, G, 16]; scale = E4M3-grid block scales [R, G] relative to g.
-    Twin of `quantize_nvfp4` (div_rn: an IEEE division, as torch's tensor/tensor division).
+    Twin of `quantize_nvfp4` (div_rn: an IEEE division, as torch's tensor/tensor division). NONNEG: xg >= 0 (P
+    in the attention kernels), which skips the sign handling of the per-element rounding.
     """
-    amax = tl.max(tl.abs(xg), axis=2)
-    scale = round_e4m3_jit(amax * (1.0 / 6.0) * g_inv)
-    # GPU max ignores NaN, torch's amax propagates it: a NaN block scale keeps NaN inputs visible downstream.
-    scale = tl.where(tl.max((xg != xg).to(tl.int32), axis=2) > 0, float("nan"), scale)
+    # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
+    amax = tl.reduce(tl.abs(xg), 2, max_keep_nan)
+    scale = tl.where(amax != amax, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
-    r = round_e2m1_jit(xg * inv[:, :, None])
+    if NONNEG:
+        r = round_e2m1_nonneg_jit(xg * inv[:, :, None])
+    else:
+        r = round_e2m1_jit(xg * inv[:, :, None])
     return r, scale
 
 

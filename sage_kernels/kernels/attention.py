@@ -106,7 +106,7 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
             pv = tl.dot(p.to(v.dtype), tl.trans(v))
             contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale
         else:  # FP4 values
-            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0)
+            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0, True)
             p = tl.reshape(r * sc[:, :, None], (BM, BN))
             pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
             contrib = pv * (beta * (1.0 / 2688.0))[:, None]

@@ -1,4 +1,5 @@
-"""Host side of the training backward: pre-pass (row statistics, per-channel INT8 of dO, Q and smoothed K), then
+"""Host side of the training backward: pre-pass (row statistics, per-channel INT8 of dO, Q and smoothed K, the
+forward's V as 16-bit values), then
 the dK/dV and dQ kernels. Recomputes the forward's operands instead of saving them (only q, k, v, out, lse are
 kept between the passes, as FlashAttention does)."""
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .backward_kernels import dkdv_kernel, dq_kernel
 from ..kernels.means import key_mean
 from ..kernels.run import broadcast_strides
 from .operands import quantize, score_operands
-from .prepass import row_stats_kernel
+from .prepass import dequant_v_kernel, row_stats_kernel
 
 
 def _hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -48,22 +49,25 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     kbar = key_mean(p.k, True).squeeze(2)
     kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
+    vt = torch.empty(b, hk, lk_pad, dp, dtype=compute_dtype(p.dtype), device=p.device)
+    dequant_v_kernel[(lk_pad // FWD_BLOCK_K, b * hk)](ops.v, ops.v_scale, vt, lk_pad, BT=FWD_BLOCK_K,
+                                                       BLOCK_V=FWD_BLOCK_K, DP=dp, INTERPRET=interp)
 
     dq, dq_h = _grad_like(p.q, p.layout)
     dk, dk_h = _grad_like(p.k, p.layout)
     dv, dv_h = _grad_like(p.v, p.layout)
     sc = broadcast_strides(ops.col)[:2]
-    common = dict(BLOCK_V=FWD_BLOCK_K, DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp)
+    common = dict(DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp)
     launch("dkdv", dkdv_kernel, lambda block: (lk_pad // block, b * hk), (
-        ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
+        ops.q, ops.q_scale, ops.k, ops.k_scale, vt, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), do8, do_scale, qc, qc_scale,
-        dk_h, *dk_h.stride(), dv_h, *dv_h.stride(), sc[0], sc[1], dp,
+        dk_h, *dk_h.stride(), dv_h, *dv_h.stride(), sc[0], sc[1],
         hq, hq // hk, lq, lq_pad, lk, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
     ), dict(SQ=DKV_STEP_Q, **common), p.device)
     launch("dq", dq_kernel, lambda block: (lq_pad // block, b * hq), (
-        ops.q, ops.q_scale, ops.k, ops.k_scale, ops.v, ops.v_scale, ops.col, m_rows, d_rows,
+        ops.q, ops.q_scale, ops.k, ops.k_scale, vt, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), kc, kc_scale, kbar_pad, dlse_c,
-        dq_h, *dq_h.stride(), sc[0], sc[1], dp,
+        dq_h, *dq_h.stride(), sc[0], sc[1],
         hq, hq // hk, lq, lq_pad, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
     ), dict(SK=DQ_STEP_K, HAS_DLSE=dlse is not None, **common), p.device)
     return dq, dk, dv

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
-from ..kernels.common import dot16, int32_to_f32
+from ..kernels.common import add_int32_scaled, dot16, int32_to_f32
 from .forward_kernel import cast, query_tile, scores
 
 
@@ -21,15 +21,6 @@ def _scores_t(q, q_scale, k, k_scale, QK16: tl.constexpr, INTERPRET: tl.constexp
     if QK16:
         return dot16(k, tl.trans(q), INTERPRET) * q_scale
     return int32_to_f32(tl.dot(k, tl.trans(q))) * k_scale[:, None] * q_scale[None, :]
-
-
-@jit
-def _dequant_v(V_base, VS_base, keys, offs_d, s_vr, s_vsblk, BLOCK_V: tl.constexpr, DTYPE: tl.constexpr,
-               INTERPRET: tl.constexpr):
-    """(DP, n) tile of the forward's V, dequantized and rounded to the 16-bit compute dtype DTYPE."""
-    codes = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])
-    scale = tl.load(VS_base + (keys[None, :] // BLOCK_V) * s_vsblk + offs_d[:, None])
-    return cast(codes.to(tl.float32) * scale, DTYPE, INTERPRET)
 
 
 @jit
@@ -62,14 +53,14 @@ def _dkdv_steps(
         # dV += P^T . dO: P per key over this step, dO per channel over this step
         p8, p_scale = quantize_int8_jit(pt, 1)
         do8 = tl.load(DO8_base + chan_rows)
-        dv += int32_to_f32(tl.dot(p8, do8)) * p_scale[:, None] * tl.load(DOS_base + chan_scales)[None, :]
+        dv = add_int32_scaled(dv, tl.dot(p8, do8), p_scale, tl.load(DOS_base + chan_scales))
         # dS^T = P^T * (dP^T - D), dP^T = Ṽ . dO^T in 16 bits
         do = tl.load(do_ptrs, mask=(rows[:, None] < Lq) & col_ok, other=0.0)
         dst = pt * (dot16(vt, tl.trans(do), INTERPRET) - tl.load(DD_base + row_ptrs)[None, :])
         # dK += dS^T . Q: dS per key over this step, Q per channel over this step
         ds8, ds_scale = quantize_int8_jit(dst, 1)
         qc = tl.load(QC_base + chan_rows)
-        dk += int32_to_f32(tl.dot(ds8, qc)) * ds_scale[:, None] * tl.load(QCS_base + chan_scales)[None, :]
+        dk = add_int32_scaled(dk, tl.dot(ds8, qc), ds_scale, tl.load(QCS_base + chan_scales))
         rows += SQ
         q_ptrs += SQ * DP
         qs_ptrs += SQ
@@ -82,18 +73,18 @@ def _dkdv_steps(
 
 @jit
 def dkdv_kernel(
-    Q, QS, K, KS, V, VS, COL, M, DD,
+    Q, QS, K, KS, VT, COL, M, DD,
     DO, s_gb, s_gh, s_gl, s_gd,
     DO8, DOS, QC, QCS,
     DK, s_dkb, s_dkh, s_dkl, s_dkd,
     DVO, s_dvb, s_dvh, s_dvl, s_dvd,
-    s_cb, s_ch, s_vsblk,
+    s_cb, s_ch,
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, D, DV, sm_scale,
-    BN: tl.constexpr, SQ: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
+    BN: tl.constexpr, SQ: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
     IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). V: INT8 codes
-    (B, Hk, DP, Lk_pad), VS (B, Hk, Lk_pad / BLOCK_V, DP). COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
+    """Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). VT: the forward's
+    INT8 V dequantized to the 16-bit compute dtype, (B, Hk, Lk_pad, DP) (prepass.dequant_v_kernel). COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
     DO8/QC: per-channel INT8 dO and Q (B, Hq, DP, Lq_pad), scales DOS/QCS (B, Hq, Lq_pad / SQ, DP)."""
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
@@ -107,8 +98,7 @@ def dkdv_kernel(
         k_scale = tl.load(KS)
     else:
         k_scale = tl.load(KS + pid_bhk * Lk_pad + keys)
-    vt = tl.trans(_dequant_v(V + pid_bhk * DP * Lk_pad, VS + pid_bhk * (Lk_pad // BLOCK_V) * DP, keys, offs_d,
-                             Lk_pad, s_vsblk, BLOCK_V, DO.dtype.element_ty, INTERPRET))  # (BN, DP)
+    vt = tl.load(VT + (pid_bhk * Lk_pad + keys)[:, None] * DP + offs_d[None, :])  # Ṽ (BN, DP)
     dk = tl.zeros((BN, DP), tl.float32)
     dv = tl.zeros((BN, DP), tl.float32)
     # Query steps: causal rows i see key j iff j <= i + causal_offset (bottom-right aligned).
@@ -148,15 +138,15 @@ def dkdv_kernel(
 @jit
 def _dq_steps(
     dq, q, q_scale, do, m, dd, rows,
-    K_base, KS_base, V_base, VS_base, KC_base, KCS_base, col_base,
-    Lk_pad, causal_offset, s_vsblk, lo, hi,
-    SK: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr,
+    K_base, KS_base, VT_base, KC_base, KCS_base, col_base,
+    Lk_pad, causal_offset, lo, hi,
+    SK: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     offs_d = tl.arange(0, DP)
     keys = lo + tl.arange(0, SK)
     k_ptrs = K_base + keys[:, None] * DP + offs_d[None, :]
-    v_ptrs = V_base + offs_d[:, None] * Lk_pad + keys[None, :]  # (DP, SK) INT8 V, keys contiguous
+    vt_ptrs = VT_base + keys[:, None] * DP + offs_d[None, :]  # (SK, DP) Ṽ
     chan_keys = offs_d[None, :] * Lk_pad + keys[:, None]  # (SK, DP) into the per-channel INT8 smoothed K
     chan_scales = (lo // SK) * DP + offs_d
     for j0 in range(lo, hi, SK):
@@ -169,16 +159,14 @@ def _dq_steps(
         if MASKED:
             s = tl.where(keys[None, :] <= rows[:, None] + causal_offset, s, float("-inf"))
         p = tl.math.exp2(s - m[:, None])
-        v_scale = tl.load(VS_base + (j0 // BLOCK_V) * s_vsblk + offs_d)
-        v = cast(tl.load(v_ptrs).to(tl.float32) * v_scale[:, None], do.dtype, INTERPRET)  # Ṽ^T (DP, SK), as dkdv
-        ds = p * (dot16(do, v, INTERPRET) - dd[:, None])
+        ds = p * (dot16(do, tl.trans(tl.load(vt_ptrs)), INTERPRET) - dd[:, None])
         # dQ += dS . K: dS per query over this step, smoothed K per channel over this step
         ds8, ds_scale = quantize_int8_jit(ds, 1)
         kc = tl.load(KC_base + chan_keys)
-        dq += int32_to_f32(tl.dot(ds8, kc)) * ds_scale[:, None] * tl.load(KCS_base + chan_scales)[None, :]
+        dq = add_int32_scaled(dq, tl.dot(ds8, kc), ds_scale, tl.load(KCS_base + chan_scales))
         keys += SK
         k_ptrs += SK * DP
-        v_ptrs += SK
+        vt_ptrs += SK * DP
         chan_keys += SK
         chan_scales += DP
     return dq
@@ -186,13 +174,13 @@ def _dq_steps(
 
 @jit
 def dq_kernel(
-    Q, QS, K, KS, V, VS, COL, M, DD,
+    Q, QS, K, KS, VT, COL, M, DD,
     DO, s_gb, s_gh, s_gl, s_gd,
     KC, KCS, KBAR, DLSE,
     DQ, s_dqb, s_dqh, s_dql, s_dqd,
-    s_cb, s_ch, s_vsblk,
+    s_cb, s_ch,
     Hq, kv_group, Lq, Lq_pad, Lk_pad, causal_offset, D, DV, sm_scale,
-    BM: tl.constexpr, SK: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
+    BM: tl.constexpr, SK: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_DLSE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Operands as in dkdv_kernel; KC: per-channel INT8 smoothed K (B, Hk, DP, Lk_pad), KCS (B, Hk, Lk_pad / SK, DP).
@@ -207,8 +195,7 @@ def dq_kernel(
     KS_base = KS + bhk * Lk_pad
     if QK16:
         KS_base = KS
-    V_base = V + bhk * DP * Lk_pad
-    VS_base = VS + bhk * (Lk_pad // BLOCK_V) * DP
+    VT_base = VT + bhk * Lk_pad * DP
     KC_base = KC + bhk * DP * Lk_pad
     KCS_base = KCS + bhk * (Lk_pad // SK) * DP
     col_base = COL + b * s_cb + h * s_ch
@@ -219,10 +206,10 @@ def dq_kernel(
         last_row = pid_m * BM + BM - 1
         hi = tl.minimum(tl.maximum(last_row + causal_offset + 1, 0) + SK - 1, Lk_pad) // SK * SK
         full = tl.minimum(tl.maximum(pid_m * BM + causal_offset + 1, 0) // SK * SK, hi)
-        dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, V_base, VS_base, KC_base, KCS_base,
-                       col_base, Lk_pad, causal_offset, s_vsblk, full, hi, SK, BLOCK_V, DP, QK16, True, INTERPRET)
-    dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, V_base, VS_base, KC_base, KCS_base,
-                   col_base, Lk_pad, causal_offset, s_vsblk, 0, full if IS_CAUSAL else hi, SK, BLOCK_V, DP, QK16,
+        dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, VT_base, KC_base, KCS_base,
+                       col_base, Lk_pad, causal_offset, full, hi, SK, DP, QK16, True, INTERPRET)
+    dq = _dq_steps(dq, q, q_scale, do, m, dd, rows, K_base, KS_base, VT_base, KC_base, KCS_base,
+                   col_base, Lk_pad, causal_offset, 0, full if IS_CAUSAL else hi, SK, DP, QK16,
                    False, INTERPRET)
     if HAS_DLSE:
         dlse = tl.load(DLSE + bh * Lq + rows, mask=rows < Lq, other=0.0)

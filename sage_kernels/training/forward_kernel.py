@@ -11,7 +11,7 @@ Kept separate from the inference kernel so that the backward's recomputation alw
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..kernels.common import dot16, int32_to_f32
+from ..kernels.common import add_int32_scaled, dot16, int32_to_f32, p_to_int8
 
 
 @jit
@@ -82,9 +82,8 @@ def _forward_blocks(
         beta = tl.math.exp2(m_blk - m_new_safe)
         e = tl.math.exp2(s - tl.where(m_blk == float("-inf"), 0.0, m_blk)[:, None])
         l_i = l_i * alpha + tl.sum(e, 1) * beta
-        p8 = ((e * 127.0 + 12582912.0) - 12582912.0).to(tl.int8)  # RNE(127 e), an exact integer in [0, 127]
-        pv = int32_to_f32(tl.dot(p8, tl.load(v_ptrs)))
-        acc = acc * alpha[:, None] + pv * (beta * (1.0 / 127.0))[:, None] * tl.load(vs_ptrs)[None, :]
+        pv = tl.dot(p_to_int8(e), tl.load(v_ptrs))
+        acc = add_int32_scaled(acc * alpha[:, None], pv, beta * (1.0 / 127.0), tl.load(vs_ptrs))
         m_i = m_new
         keys += BN
         k_ptrs += BN * DP

@@ -25,7 +25,8 @@ class LaunchConfig:
 CANDIDATES = {
     "forward": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(4, 1, 64)),
     "dkdv": (LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64), LaunchConfig(4, 1, 64)),
-    "dq": (LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64), LaunchConfig(4, 1, 64)),
+    "dq": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
+           LaunchConfig(4, 1, 64)),
 }
 BLOCK_KWARG = {"forward": "BM", "dkdv": "BN", "dq": "BM"}
 _overrides: dict[str, LaunchConfig] = {}

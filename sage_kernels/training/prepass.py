@@ -3,12 +3,15 @@
 quantize_kernel   one [BT, DP] tile of x (B, H, L, D) (read through strides): optional mean subtraction and ±1
                   rotation, then INT8 per row (token) or per channel (within the tile's BT rows)
 row_stats_kernel  per query row: D = rowsum(dO * O) - dLSE and the log2 row offset m (+inf where P must be 0)
+dequant_v_kernel  the forward's INT8 V as 16-bit values, key-major: the backward's dP = dO.Ṽ^T operand, loaded
+                  by both backward kernels (a loaded tile sits in shared memory; one dequantized in the dK/dV
+                  kernel held 32 registers per thread and made it spill)
 """
 from __future__ import annotations
 
 from .._triton import jit, tl
 from ..formats.int8 import quantize_int8_jit
-from ..kernels.common import dot16
+from ..kernels.common import dot16, int8_to_f32
 from ..kernels.prepass import load_rows
 from .forward_kernel import cast
 
@@ -82,3 +85,20 @@ def row_stats_kernel(
     m = tl.where(lse == float("-inf"), float("inf"), (lse - shift) * 1.4426950408889634)
     tl.store(M + pid_bh * Lq_pad + rows, m)
     tl.store(DD + pid_bh * Lq_pad + rows, tl.where(live, d, 0.0))
+
+
+@jit
+def dequant_v_kernel(
+    V, VS,  # INT8 codes (B, Hk, DP, Lk_pad) channel-major; fp32 scales (B, Hk, Lk_pad / BLOCK_V, DP)
+    VT,  # out: (B, Hk, Lk_pad, DP) in the 16-bit compute dtype
+    Lk_pad,
+    BT: tl.constexpr, BLOCK_V: tl.constexpr, DP: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    keys = pid_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, DP)
+    codes = tl.load(V + pid_bh * DP * Lk_pad + cols[None, :] * Lk_pad + keys[:, None])
+    scale = tl.load(VS + (pid_bh * (Lk_pad // BLOCK_V) + keys[:, None] // BLOCK_V) * DP + cols[None, :])
+    tl.store(VT + (pid_bh * Lk_pad + keys)[:, None] * DP + cols[None, :],
+             cast(int8_to_f32(codes) * scale, VT.dtype.element_ty, INTERPRET))
