@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import jit, tl
+from .._triton import interpreter_active, jit, tl
 
 # Adding then subtracting 1.5 * 2**23 rounds an fp32 value with |x| < 2**22 to the nearest integer, ties to even
 # (fp32 addition itself rounds to nearest even). It works identically in torch, on the GPU and in Triton's
@@ -42,7 +42,23 @@ def exponent_jit(a):
     return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
 
 
+# Decided when the kernels are decorated, as Triton decides whether they run in its interpreter.
+INTERPRETING = tl.constexpr(interpreter_active())
+
+
 @jit
 def max_keep_nan(a, b):
     """Reduction combiner: max that returns NaN when either side is NaN (torch's amax; the GPU's max drops NaN)."""
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@jit
+def amax_keep_nan(x, AXIS: tl.constexpr):
+    """max |x| along AXIS, NaN where the slice holds a NaN (torch's amax). On the GPU one NaN-keeping max per
+    element; in Triton's interpreter, which runs a reduction's combine function element by element in Python
+    (minutes per training test), numpy's max and an explicit NaN test instead."""
+    if INTERPRETING:
+        a = tl.max(tl.abs(x), axis=AXIS)
+        return tl.where(tl.max((x != x).to(tl.int32), axis=AXIS) > 0, float("nan"), a)
+    else:
+        return tl.reduce(tl.abs(x), AXIS, max_keep_nan)

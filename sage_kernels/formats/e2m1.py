@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import exponent, exponent_jit, max_keep_nan, pow2, pow2_jit, rne, rne_jit
+from .common import amax_keep_nan, exponent, exponent_jit, pow2, pow2_jit, rne, rne_jit
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit
 
 E2M1_MAX = 6.0
@@ -134,7 +134,7 @@ def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
     in the attention kernels), which skips the sign handling of the per-element rounding.
     """
     # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
-    amax = tl.reduce(tl.abs(xg), 2, max_keep_nan)
+    amax = amax_keep_nan(xg, 2)
     scale = tl.where(amax != amax, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
