@@ -84,7 +84,8 @@ def dkdv_kernel(
     IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). VT: the forward's
-    INT8 V dequantized to the 16-bit compute dtype, (B, Hk, Lk_pad, DP) (prepass.dequant_v_kernel). COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
+    INT8 V dequantized to the 16-bit compute dtype, (B, Hk, Lk_pad, DP) (prepass.dequant_v_kernel).
+    COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
     DO8/QC: per-channel INT8 dO and Q (B, Hq, DP, Lq_pad), scales DOS/QCS (B, Hq, Lq_pad / SQ, DP)."""
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
