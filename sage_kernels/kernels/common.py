@@ -44,19 +44,18 @@ def p_to_int8(e):
 @jit
 def int32_scaled(x, scale, neg_magic_scale):
     """fp32(x) * scale for int32 |x| < 2**22 in two instructions: the integer add makes the bits of 1.5*2**23 + x,
-    then one FMA multiplies and removes 1.5*2**23 * scale (neg_magic_scale = -12582912 * scale, precomputed)."""
-    return (x + 0x4B400000).to(tl.float32, bitcast=True) * scale + neg_magic_scale
+    then one FMA multiplies and removes 1.5*2**23 * scale (neg_magic_scale = -12582912 * scale, precomputed).
+    An explicit FMA: left to contraction, LLVM may fuse the product inside neg_magic_scale instead (two
+    instructions; it did in the training kernels)."""
+    return tl.fma((x + 0x4B400000).to(tl.float32, bitcast=True), scale, neg_magic_scale)
 
 
 @jit
 def add_int32_scaled(acc, x, row_scale, col_scale):
     """acc + fp32(x) * row_scale[:, None] * col_scale[None, :] for an int32 tile x (|x| < 2**22) in three
-    instructions per element (an integer add, then two FMAs), for INT8 dots whose two scales change every step.
-    Differs from the exact product by about one unit of row_scale (the rounding of 1.5*2**23 * row_scale).
-    Explicit FMAs: left to contraction, LLVM fused the per-row product instead (four instructions)."""
-    magic_sum = (x + 0x4B400000).to(tl.float32, bitcast=True)
-    scaled = tl.fma(magic_sum, row_scale[:, None], (-12582912.0 * row_scale)[:, None])
-    return tl.fma(scaled, col_scale[None, :], acc)
+    instructions per element (`int32_scaled`, then one FMA), for INT8 dots whose two scales change every step.
+    Differs from the exact product by about one unit of row_scale (the rounding of 1.5*2**23 * row_scale)."""
+    return tl.fma(int32_scaled(x, row_scale[:, None], (-12582912.0 * row_scale)[:, None]), col_scale[None, :], acc)
 
 
 @jit
