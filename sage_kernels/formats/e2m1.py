@@ -15,7 +15,7 @@ import torch
 
 from .._triton import jit, tl
 from .common import amax_keep_nan, exponent, exponent_jit, pow2, pow2_jit, rne, rne_jit
-from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit
+from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
 GROUP = 16
@@ -37,9 +37,12 @@ def round_e2m1(x: torch.Tensor) -> torch.Tensor:
 
 @jit
 def round_e2m1_nonneg_jit(a):
-    """round_e2m1 of a >= 0 in five instructions: adding 1.5 * 2**23 * step rounds a to a multiple of the grid
-    step with ties to even, as RNE(a / step) * step does (step is a power of two, so both are exact)."""
-    c = tl.where(a < 2.0, 6291456.0, tl.where(a < 4.0, 12582912.0, 25165824.0))
+    """round_e2m1 of 0 <= a < 2**100 in six instructions, no compares: adding c = 1.5 * 2**23 * step rounds a to a
+    multiple of the grid step with ties to even, as RNE(a / step) * step does (step is a power of two, so both are
+    exact). step = max(2**floor(log2 a), 1) / 2 comes from a's exponent bits (0.5 below 2, 1 below 4, 2 above);
+    values from 8 up round to multiples of 4 or more and saturate at 6."""
+    top = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)  # 2**floor(log2 a), 0 if a < 2**-126
+    c = tl.maximum(top * 6291456.0, 6291456.0)
     return tl.minimum((a + c) - c, 6.0)
 
 
@@ -131,11 +134,14 @@ def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
 
     Returns (r, scale): r = E2M1 grid values [R, G, 16]; scale = E4M3-grid block scales [R, G] relative to g.
     Twin of `quantize_nvfp4` (div_rn: an IEEE division, as torch's tensor/tensor division). NONNEG: xg >= 0 (P
-    in the attention kernels), which skips the sign handling of the per-element rounding.
+    in the attention kernels), which takes the sign-free roundings (six instructions each, scale and elements).
     """
     # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
     amax = amax_keep_nan(xg, 2)
-    scale = tl.where(amax != amax, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
+    if NONNEG:
+        scale = tl.where(amax != amax, float("nan"), round_e4m3_nonneg_jit(amax * (1.0 / 6.0) * g_inv))
+    else:
+        scale = tl.where(amax != amax, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
     if NONNEG:

@@ -35,3 +35,14 @@ def round_e4m3_jit(x):
     r = rne_jit(a * pow2_jit(3 - e)) * pow2_jit(e - 3)  # both factors are powers of two: exact
     r = tl.minimum(r, 448.0)
     return tl.where(x < 0, -r, r)
+
+
+@jit
+def round_e4m3_nonneg_jit(a):
+    """round_e4m3_jit of a >= 0 (not NaN) in six instructions, no compares: adding c = 1.5 * 2**23 * step rounds to a
+    multiple of step = 2**(max(floor(log2 a), -6) - 3) with ties to even (exact: step is a power of two, and c's
+    bits come from a's exponent bits). Saturates at 448, a grid point, by clamping first."""
+    a = tl.minimum(a, 448.0)
+    top = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)  # 2**floor(log2 a)
+    c = tl.maximum(top * 1572864.0, 24576.0)  # 1.5 * 2**23 * 2**-3 per unit of top; at least 1.5 * 2**23 * 2**-9
+    return (a + c) - c

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.e2m1 import nvfp4_block_jit
 from ..formats.e4m3 import round_e4m3_jit
-from .common import dot16, dot16_acc, int32_scaled, p_to_int8
+from .common import dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
@@ -26,7 +26,13 @@ from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 def int8_scores(qk, k_scale, q_scale, col, HAS_COL: tl.constexpr):
     """Dequantized INT8 scores in log2 units: qk (int32 [BM, BN]) * q_scale (rows) * k_scale ([1, BN]) + col
     ([1, BN], the column bias, skipped when HAS_COL is False)."""
-    s = int32_scaled(qk, k_scale, -12582912.0 * k_scale)
+    return int8_scores_from_bits(magic_bits(qk), k_scale, q_scale, col, HAS_COL)
+
+
+@jit
+def int8_scores_from_bits(bits, k_scale, q_scale, col, HAS_COL: tl.constexpr):
+    """int8_scores from common.magic_bits(qk)."""
+    s = magic_scaled(bits, k_scale, -12582912.0 * k_scale)
     if HAS_COL:
         return tl.fma(s, q_scale[:, None], col)
     return s * q_scale[:, None]

@@ -47,8 +47,8 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
-    from .attention import int8_scores
-    from .common import program_coords
+    from .attention import int8_scores_from_bits
+    from .common import magic_bits, program_coords
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
@@ -84,18 +84,19 @@ if HAS_GLUON:
         return warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), unused_acc, is_async=True, use_acc=False)
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
                DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr, FIRST: gl.constexpr):
-        """Key block j: scores in log2 units from the int32 q.k (attention.int8_scores: two FMAs per score), the
-        online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero instead: a zero
-        accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot is released."""
+        """Key block j: scores in log2 units from the int32 q.k plus the magic bits (attention.int8_scores_from_bits:
+        two FMAs per score), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero
+        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot
+        is released."""
         slot = j % STAGES
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         col = 0.0
         if HAS_COL:
             col = col_bufs.index(slot).load(cols)[None, :]
-        s = int8_scores(qk, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
+        s = int8_scores_from_bits(qk_bits, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
         m_new = gl.maximum(m_i, gl.max(s, 1))
         m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_new_safe)
@@ -132,17 +133,18 @@ if HAS_GLUON:
         l_i = gl.zeros([BM], gl.float32, row_s)
         mbarrier.wait(q_bar, 0)
         # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
-        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
-        qk = warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES), ))
+        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2). The magic
+        # add comes before the next issue: it frees the accumulator's registers (else 64 MOVs per block copy them).
+        qk = magic_bits(warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES), )))
         qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES)
         acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, 0, v_bufs, ks_bufs, col_bufs, empty,
                                s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, True)
         for j in range(1, n_blocks - 1):
-            qk = warpgroup_mma_wait(0, deps=(qk_next, ))
+            qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
             qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES)
             acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
                                    s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
-        qk = warpgroup_mma_wait(0, deps=(qk_next, ))
+        qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
         acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, v_bufs, ks_bufs, col_bufs, empty,
                                s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
 

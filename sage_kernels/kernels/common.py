@@ -42,12 +42,25 @@ def p_to_int8(e):
 
 
 @jit
-def int32_scaled(x, scale, neg_magic_scale):
-    """fp32(x) * scale for int32 |x| < 2**22 in two instructions: the integer add makes the bits of 1.5*2**23 + x,
-    then one FMA multiplies and removes 1.5*2**23 * scale (neg_magic_scale = -12582912 * scale, precomputed).
+def magic_bits(x):
+    """int32 x (|x| < 2**22) -> the bits of the fp32 1.5*2**23 + x: one integer add, after which int -> float is a
+    bitcast (`magic_scaled`). Split from it so a kernel can free a wgmma accumulator before the next MMA reuses
+    its registers (the Gluon kernel)."""
+    return x + 0x4B400000
+
+
+@jit
+def magic_scaled(bits, scale, neg_magic_scale):
+    """(fp32(bits) - 1.5*2**23) * scale in one FMA (neg_magic_scale = -12582912 * scale, precomputed).
     An explicit FMA: left to contraction, LLVM may fuse the product inside neg_magic_scale instead (two
     instructions; it did in the training kernels)."""
-    return tl.fma((x + 0x4B400000).to(tl.float32, bitcast=True), scale, neg_magic_scale)
+    return tl.fma(bits.to(tl.float32, bitcast=True), scale, neg_magic_scale)
+
+
+@jit
+def int32_scaled(x, scale, neg_magic_scale):
+    """fp32(x) * scale for int32 |x| < 2**22 in two instructions (`magic_bits`, `magic_scaled`)."""
+    return magic_scaled(magic_bits(x), scale, neg_magic_scale)
 
 
 @jit
