@@ -28,7 +28,8 @@ from sage_kernels.kernels import configs  # noqa: E402
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
 # warps, stages, BM, kernel ("ptr": attention_kernel, "tma": attention_tma_kernel, "gluon": attention_ws_kernel)
 SWEEP = [(4, 3, 64, "ptr"), (8, 2, 128, "ptr"), (8, 3, 128, "ptr"), (4, 3, 64, "tma"), (8, 2, 128, "tma"),
-         (8, 3, 128, "tma"), (4, 2, 128, "gluon"), (4, 3, 128, "gluon")]
+         (8, 3, 128, "tma"), (4, 2, 128, "gluon"), (4, 3, 128, "gluon"),
+         (4, 2, 128, "gluon2")]  # gluon2: 2 key blocks per stage (the default)
 
 
 def tops(shape, ms):
@@ -138,7 +139,9 @@ def main():
         if args.sweep:
             for pv in args.sweep_pv:
                 for nw, ns, bm, kernel in SWEEP:
-                    configs.set_override(configs.LaunchConfig(nw, ns, bm, tma=kernel != "ptr", gluon=kernel == "gluon"))
+                    configs.set_override(configs.LaunchConfig(nw, ns, bm, tma=kernel != "ptr",
+                                                              gluon=kernel.startswith("gluon"),
+                                                              blocks_per_stage=2 if kernel == "gluon2" else 1))
                     name = f"sage3 {args.sweep_precision} pv={pv} w{nw}s{ns}m{bm} {kernel}"
                     try:
                         ms = timed(lambda: ours(args.sweep_precision, pv=pv)(q, k, v))

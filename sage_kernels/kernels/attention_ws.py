@@ -2,8 +2,9 @@
 
 Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode; the torch
 mirror is reference/quantized.py), laid out FlashAttention-3's way for sm_90:
-  - a producer warp streams K, its row scales, V and the column bias into a STAGES-deep shared-memory ring with TMA
-    and mbarriers (`ready` / `empty` per slot);
+  - a producer warp streams K, its row scales, V and the column bias into a shared-memory ring of STAGES stages of
+    SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a partition-wide
+    barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync less often);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (int32; adding
     the bits of 1.5*2**23 makes int -> float one add and a bitcast), the online softmax in fp32,
     then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
@@ -55,43 +56,49 @@ if HAS_GLUON:
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                         q_bar, ready, empty, q_row, k_row, v_b, v_hk, col_off, n_blocks,
-                        BN: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr):
-        """One warp: Q once, then K, K's scales, V and the column bias of every key block into the ring."""
+                        BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr):
+        """One warp: Q once, then K, K's scales, V and the column bias of every key block into the ring, SUB key
+        blocks per stage (an odd last stage also loads the block past the end: zero-filled or another head's rows,
+        never read)."""
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
-        nbytes: gl.constexpr = (k_desc.block_type.nbytes + v_desc.block_type.nbytes + ks_desc.block_type.nbytes
-                                + (col_desc.block_type.nbytes if HAS_COL else 0))
-        for j in range(n_blocks):
-            slot = j % STAGES
-            mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
-            bar = ready.index(slot)
+        nbytes: gl.constexpr = SUB * (k_desc.block_type.nbytes + v_desc.block_type.nbytes
+                                      + ks_desc.block_type.nbytes + (col_desc.block_type.nbytes if HAS_COL else 0))
+        for i in range(gl.cdiv(n_blocks, SUB)):
+            stage = i % STAGES
+            mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
+            bar = ready.index(stage)
             mbarrier.expect(bar, nbytes)
-            start = j * BN
-            tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(slot))
-            tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(slot))
-            tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(slot))
-            if HAS_COL:
-                tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(slot))
+            for h in gl.static_range(SUB):
+                start = (i * SUB + h) * BN
+                buf = stage * SUB + h
+                tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
+                tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
+                tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
+                if HAS_COL:
+                    tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
 
     @gluon.jit
-    def _qk_issue(q_smem, k_bufs, ready, j, unused_acc, STAGES: gl.constexpr):
+    def _qk_issue(q_smem, k_bufs, ready, j, unused_acc, STAGES: gl.constexpr, SUB: gl.constexpr):
         """Start S = Q.K^T of key block j (once its tiles have landed) on the tensor cores; returns the token.
         use_acc=False: no instruction may write or read the accumulator's registers while a wgmma is in flight, or
         ptxas serialises every wgmma of the kernel (warning C7514); so no register init, and the magic-number offset
         that makes int -> float a bitcast is one integer add after the wait."""
-        slot = j % STAGES
-        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        return warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), unused_acc, is_async=True, use_acc=False)
+        if j % SUB == 0:  # the first block of its stage: wait for the stage's tiles
+            mbarrier.wait(ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
+        return warpgroup_mma(q_smem, k_bufs.index(j % (STAGES * SUB)).permute((1, 0)), unused_acc, is_async=True,
+                             use_acc=False)
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk_bits, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
-               DP: gl.constexpr, STAGES: gl.constexpr, HAS_COL: gl.constexpr, FIRST: gl.constexpr):
+               DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+               FIRST: gl.constexpr):
         """Key block j: scores in log2 units from the int32 q.k plus the magic bits (attention.int8_scores_from_bits:
         two FMAs per score), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero
         instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot
         is released."""
-        slot = j % STAGES
+        slot = j % (STAGES * SUB)
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         col = 0.0
         if HAS_COL:
@@ -109,14 +116,16 @@ if HAS_GLUON:
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
-        mbarrier.arrive(empty.index(slot), count=1)
+        if (j % SUB == SUB - 1) | (j == n_blocks - 1):  # the stage's last block: release it
+            mbarrier.arrive(empty.index((j // SUB) % STAGES), count=1)
         return acc, m_new, l_i
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
                            QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
                            BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr,
-                           HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, num_warps: gl.constexpr):
+                           SUB: gl.constexpr, HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr,
+                           num_warps: gl.constexpr):
         """One warpgroup: BM query rows (from q_row / output row m0) against every key block, then the store."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, BN, 32])
@@ -135,18 +144,18 @@ if HAS_GLUON:
         # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
         # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2). The magic
         # add comes before the next issue: it frees the accumulator's registers (else 64 MOVs per block copy them).
-        qk = magic_bits(warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES), )))
-        qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES)
-        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, 0, v_bufs, ks_bufs, col_bufs, empty,
-                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, True)
+        qk = magic_bits(warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), )))
+        qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES, SUB)
+        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, 0, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+                               s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, True)
         for j in range(1, n_blocks - 1):
             qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
-            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES)
-            acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, v_bufs, ks_bufs, col_bufs, empty,
-                                   s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
+            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
+            acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+                                   s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, False)
         qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
-        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, v_bufs, ks_bufs, col_bufs, empty,
-                               s_layout, p_layout, o_layout, BN, DP, STAGES, HAS_COL, False)
+        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, n_blocks, v_bufs, ks_bufs, col_bufs,
+                               empty, s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, False)
 
         # the store, as attention.store_output
         live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
@@ -169,7 +178,8 @@ if HAS_GLUON:
         s_ob, s_oh, s_ol,
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
-        RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+        SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         """Descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (B*Hk*Lk_pad,) fp32
         [BN]; col: the column-bias table flattened (rows*Lk_pad,) [BN], row = b*col_rows_b + h*col_rows_h +
@@ -182,10 +192,11 @@ if HAS_GLUON:
         n_blocks = Lk_pad // BN
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
-        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [STAGES] + ks_desc.block_type.shape, ks_desc.layout)
-        col_bufs = gl.allocate_shared_memory(col_desc.dtype, [STAGES if HAS_COL else 1] + col_desc.block_type.shape,
+        NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
+        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF] + k_desc.block_type.shape, k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NBUF] + v_desc.block_type.shape, v_desc.layout)
+        ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [NBUF] + ks_desc.block_type.shape, ks_desc.layout)
+        col_bufs = gl.allocate_shared_memory(col_desc.dtype, [NBUF if HAS_COL else 1] + col_desc.block_type.shape,
                                              col_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -199,13 +210,13 @@ if HAS_GLUON:
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
                                   QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV, n_blocks,
-                                  HALF, BN, DP, STAGES, HAS_COL, RETURN_LSE, num_warps)),
+                                  HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
                                   QS, O, LSE, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM + HALF, Lq,
-                                  DV, n_blocks, HALF, BN, DP, STAGES, HAS_COL, RETURN_LSE, num_warps)),
+                                  DV, n_blocks, HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, ready, empty, q_row, k_row, b, hk, col_off, n_blocks,
-                               BN, STAGES, HAS_COL)),
+                               BN, STAGES, SUB, HAS_COL)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover
     attention_ws_kernel = None

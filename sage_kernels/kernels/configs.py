@@ -5,7 +5,6 @@ part of the math (P and V are quantized per key block) and stays fixed; the quer
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ..capabilities import smem_limit
@@ -22,6 +21,7 @@ class LaunchConfig:
     tma: bool = False  # attention_tma_kernel (TMA descriptor loads) where the problem allows it
     warp_specialize: bool = False  # its loop through Triton's Hopper warp specialisation (experimental: hangs in 3.6)
     gluon: bool = False  # attention_ws_kernel (Gluon: a TMA producer warp, two consumer warpgroups) where it applies
+    blocks_per_stage: int = 1  # key blocks per pipeline stage (attention_ws_kernel; one wait and release each)
 
 
 _override: LaunchConfig | None = None
@@ -29,8 +29,9 @@ _override: LaunchConfig | None = None
 
 def without_gluon(cfg: LaunchConfig) -> LaunchConfig:
     """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V at head dim 128), for
-    when attention_ws_kernel does not run: 8 warps over the same 128 rows and stages, as measured for it."""
-    return dataclasses.replace(cfg, num_warps=8, gluon=False) if cfg.gluon else cfg
+    when attention_ws_kernel does not run: 8 warps over the same 128 rows, 3 stages of one key block, as measured
+    for it."""
+    return LaunchConfig(8, 3, cfg.block_m, tma=True) if cfg.gluon else cfg
 
 
 def set_override(config: LaunchConfig | None) -> None:
@@ -63,7 +64,9 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
         # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the
         # pointer kernel; FP8/INT8 P.V 4 warps x 64 rows (two programs per SM), +9..20%
         if pv_format == FMT_V16 and dp == 128 and v_bytes == 2:  # the Gluon kernel: +12..17% at 16k-32k tokens
-            return LaunchConfig(4, 3, 128, tma=True, gluon=True)  # (its num_warps: one consumer warpgroup's)
+            # (its num_warps: one consumer warpgroup's); 2 stages of 2 key blocks (212 KB of shared memory): half
+            # the ring waits and releases, each a partition-wide barrier in Triton 3.6, +1..2% over 3 stages of 1
+            return LaunchConfig(4, 2, 128, tma=True, gluon=True, blocks_per_stage=2)
         if pv_format == FMT_V16:
             return LaunchConfig(8, 2 if v_bytes > 2 else 3, 128, tma=True)
         return LaunchConfig(4, 3, 64, tma=True)

@@ -443,6 +443,7 @@ def _launch_ws(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
         sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1,
-        BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, RETURN_LSE=lse is not None,
-        HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
+        BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
+        RETURN_LSE=lse is not None, HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS,
+        maxnreg=WS_MAXNREG,
     )
