@@ -46,7 +46,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     )
     do8, do_scale, _ = quantize(dout_h, lq_pad, dp, DKV_STEP_Q, per_channel=True)
     qc, qc_scale, _ = quantize(p.q, lq_pad, dp, DKV_STEP_Q, per_channel=True)
-    kbar = key_mean(p.k, True).squeeze(2)
+    kbar = ops.kbar if ops.kbar is not None else key_mean(p.k, True).squeeze(2)  # int8 QK: taken once, in ops
     kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
     vt = torch.empty(b, hk, lk_pad, dp, dtype=compute_dtype(p.dtype), device=p.device)

@@ -29,6 +29,7 @@ class ScoreOperands:
     dp: int
     lq_pad: int
     lk_pad: int
+    kbar: torch.Tensor | None = None  # int8: the fp32 key means (B, Hk, D) K was smoothed with (the backward's too)
 
 
 def quantize(x: torch.Tensor, l_pad: int, dp: int, block: int, *, per_channel: bool, mean=None, rotation=None,
@@ -87,4 +88,4 @@ def score_operands(p: AttentionProblem, qk: str) -> ScoreOperands:
                                   row_factor=c / dp if rot is not None else c,
                                   shift_keys=kbar, kv_group=p.heads_q // p.heads_kv, sm_scale=p.scale)
     k8, k_scale, _ = quantize(p.k, lk_pad, dp, FWD_BLOCK_K, per_channel=False, rotation=rot, mean=kbar)
-    return ScoreOperands(qk, q8, q_scale, k8, k_scale, v, v_scale, shift, col, has_col, dp, lq_pad, lk_pad)
+    return ScoreOperands(qk, q8, q_scale, k8, k_scale, v, v_scale, shift, col, has_col, dp, lq_pad, lk_pad, kbar)
