@@ -96,8 +96,8 @@ if HAS_GLUON:
                FIRST: gl.constexpr):
         """Key block j: scores in log2 units from the int32 q.k plus the magic bits (attention.int8_scores_from_bits:
         two FMAs per score), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero
-        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then its ring slot
-        is released."""
+        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then, after the
+        last block of its stage (or the last block of all), the stage is released."""
         slot = j % (STAGES * SUB)
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         col = 0.0
