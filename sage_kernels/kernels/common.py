@@ -24,9 +24,17 @@ def dot16_acc(a, b, acc, AS_F32: tl.constexpr):
 
 
 @jit
+def magic_bits(x):
+    """int32 x (|x| < 2**22) -> the bits of the fp32 1.5*2**23 + x: one integer add, after which int -> float is a
+    bitcast (`magic_scaled`). Split from it so a kernel can free a wgmma accumulator before the next MMA reuses
+    its registers (the Gluon kernel)."""
+    return x + 0x4B400000
+
+
+@jit
 def int32_to_f32(x):
-    """Exact int32 -> fp32 for |x| < 2**22: an integer add and a float add instead of a conversion."""
-    return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    """Exact int32 -> fp32 for |x| < 2**22: an integer add (`magic_bits`) and a float add instead of a conversion."""
+    return magic_bits(x).to(tl.float32, bitcast=True) - 12582912.0
 
 
 @jit
@@ -39,14 +47,6 @@ def int8_to_f32(codes):
 def p_to_int8(e):
     """e in [0, 1] -> int8 RNE(127 e): adding 1.5*2**23 rounds, and the code is the low byte of the sum's bits."""
     return (e * 127.0 + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
-
-
-@jit
-def magic_bits(x):
-    """int32 x (|x| < 2**22) -> the bits of the fp32 1.5*2**23 + x: one integer add, after which int -> float is a
-    bitcast (`magic_scaled`). Split from it so a kernel can free a wgmma accumulator before the next MMA reuses
-    its registers (the Gluon kernel)."""
-    return x + 0x4B400000
 
 
 @jit

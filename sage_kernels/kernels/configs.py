@@ -25,13 +25,15 @@ class LaunchConfig:
 
 
 _override: LaunchConfig | None = None
+# The TMA kernel with 16-bit P.V at head dim 128 (16-bit V): 8 warps x 128 rows, 3 stages (measured, H200)
+_TMA_V16 = LaunchConfig(8, 3, 128, tma=True)
 
 
 def without_gluon(cfg: LaunchConfig) -> LaunchConfig:
     """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V at head dim 128), for
     when attention_ws_kernel does not run: 8 warps over the same 128 rows, 3 stages of one key block, as measured
     for it."""
-    return LaunchConfig(8, 3, cfg.block_m, tma=True) if cfg.gluon else cfg
+    return _TMA_V16 if cfg.gluon else cfg
 
 
 def set_override(config: LaunchConfig | None) -> None:
@@ -68,7 +70,7 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
             # the ring waits and releases, each a partition-wide barrier in Triton 3.6, +1..2% over 3 stages of 1
             return LaunchConfig(4, 2, 128, tma=True, gluon=True, blocks_per_stage=2)
         if pv_format == FMT_V16:
-            return LaunchConfig(8, 2 if v_bytes > 2 else 3, 128, tma=True)
+            return _TMA_V16 if v_bytes <= 2 else LaunchConfig(8, 2, 128, tma=True)
         return LaunchConfig(4, 3, 64, tma=True)
     if qk_format == FMT_INT8:
         if pv_format == FMT_V16 and dp == 128:
