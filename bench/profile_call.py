@@ -73,7 +73,7 @@ def main():
     if args.one_chunk:
         from sage_kernels.kernels import run as kernel_run
 
-        kernel_run.chunk_plan = lambda p, ops, n, *_: ("all", n)
+        kernel_run.chunk_rows = lambda p, ops, n, *_: p.batch * p.heads_q * n
     dev = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton {triton.__version__}")
     for shape_s in args.shapes:

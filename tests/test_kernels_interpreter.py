@@ -221,9 +221,9 @@ def test_tma_kernel_is_skipped_where_it_does_not_apply(tma_launches):
 @pytest.mark.parametrize("head_dim", [64, 128] if DEV == "cuda" else [64])  # 128: sm_90's Gluon kernel
 @pytest.mark.parametrize("precision, pv", [("int8", "16bit"), ("int8", "int8"), ("fp4", "16bit")])
 def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv, head_dim):
-    """Long keys split the per-query-block column-bias table into chunks (to stay within the size of the quantized
-    Q): by whole heads of one batch entry (views of the operands), or by query blocks (a block offset g0). Every
-    split must give exactly the one-chunk result."""
+    """Long keys split the per-query-block column-bias table into chunks of consecutive rows across heads (to stay
+    within the size of the quantized Q); a chunk may start and end inside a head. Every split must give exactly
+    the one-chunk result, outputs and LSE."""
     from sage_kernels.kernels import run as kernel_run
 
     q, k, v = (t.half().to(DEV) for t in dist.make("biased_k", 2, 4, 300, 260, head_dim))
@@ -236,42 +236,37 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv, hea
                                            attn_mask=mask, return_lse=True)
 
     p = build_problem(q, k, v)
-    assert kernel_run.chunk_plan(p, prepare(p, precision, QuantOptions(pv=pv), True, False), 3) == ("all", 3)
+    assert kernel_run.chunk_rows(p, prepare(p, precision, QuantOptions(pv=pv), True, False), 3) == 24  # 2x4x3
     whole, whole_lse = call()
-    for plan in (("blocks", 1), ("heads", 2)):  # three chunks of one query block; four of one GQA group
-        monkeypatch.setattr(kernel_run, "chunk_plan", lambda p, ops, n, slots=0, plan=plan: plan)
+    for rows in (1, 2, 5, 7):  # 24 table rows: chunks of one block; inside heads; across 2-3 heads
+        monkeypatch.setattr(kernel_run, "chunk_rows", lambda p, ops, n, slots=0, rows=rows: rows)
         split, split_lse = call()
-        torch.testing.assert_close(split, whole, rtol=0, atol=0, msg=str(plan))
-        torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0, msg=str(plan))
+        torch.testing.assert_close(split, whole, rtol=0, atol=0, msg=f"{rows} rows per chunk")
+        torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0, msg=f"{rows} rows per chunk")
 
 
-def test_chunk_plan_prefers_whole_heads_unless_they_cost_waves():
-    """The table of 32k keys is 8x the size of INT8 Q: chunks of 5 of 40 heads (each chunk then reads only its
-    heads' K); with GQA whole groups; a single head larger than the budget, or a table that needs only two
-    query-block chunks, falls back to query-block chunks. On a GPU (slots = its SMs, one program each) whole heads
-    are used only when their launches take no more waves than query-block chunks: at HunyuanVideo's 35k tokens
-    2 heads of 274 blocks per chunk would take 60 waves, 32 blocks of 24 heads 52."""
+def test_chunk_rows_stay_within_the_budget_in_whole_waves():
+    """The table (one fp32 row of Lk_pad per 128-query block of every head) is chunked to at most the size of
+    INT8 Q; on a GPU (slots = its SMs, one 128-row program each per wave) a chunk is a whole number of waves.
+    HunyuanVideo's 35k tokens: 6552 rows in chunks of 660 (5 waves each) = 50 waves, the fewest possible."""
     from types import SimpleNamespace
 
-    from sage_kernels.kernels.run import chunk_plan
+    from sage_kernels.kernels.run import chunk_rows
 
-    def plan(b, hq, hk, lq, lk, slots=0):
-        p = SimpleNamespace(batch=b, heads_q=hq, heads_kv=hk)
+    def rows(b, hq, lq, lk, slots=0):
+        p = SimpleNamespace(batch=b, heads_q=hq)
         lq_pad, lk_pad = -(-lq // 128) * 128, -(-lk // 128) * 128
         ops = SimpleNamespace(q=torch.empty(b * hq * lq_pad * 128, dtype=torch.int8, device="meta"), lk_pad=lk_pad)
-        return chunk_plan(p, ops, lq_pad // 128, slots)
+        return chunk_rows(p, ops, lq_pad // 128, slots)
 
-    assert plan(1, 24, 24, 4096, 4096) == ("all", 32)
-    assert plan(1, 40, 40, 32768, 32768) == ("heads", 5)
-    assert plan(1, 40, 8, 32768, 32768) == ("heads", 5)  # one GQA group of 5 heads per chunk
-    assert plan(1, 40, 20, 32768, 32768) == ("heads", 4)  # groups of 2: 5 heads round down to 4
-    assert plan(1, 40, 4, 32768, 32768) == ("blocks", 32)  # a group of 10 heads does not fit
-    assert plan(2, 24, 24, 16384, 16384) == ("heads", 12)  # the budget counts both batch entries
-    assert plan(1, 1, 1, 32768, 32768) == ("blocks", 32)
-    assert plan(1, 40, 40, 32768, 32768, slots=132) == ("heads", 5)  # 80 waves either way
-    assert plan(1, 24, 24, 16384, 16384, slots=132) == ("heads", 6)  # 24 either way
-    assert plan(1, 24, 24, 4608, 4608) == ("blocks", 32)  # two block chunks: one extra K read, not worth slicing
-    assert plan(1, 24, 24, 34936, 34936, slots=132) == ("blocks", 32)  # 60 waves by heads vs 52
+    assert rows(1, 24, 4096, 4096) == 24 * 32  # fits: one chunk
+    assert rows(1, 40, 32768, 32768) == 40 * 256 // 8  # 8x the budget, no SM count: as many rows as fit
+    assert rows(2, 24, 16384, 16384) == 2 * 24 * 128 // 4  # the budget counts both batch entries
+    assert rows(1, 40, 32768, 32768, slots=132) == 1188  # 1280 fit, rounded down to 9 waves
+    assert rows(1, 24, 34936, 34936, slots=132) == 660
+    assert rows(1, 24, 4608, 4608, slots=132) == 660  # 768 fit: 660 + 204 rows, 7 waves as 864 rows need
+    assert rows(1, 4, 4096, 65536, slots=132) == 8  # fewer rows than SMs fit: not rounded
+    assert rows(1, 1, 1000, 2 ** 20) == 1  # one row is larger than the budget: one row per chunk
 
 def test_key_mean_kernel_matches_torch_and_repeats_bit_for_bit():
     """The kernel paths' key mean (tile sums, then one ordered sum per head) against transforms.key_mean

@@ -30,7 +30,7 @@ def attention_tma_kernel(
     q_desc, qs_desc, k_desc, ks_desc, v_desc, vs_desc, col_desc, vmean_desc,
     O, LSE,
     s_ob, s_oh, s_ol,
-    Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
+    Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     PV_FORMAT: tl.constexpr, RETURN_LSE: tl.constexpr, HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, INTERPRET: tl.constexpr,
@@ -40,11 +40,11 @@ def attention_tma_kernel(
     and the scores' factor qk_factor (sm_scale*log2(e)); v: 16-bit (B, Hk, Lk, DV) [1, 1, BN, DP]
     (the caller's tensor, zero-filled past Lk and DV) or INT8/FP8 (B*Hk*DP, Lk_pad) [DP, BN]; vs (B*Hk*Lk_pad/BN,
     DP) [1, DP]; col: the column-bias table as (rows, Lk_pad) [1, BN], row = b*col_rows_b + h*col_rows_h +
-    group*col_rows_g (col_rows_g = 0 when one row serves every query block); vmean (B*Hk, DP) [1, DP]. Unused
+    (block - t0)*col_rows_g (col_rows_g = 0 when one row serves every query block; grid: common.program_coords); vmean (B*Hk, DP) [1, DP]. Unused
     descriptors may be any tensor's. LSE is stored without the smoothing shift
     (the host adds it: a second [1, BM] descriptor load makes Triton 3.6's warp-specialisation pass fail)."""
-    pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
-    col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - g0) * col_rows_g
+    pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
+    col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * col_rows_g
     q = q_desc.load([q_row, 0])
     if PV_FORMAT != C_FP4_VALUES:
         q_scale = tl.reshape(qs_desc.load([0, q_row]), (BM,))

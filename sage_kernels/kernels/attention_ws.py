@@ -176,19 +176,19 @@ if HAS_GLUON:
     def attention_ws_kernel(
         q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE,
         s_ob, s_oh, s_ol,
-        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, g0, col_rows_b, col_rows_h, col_rows_g,
+        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
         SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """Descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (B*Hk*Lk_pad,) fp32
         [BN]; col: the column-bias table flattened (rows*Lk_pad,) [BN], row = b*col_rows_b + h*col_rows_h +
-        group*col_rows_g; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and DV.
+        (block - t0)*col_rows_g (grid: common.program_coords); v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and DV.
         QS: fp32 row scales (B*Hq*Lq_pad). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing
         shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
-        pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM,
+        pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
                                                                     SMOOTH_BLOCK)
-        col_off = (b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - g0) * col_rows_g) * Lk_pad
+        col_off = (b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * col_rows_g) * Lk_pad
         n_blocks = Lk_pad // BN
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)

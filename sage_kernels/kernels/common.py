@@ -79,12 +79,16 @@ def pack_pairs(codes, R: tl.constexpr, C: tl.constexpr):
 
 
 @jit
-def program_coords(Hq, kv_group, g0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BLOCK: tl.constexpr):
-    """Grid (query blocks of this launch, B*Hq) -> (pid_bh, pid_m, b, h, hk, bhk, q_row, k_row): the row-major
-    operand rows of this program's query block and of its KV head's keys (the TMA and Gluon kernels; g0: the first
-    128-row smoothing block of the launch)."""
-    pid_bh = tl.program_id(1)
-    pid_m = g0 * (SMOOTH_BLOCK // BM) + tl.program_id(0)
+def program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BLOCK: tl.constexpr):
+    """1-D grid over a launch's range of 128-row smoothing blocks, numbered across heads ((batch, head, block)
+    order; t0: the launch's first) -> (pid_bh, pid_m, b, h, hk, bhk, q_row, k_row): the row-major operand rows of
+    this program's BM query rows and of its KV head's keys. A launch may start or end inside a head, so that a
+    column-bias chunk can take any number of blocks (run.chunk_rows)."""
+    per_block: tl.constexpr = SMOOTH_BLOCK // BM
+    u = t0 * per_block + tl.program_id(0)
+    blocks_per_head = Lq_pad // BM
+    pid_bh = u // blocks_per_head
+    pid_m = u % blocks_per_head
     b = pid_bh // Hq
     h = pid_bh % Hq
     hk = h // kv_group

@@ -182,24 +182,33 @@ def column_bias_kernel(
     QBAR, sqb, sqh, sqg,  # fp32 query means (B, Hq, G, D)
     K, skb, skh, skl,  # raw keys (B, Hk, Lk, D) through strides, D contiguous
     KB, skbb, skbh,  # fp32 key bias (B|1, Hq|1, Lk), natural log, stride 0 where broadcast
-    OUT,  # fp32 (B, Hq, G_chunk, Lk_pad)
-    H, kv_group, g0, G_chunk, Lk, Lk_pad, D, c,
+    OUT,  # fp32 (t1 - t0, Lk_pad): table rows t0 .. t1 - 1
+    H, kv_group, G, t0, t1, bh0, Lk, Lk_pad, D, c,
     BG: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, HAS_KB: tl.constexpr, K_FP32: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """c * (q̄_g . k_j) + log2(e) * bias_j for a [BG, BN] tile, -inf for padded keys.
 
+    Table rows are numbered across heads (row = (b * H + h) * G + g) and a launch writes rows t0 .. t1 - 1, which
+    may start and end inside a head: grid (key blocks, row tiles, heads from bh0); each program takes BG rows of
+    one head (so one K tile) from the first of that head's rows in the range, and exits if it has none.
     q̄ is fp32; it is split into two terms of k's dtype (hi + lo) so that two 16-bit tensor-core dots give the
     product to fp32 accuracy (16-bit k values are exact; fp32 keys are split as well)."""
     pid_n = tl.program_id(0)
     pid_g = tl.program_id(1)
-    pid_bh = tl.program_id(2)
+    pid_bh = bh0 + tl.program_id(2)
+    head_row = pid_bh * G  # table row of this head's group 0
+    g_first = tl.maximum(t0 - head_row, 0) + pid_g * BG
+    g_end = tl.minimum(t1 - head_row, G)
+    if g_first >= g_end:
+        return
     b = pid_bh // H
     h = pid_bh % H
-    gs = pid_g * BG + tl.arange(0, BG)
+    gs = g_first + tl.arange(0, BG)
+    live = gs < g_end
     cols = tl.arange(0, DP)
-    qbar = tl.load(QBAR + b * sqb + h * sqh + (g0 + gs)[:, None] * sqg + cols[None, :],
-                   mask=(gs[:, None] < G_chunk) & (cols[None, :] < D), other=0.0)
+    qbar = tl.load(QBAR + b * sqb + h * sqh + gs[:, None] * sqg + cols[None, :],
+                   mask=live[:, None] & (cols[None, :] < D), other=0.0)
     k, _ = load_rows(K + b * skb + (h // kv_group) * skh, skl, pid_n * BN, Lk, D, BN, DP)
     hi = qbar.to(tl.bfloat16 if K_FP32 else k.dtype)
     lo = (qbar - hi.to(tl.float32)).to(hi.dtype)
@@ -216,4 +225,4 @@ def column_bias_kernel(
         kb = tl.load(KB + b * skbb + h * skbh + keys, mask=keys < Lk, other=0.0)
         t += 1.4426950408889634 * kb[None, :]
     t = tl.where(keys[None, :] < Lk, t, float("-inf"))
-    tl.store(OUT + (pid_bh * G_chunk + gs[:, None]) * Lk_pad + keys[None, :], t, mask=gs[:, None] < G_chunk)
+    tl.store(OUT + (head_row + gs - t0)[:, None].to(tl.int64) * Lk_pad + keys[None, :], t, mask=live[:, None])

@@ -1,7 +1,7 @@
 """Host side of the Triton path: allocate padded operand buffers, launch the pre-pass, launch attention.
 
 Extra device memory: the quantized Q, K, V (+ fp32 row scales) and the column-bias table, which is computed in
-chunks of query blocks so that it never exceeds the size of the quantized Q.
+chunks of consecutive query blocks (across heads) so that it never exceeds the size of the quantized Q.
 """
 from __future__ import annotations
 
@@ -198,75 +198,38 @@ def _key_bias_table(p: AttentionProblem, lk_pad: int) -> torch.Tensor:
     return T.column_bias(None, p.k, p.key_bias, p.scale, lk_pad, p.heads_q)
 
 
-def chunk_plan(p: AttentionProblem, ops: Operands, n_qblocks: int, slots: int = 0) -> tuple[str, int]:
-    """How the per-query-block column-bias table is split so that a chunk stays within the size of the quantized
-    Q: ("all", n_qblocks) when it fits; else ("heads", h): h query heads of one batch entry per chunk (a multiple of
-    the GQA group), so that each chunk's table reads only its own heads' K; else ("blocks", g): g query blocks of
-    every head per chunk (K is then read once per chunk).
+def chunk_rows(p: AttentionProblem, ops: Operands, n_qblocks: int, slots: int = 0) -> int:
+    """Rows of the per-query-block column-bias table (one per query block of every head, numbered across heads)
+    per chunk, so that a chunk stays within the size of the quantized Q; each chunk is its own attention launch.
 
-    Whole heads save the re-reads of K (32k tokens, 40 heads: column-bias kernel 1.50 -> 0.84 ms, H200). Each
-    chunk is its own attention launch. With `slots` (the GPU's SMs: the Gluon kernel runs one program per SM)
-    whole heads are kept only if their launches take no more waves than query-block chunks: whole heads can leave
-    much of the budget unused (HunyuanVideo, 35k tokens: 2 of 24 heads per chunk, 60 waves against 52), and the
-    end-to-end run measured that slower (2.93 vs 2.80 s per step)."""
-    per_head = n_qblocks * ops.lk_pad * 4
+    A chunk may start and end inside a head (common.program_coords), so chunks of consecutive rows read each
+    head's K about once (query-block chunks of every head re-read all of K per chunk: 9x at HunyuanVideo's 35k
+    tokens), and with `slots` (128-row programs per wave: the SMs for the Gluon kernel) every chunk but the last
+    is a whole number of waves: no partial wave per launch (35k tokens: 50 waves against 52 for query-block
+    chunks and 60 for chunks of whole heads). Without `slots` (kernels that share an SM between programs:
+    rounding to the SM count measured slower at head dim 64) a chunk takes as many rows as fit."""
+    total = p.batch * p.heads_q * n_qblocks
+    row_bytes = ops.lk_pad * 4
     budget = ops.q.numel() * ops.q.element_size()
-    if p.batch * p.heads_q * per_head <= budget:
-        return "all", n_qblocks
-    blocks = max(1, min(n_qblocks, budget // (p.batch * p.heads_q * ops.lk_pad * 4)))
-    group = p.heads_q // p.heads_kv
-    heads = min(p.heads_q, budget // per_head) // group * group
-    if not heads or -(-n_qblocks // blocks) <= 2:
-        # With two query-block chunks K is read once more: 0.011 ms at 4608 tokens, less than the host time of
-        # slicing the operands per head chunk (that call is host-bound on a slow host).
-        return "blocks", blocks
-    if slots > 0:
-        def waves(size: int, total: int, programs_per_unit: int) -> int:
-            full, rest = divmod(total, size)
-            return full * -(-size * programs_per_unit // slots) + -(-rest * programs_per_unit // slots)
-        by_heads = p.batch * waves(heads, p.heads_q, n_qblocks)
-        if by_heads > waves(blocks, n_qblocks, p.batch * p.heads_q):
-            return "blocks", blocks
-    return "heads", heads
+    if total * row_bytes <= budget:
+        return total
+    rows = max(1, budget // row_bytes)
+    return rows - rows % slots if slots and rows >= slots else rows
 
 
-def _head_slice(p: AttentionProblem, ops: Operands, out_hnd, lse, b: int, h0: int, h1: int):
-    """The problem, operands, output and LSE of batch entry b and query heads [h0, h1) (whole GQA groups), as
-    views: the kernels see a problem with one batch entry and h1 - h0 heads."""
-    group = p.heads_q // p.heads_kv
-    k0, k1 = h0 // group, h1 // group
-    hq, hk = (p.batch, p.heads_q), (p.batch, p.heads_kv)
-
-    def cut(t):  # per-head tensors are >= 2-D with (B, H) first; 1-element placeholders stay
-        if t is None or t.dim() < 2:
-            return t
-        if tuple(t.shape[:2]) == hq:
-            return t[b:b + 1, h0:h1]
-        return t[b:b + 1, k0:k1] if tuple(t.shape[:2]) == hk else t
-
-    kb = p.key_bias
-    if kb is not None:
-        kb = kb[b:b + 1] if kb.shape[0] > 1 else kb
-        kb = kb[:, h0:h1] if kb.shape[1] > 1 else kb
-    pc = dataclasses.replace(p, q=cut(p.q), k=p.k[b:b + 1, k0:k1], v=p.v[b:b + 1, k0:k1], key_bias=kb)
-    g_v = ops.g_v[b * p.heads_kv + k0: b * p.heads_kv + k1] if ops.g_v.numel() == p.batch * p.heads_kv else ops.g_v
-    oc = dataclasses.replace(ops, **{f: cut(getattr(ops, f)) for f in (
-        "q", "q_scale", "q_sf", "k", "k_scale", "k_sf", "v", "v_scale", "v_sf", "v_mean", "shift", "q_means")},
-        g_v=g_v)
-    return pc, oc, out_hnd[b:b + 1, h0:h1], lse[b:b + 1, h0:h1] if lse is not None else None
-
-
-def _bias_chunk(p: AttentionProblem, ops: Operands, g0: int, gc: int) -> torch.Tensor:
-    b, hq = p.batch, p.heads_q
-    out = torch.empty(b, hq, gc, ops.lk_pad, dtype=torch.float32, device=p.device)
+def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int) -> torch.Tensor:
+    """Rows t0 .. t1 - 1 of the column-bias table (row = (b * Hq + h) * G + g for the G query-mean groups)."""
+    g = ops.q_means.shape[2]
+    out = torch.empty(t1 - t0, ops.lk_pad, dtype=torch.float32, device=p.device)
     kb = p.key_bias
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
-    bg = min(_BIAS_ROWS, max(16, triton.next_power_of_2(gc)))  # no all-masked rows when a chunk is small
-    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-gc // bg), b * hq)](
+    bg = min(_BIAS_ROWS, max(16, triton.next_power_of_2(min(g, t1 - t0))))  # no all-masked rows when few
+    bh0 = t0 // g
+    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-min(g, t1 - t0) // bg), -(-t1 // g) - bh0)](
         qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
         kb if kb is not None else _empty(p.device), *kb_strides, out,
-        hq, hq // p.heads_kv, g0, gc, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
+        p.heads_q, p.heads_q // p.heads_kv, g, t0, t1, bh0, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
         BG=bg, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
         INTERPRET=interpreter_active(),
     )
@@ -289,58 +252,58 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     ops = prepare(p, precision, opts, return_lse, native_fp4)
     cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
     n_qblocks = ops.lq_pad // BLOCK_M
-    whole = (p, ops, out_hnd, lse)
-    if ops.q_means is None or ops.q_means.shape[2] == 1:
-        pieces = [(whole, 0, n_qblocks, _key_bias_table(p, ops.lk_pad) if ops.q_means is None else
-                   _bias_chunk(p, ops, 0, 1), True)]
-    else:  # one table row per query block, computed in chunks (chunk_plan)
-        split, size = chunk_plan(p, ops, n_qblocks, device_info(p.device).sms)
-        if split == "heads":
-            pieces = [(_head_slice(p, ops, out_hnd, lse, b, h0, min(h0 + size, p.heads_q)), 0, n_qblocks, None,
-                       False) for b in range(p.batch) for h0 in range(0, p.heads_q, size)]
-        else:
-            pieces = [(whole, g0, min(size, n_qblocks - g0), None, False) for g0 in range(0, n_qblocks, size)]
-    dummy = _empty(p.device)
     tma = cfg.tma and _tma_applies(p, ops)
     ws = tma and cfg.gluon and _ws_applies(p, ops)
     if not ws:
         cfg = without_gluon(cfg)
+    total = p.batch * p.heads_q * n_qblocks  # 128-row query blocks of every head: the launches' grid units
+    if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
+        table = (_key_bias_table(p, ops.lk_pad) if ops.q_means is None else
+                 _bias_chunk(p, ops, 0, p.batch * p.heads_q).view(p.batch, p.heads_q, 1, ops.lk_pad))
+        pieces = [(0, total, table, broadcast_strides(table)[:2] + (0,))]
+    else:  # one table row per query block, computed in chunks of consecutive rows (chunk_rows)
+        # whole waves where a wave is known: the Gluon kernel runs one 128-row program per SM
+        rows = chunk_rows(p, ops, n_qblocks, device_info(p.device).sms if ws else 0)
+        per_head = n_qblocks * ops.lk_pad
+        pieces = [(t0, min(rows, total - t0), None, (p.heads_q * per_head, per_head, ops.lk_pad))
+                  for t0 in range(0, total, rows)]
     has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
-    for (p, ops, out_hnd, lse), g0, gcount, table, broadcast in pieces:
+    for t0, count, table, col_strides in pieces:  # (a chunk's table is freed before the next is made)
         if table is None:
-            table = _bias_chunk(p, ops, g0, gcount)
-        if ws:
-            if _try_launch_ws(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
-                continue
+            table = _bias_chunk(p, ops, t0, t0 + count)
+        args = (p, ops, cfg, table, col_strides, has_col, t0, count, out_hnd, lse)
+        if ws and not _try_launch_ws(*args):
             ws, cfg = False, without_gluon(cfg)  # it could not be built: the TMA kernel from here on
-        if tma:
-            _launch_tma(p, ops, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse)
-            continue
-        sc = broadcast_strides(table)
-        s_cg = 0 if broadcast else table.stride(2)
-        attention_kernel[(gcount * (BLOCK_M // cfg.block_m), p.batch * p.heads_q)](
-            ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
-            out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
-            ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
-            ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
-            ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
-            ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
-            ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
-            sc[0], sc[1], s_cg,
-            *out_hnd.stride()[:3],
-            p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, g0,
-            p.head_dim_v, ops.score_factor,
-            BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
-            PV_FORMAT=ops.pv_format,
-            IS_CAUSAL=p.is_causal, RETURN_LSE=return_lse, HAS_VMEAN=ops.v_mean is not None,
-            HAS_COL=has_col,
-            INTERPRET=interpreter_active(),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    p, ops, _, lse = whole
+            args = (p, ops, cfg) + args[3:]
+        if not ws:
+            (_launch_tma if tma else _launch_pointer)(*args)
+        del args
     if tma and lse is not None:  # the TMA kernel stores the LSE without the smoothing shift
         lse += ops.shift[:, :, :p.len_q]
     return out, lse
+
+
+def _launch_pointer(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
+    dummy = _empty(p.device)
+    attention_kernel[(count * (BLOCK_M // cfg.block_m),)](
+        ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
+        out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
+        ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
+        ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
+        ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
+        ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
+        ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
+        *col_strides,
+        *out_hnd.stride()[:3],
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, t0,
+        p.head_dim_v, ops.score_factor,
+        BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
+        PV_FORMAT=ops.pv_format,
+        IS_CAUSAL=p.is_causal, RETURN_LSE=lse is not None, HAS_VMEAN=ops.v_mean is not None,
+        HAS_COL=has_col,
+        INTERPRET=interpreter_active(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -378,7 +341,7 @@ def _rows_desc(t: torch.Tensor, width: int, block_rows: int, block_cols: int | N
     return TensorDescriptor(t, [t.numel() // width, width], [width, 1], [block_rows, block_cols or width])
 
 
-def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+def _launch_tma(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
     bm, dp, lk_pad = cfg.block_m, ops.dp, ops.lk_pad
     fp4 = ops.qk_format == FMT_FP4_VALUES  # no row scales (their buffers are 1-element placeholders)
     unused = _placeholder_desc(p.device)
@@ -391,15 +354,14 @@ def _launch_tma(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, ou
     else:
         v_desc = _rows_desc(ops.v, lk_pad, dp, BLOCK_N)
         vs_desc = _rows_desc(ops.v_scale, dp, 1)
-    sc = broadcast_strides(table)
-    attention_tma_kernel[(gcount * (BLOCK_M // bm), p.batch * p.heads_q)](
+    attention_tma_kernel[(count * (BLOCK_M // bm),)](
         _rows_desc(ops.q, dp, bm), unused if fp4 else _row_desc(ops.q_scale, bm),
         _rows_desc(ops.k, dp, BLOCK_N), unused if fp4 else _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
         _rows_desc(ops.v_mean, dp, 1) if ops.v_mean is not None else unused,
         out_hnd, lse if lse is not None else _empty(p.device),
         *out_hnd.stride()[:3],
-        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
-        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1, ops.score_factor,
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
+        *(st // lk_pad for st in col_strides), ops.score_factor,
         BM=bm, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, PV_FORMAT=ops.pv_format, RETURN_LSE=lse is not None,
         HAS_VMEAN=ops.v_mean is not None, HAS_COL=has_col,
         WARP_SPECIALIZE=cfg.warp_specialize and not interpreter_active(), INTERPRET=interpreter_active(),
@@ -432,17 +394,16 @@ def _try_launch_ws(*args) -> bool:
         return False
 
 
-def _launch_ws(p, ops: Operands, cfg, table, broadcast, has_col, g0, gcount, out_hnd, lse):
+def _launch_ws(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
     dp, lk_pad = ops.dp, ops.lk_pad
-    sc = broadcast_strides(table)
-    attention_ws_kernel[(gcount, p.batch * p.heads_q)](
+    attention_ws_kernel[(count,)](
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
         gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N]),
         gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
         *out_hnd.stride()[:3],
-        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, g0,
-        sc[0] // lk_pad, sc[1] // lk_pad, 0 if broadcast else 1,
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
+        *(st // lk_pad for st in col_strides),
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS,
         maxnreg=WS_MAXNREG,
