@@ -17,7 +17,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.e2m1 import nvfp4_block_jit
 from ..formats.e4m3 import round_e4m3_jit
-from .common import dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8, program_coords
+from .common import dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
@@ -173,7 +173,7 @@ def attention_kernel(
     s_vb, s_vh, s_vr, s_vsblk,
     s_cb, s_ch, s_cg,
     s_ob, s_oh, s_ol,
-    Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, t0, DV, qk_factor,
+    Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, t0, t1, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr,
     HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, INTERPRET: tl.constexpr,
@@ -183,12 +183,24 @@ def attention_kernel(
     fp4 values: QS is unused, the scores' factor sm_scale*log2(e) is qk_factor). QSF / KSF: E4M3 block
     scales (fp4 codes). V: INT8/FP8 (B, Hk, DP, Lk_pad) keys contiguous; FP4 values (B, Hk, Lk_pad, DP); FP4 codes
     (B, Hk, DP, Lk_pad/2). VS: per-block channel scales; VSF: V's E4M3 scales (B, Hk, DP, Lk_pad/16).
-    Grid: one program per BM query rows of the launch's smoothing blocks t0.. (common.program_coords).
+    Grid: (BM-row query blocks of a head, heads); the programs of 128-row smoothing blocks t0 .. t1 - 1 (numbered
+    across heads) run.
     COL: column bias in log2 units, row b*s_cb + h*s_ch + (block - t0)*s_cg (element strides; s_cg = 0 when one
     row serves every query block); HAS_COL=False when it is all zero (no Q smoothing, no mask, no padded keys) and
     is skipped. O: output (B, H, L, D) view, unit stride along D. LSE (B, Hq, Lq) fp32.
     SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). GV: fp32 (B*Hk,)."""
-    pid_bh, pid_m, b, h, hk, bhk, _, _ = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
+    # A 2-D grid (query blocks of a head, heads from the one holding block t0); programs outside blocks
+    # t0 .. t1 - 1 exit. (common.program_coords' 1-D grid costs the sm_100a causal+LSE variant a spilled register.)
+    blocks_per_head = Lq_pad // SMOOTH_BLOCK
+    pid_bh = t0 // blocks_per_head + tl.program_id(1)
+    pid_m = tl.program_id(0)
+    block = pid_bh * blocks_per_head + (pid_m * BM) // SMOOTH_BLOCK
+    if (block < t0) | (block >= t1):
+        return
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // kv_group
+    bhk = b * (Hq // kv_group) + hk
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, DP)
     q_rows = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_ql

@@ -285,7 +285,8 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
 
 def _launch_pointer(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
     dummy = _empty(p.device)
-    attention_kernel[(count * (BLOCK_M // cfg.block_m),)](
+    per_head = ops.lq_pad // BLOCK_M
+    attention_kernel[(per_head * (BLOCK_M // cfg.block_m), -(-(t0 + count) // per_head) - t0 // per_head)](
         ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
         out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
         ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
@@ -296,7 +297,7 @@ def _launch_pointer(p, ops: Operands, cfg, table, col_strides, has_col, t0, coun
         *col_strides,
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, t0,
-        p.head_dim_v, ops.score_factor,
+        t0 + count, p.head_dim_v, ops.score_factor,
         BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
         PV_FORMAT=ops.pv_format,
         IS_CAUSAL=p.is_causal, RETURN_LSE=lse is not None, HAS_VMEAN=ops.v_mean is not None,
