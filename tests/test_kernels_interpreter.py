@@ -245,6 +245,32 @@ def test_column_bias_chunks_give_the_same_result(monkeypatch, precision, pv, hea
         torch.testing.assert_close(split_lse, whole_lse, rtol=0, atol=0, msg=f"{rows} rows per chunk")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
+    """column_bias_kernel writes table rows t0 .. t1 - 1, numbered across heads ((b * Hq + h) * G + g), for ranges
+    that start and end inside heads, span heads and batch entries, or cover everything: each equals the torch
+    table's row (c * q̄.k + log2(e) * mask, -inf for padded keys): to fp32 rounding for 16-bit keys (q̄ split in
+    two 16-bit terms, the keys exact), to ~2**-16 of the products for fp32 keys (split too, lo*lo dropped)."""
+    from sage_kernels import transforms as T
+    from sage_kernels.kernels import run as kernel_run
+
+    q, k, v = (t.to(dtype).to(DEV) for t in dist.make("biased_k", 2, 4, 300, 260, 64))
+    k, v = k[:, :2].contiguous(), v[:, :2].contiguous()  # GQA
+    mask = torch.ones(2, 1, 1, 260, dtype=torch.bool, device=DEV)
+    mask[1, ..., 200:] = False
+    p = build_problem(q, k, v, attn_mask=mask)
+    ops = prepare(p, "int8", QuantOptions(), False, False)
+    g = ops.q_means.shape[2]  # 3 query blocks per head: 24 rows
+    ref = T.column_bias(ops.q_means[..., :64], p.k, p.key_bias, p.scale, ops.lk_pad, p.heads_q).reshape(-1, ops.lk_pad)
+    assert ref.shape[0] == 2 * 4 * g
+    for t0, t1 in ((0, 24), (1, 2), (4, 11), (2, 3), (5, 19), (23, 24)):
+        rows = kernel_run._bias_chunk(p, ops, t0, t1)
+        assert rows.shape == (t1 - t0, ops.lk_pad)
+        torch.testing.assert_close(rows, ref[t0:t1], msg=f"rows {t0}..{t1}",  # fp32: split terms to ~2**-16
+                                   **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-3)))
+        assert torch.isneginf(rows[:, 260:]).all()
+
+
 def test_chunk_rows_stay_within_the_budget_in_whole_waves():
     """The table (one fp32 row of Lk_pad per 128-query block of every head) is chunked to at most the size of
     INT8 Q; on a GPU (slots = its SMs, one 128-row program each per wave) a chunk is a whole number of waves.

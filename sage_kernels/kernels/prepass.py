@@ -212,7 +212,7 @@ def column_bias_kernel(
     k, _ = load_rows(K + b * skb + (h // kv_group) * skh, skl, pid_n * BN, Lk, D, BN, DP)
     hi = qbar.to(tl.bfloat16 if K_FP32 else k.dtype)
     lo = (qbar - hi.to(tl.float32)).to(hi.dtype)
-    if K_FP32:  # fp32 keys: split them too; the lo*lo term is below fp32 rounding
+    if K_FP32:  # fp32 keys: split them too; lo*lo dropped (~2**-16 of the product, far below INT8's step)
         k_hi = k.to(tl.bfloat16)
         k_lo = (k - k_hi.to(tl.float32)).to(tl.bfloat16)
         acc = (dot16(hi, tl.trans(k_hi), INTERPRET) + dot16(lo, tl.trans(k_hi), INTERPRET)
