@@ -261,7 +261,8 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
     p = build_problem(q, k, v, attn_mask=mask)
     ops = prepare(p, "int8", QuantOptions(), False, False)
     g = ops.q_means.shape[2]  # 3 query blocks per head: 24 rows
-    ref = T.column_bias(ops.q_means[..., :64], p.k, p.key_bias, p.scale, ops.lk_pad, p.heads_q).reshape(-1, ops.lk_pad)
+    ref = T.column_bias(ops.q_means[..., :64], p.k, p.key_bias, p.scale, ops.lk_pad, p.heads_q)
+    ref = ref.reshape(-1, ops.lk_pad)
     assert ref.shape[0] == 2 * 4 * g
     for t0, t1 in ((0, 24), (1, 2), (4, 11), (2, 3), (5, 19), (23, 24)):
         rows = kernel_run._bias_chunk(p, ops, t0, t1)

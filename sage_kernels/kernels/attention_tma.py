@@ -40,8 +40,8 @@ def attention_tma_kernel(
     and the scores' factor qk_factor (sm_scale*log2(e)); v: 16-bit (B, Hk, Lk, DV) [1, 1, BN, DP]
     (the caller's tensor, zero-filled past Lk and DV) or INT8/FP8 (B*Hk*DP, Lk_pad) [DP, BN]; vs (B*Hk*Lk_pad/BN,
     DP) [1, DP]; col: the column-bias table as (rows, Lk_pad) [1, BN], row = b*col_rows_b + h*col_rows_h +
-    (block - t0)*col_rows_g (col_rows_g = 0 when one row serves every query block; grid: common.program_coords); vmean (B*Hk, DP) [1, DP]. Unused
-    descriptors may be any tensor's. LSE is stored without the smoothing shift
+    (block - t0)*col_rows_g (col_rows_g = 0 when one row serves every query block; grid: common.program_coords);
+    vmean (B*Hk, DP) [1, DP]. Unused descriptors may be any tensor's. LSE is stored without the smoothing shift
     (the host adds it: a second [1, BM] descriptor load makes Triton 3.6's warp-specialisation pass fail)."""
     pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
     col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * col_rows_g

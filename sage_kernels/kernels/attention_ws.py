@@ -183,7 +183,8 @@ if HAS_GLUON:
     ):
         """Descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (B*Hk*Lk_pad,) fp32
         [BN]; col: the column-bias table flattened (rows*Lk_pad,) [BN], row = b*col_rows_b + h*col_rows_h +
-        (block - t0)*col_rows_g (grid: common.program_coords); v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and DV.
+        (block - t0)*col_rows_g (grid: common.program_coords); v: the caller's 16-bit V (B, Hk, Lk, DV)
+        [1, 1, BN, DP], zero-filled past Lk and DV.
         QS: fp32 row scales (B*Hq*Lq_pad). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing
         shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
         pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
