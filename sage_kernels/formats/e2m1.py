@@ -138,10 +138,13 @@ def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
     """
     # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
     amax = amax_keep_nan(xg, 2)
+    nan_block = amax != amax
+    unrounded = amax * (1.0 / 6.0) * g_inv
     if NONNEG:
-        scale = tl.where(amax != amax, float("nan"), round_e4m3_nonneg_jit(amax * (1.0 / 6.0) * g_inv))
+        rounded = round_e4m3_nonneg_jit(unrounded)
     else:
-        scale = tl.where(amax != amax, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
+        rounded = round_e4m3_jit(unrounded)
+    scale = tl.where(nan_block, float("nan"), rounded)
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
     if NONNEG:
