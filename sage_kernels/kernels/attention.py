@@ -17,7 +17,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.e2m1 import nvfp4_block_jit
 from ..formats.e4m3 import round_e4m3_jit
-from .common import dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
+from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
 
@@ -171,7 +171,7 @@ def attention_kernel(
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     s_vb, s_vh, s_vr, s_vsblk,
-    s_cb, s_ch, s_cg,
+    col_rows_b, col_rows_h, col_rows_g,
     s_ob, s_oh, s_ol,
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, t0, t1, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
@@ -185,8 +185,8 @@ def attention_kernel(
     (B, Hk, DP, Lk_pad/2). VS: per-block channel scales; VSF: V's E4M3 scales (B, Hk, DP, Lk_pad/16).
     Grid: (BM-row query blocks of a head, heads); the programs of 128-row smoothing blocks t0 .. t1 - 1 (numbered
     across heads) run.
-    COL: column bias in log2 units, row b*s_cb + h*s_ch + (block - t0)*s_cg (element strides; s_cg = 0 when one
-    row serves every query block); HAS_COL=False when it is all zero (no Q smoothing, no mask, no padded keys) and
+    COL: column-bias table (rows, Lk_pad) in log2 units, row b*col_rows_b + h*col_rows_h + (block - t0)*col_rows_g
+    (col_rows_g = 0 when one row serves every query block); HAS_COL=False when it is all zero (no Q smoothing, no mask, no padded keys) and
     is skipped. O: output (B, H, L, D) view, unit stride along D. LSE (B, Hq, Lq) fp32.
     SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). GV: fp32 (B*Hk,)."""
     # A 2-D grid (query blocks of a head, heads from the one holding block t0); programs outside blocks
@@ -221,7 +221,8 @@ def attention_kernel(
     V_base = V + b * s_vb + hk * s_vh
     VS_base = VS + bhk * (Lk_pad // BN) * DP
     VSF_base = VSF + bhk * DP * (Lk_pad // 16)
-    col_base = COL + b * s_cb + h * s_ch + ((pid_m * BM) // SMOOTH_BLOCK - t0) * s_cg
+    col_base = COL + column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM,
+                                     SMOOTH_BLOCK).to(tl.int64) * Lk_pad
 
     acc = tl.zeros((BM, DP), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)

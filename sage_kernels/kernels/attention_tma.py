@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .._triton import jit, tl
 from .attention import int8_scores, softmax_pv, store_output
-from .common import dot16, program_coords
+from .common import column_bias_row, dot16, program_coords
 from .prepass import C_FP4_VALUES, C_V16
 
 
@@ -44,7 +44,7 @@ def attention_tma_kernel(
     vmean (B*Hk, DP) [1, DP]. Unused descriptors may be any tensor's. LSE is stored without the smoothing shift
     (the host adds it: a second [1, BM] descriptor load makes Triton 3.6's warp-specialisation pass fail)."""
     pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
-    col_row = b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * col_rows_g
+    col_row = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK)
     q = q_desc.load([q_row, 0])
     if PV_FORMAT != C_FP4_VALUES:
         q_scale = tl.reshape(qs_desc.load([0, q_row]), (BM,))

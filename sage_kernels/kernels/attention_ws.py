@@ -49,7 +49,7 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 if HAS_GLUON:
     from .attention import int8_scores_from_bits
-    from .common import magic_bits, program_coords
+    from .common import column_bias_row, magic_bits, program_coords
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
@@ -189,7 +189,7 @@ if HAS_GLUON:
         shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
         pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
                                                                     SMOOTH_BLOCK)
-        col_off = (b * col_rows_b + h * col_rows_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * col_rows_g) * Lk_pad
+        col_off = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK) * Lk_pad
         n_blocks = Lk_pad // BN
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)

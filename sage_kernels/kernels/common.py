@@ -94,3 +94,11 @@ def program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BL
     hk = h // kv_group
     bhk = b * (Hq // kv_group) + hk
     return pid_bh, pid_m, b, h, hk, bhk, pid_bh * Lq_pad + pid_m * BM, bhk * Lk_pad
+
+
+@jit
+def column_bias_row(b, h, pid_m, t0, s_b, s_h, s_g, BM: tl.constexpr, SMOOTH_BLOCK: tl.constexpr):
+    """The column-bias table row of query rows pid_m*BM.. of head (b, h) in a launch whose first 128-row smoothing
+    block is t0: b*s_b + h*s_h + (block - t0)*s_g with strides in rows (s_g = 0 when one row serves every query
+    block). Rows, not elements: a chunk's strides span the whole table, which can pass 2**31 elements."""
+    return b * s_b + h * s_h + ((pid_m * BM) // SMOOTH_BLOCK - t0) * s_g

@@ -260,18 +260,18 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
         table = (_key_bias_table(p, ops.lk_pad) if ops.q_means is None else
                  _bias_chunk(p, ops, 0, p.batch * p.heads_q).view(p.batch, p.heads_q, 1, ops.lk_pad))
-        pieces = [(0, total, table, broadcast_strides(table)[:2] + (0,))]
+        pieces = [(0, total, table, tuple(st // ops.lk_pad for st in broadcast_strides(table)[:2]) + (0,))]
     else:  # one table row per query block, computed in chunks of consecutive rows (chunk_rows)
         # whole waves where a wave is known: the Gluon kernel runs one 128-row program per SM
         rows = chunk_rows(p, ops, n_qblocks, device_info(p.device).sms if ws else 0)
-        per_head = n_qblocks * ops.lk_pad
-        pieces = [(t0, min(rows, total - t0), None, (p.heads_q * per_head, per_head, ops.lk_pad))
+        pieces = [(t0, min(rows, total - t0), None, (p.heads_q * n_qblocks, n_qblocks, 1))
                   for t0 in range(0, total, rows)]
     has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
-    for t0, count, table, col_strides in pieces:  # (a chunk's table is freed before the next is made)
+    # col_rows: the table row of (b, h, block) is b*col_rows[0] + h*col_rows[1] + (block - t0)*col_rows[2]
+    for t0, count, table, col_rows in pieces:  # (a chunk's table is freed before the next is made)
         if table is None:
             table = _bias_chunk(p, ops, t0, t0 + count)
-        args = (p, ops, cfg, table, col_strides, has_col, t0, count, out_hnd, lse)
+        args = (p, ops, cfg, table, col_rows, has_col, t0, count, out_hnd, lse)
         if ws and not _try_launch_ws(*args):
             ws, cfg = False, without_gluon(cfg)  # it could not be built: the TMA kernel from here on
             args = (p, ops, cfg) + args[3:]
@@ -283,7 +283,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     return out, lse
 
 
-def _launch_pointer(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
+def _launch_pointer(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     dummy = _empty(p.device)
     per_head = ops.lq_pad // BLOCK_M
     attention_kernel[(per_head * (BLOCK_M // cfg.block_m), -(-(t0 + count) // per_head) - t0 // per_head)](
@@ -294,7 +294,7 @@ def _launch_pointer(p, ops: Operands, cfg, table, col_strides, has_col, t0, coun
         ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
         ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
         ops.v_sf.stride(2) if ops.pv_format == FMT_FP4_CODES else ops.dp,
-        *col_strides,
+        *col_rows,
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, p.len_k, ops.lk_pad, p.len_k - p.len_q, t0,
         t0 + count, p.head_dim_v, ops.score_factor,
@@ -342,7 +342,7 @@ def _rows_desc(t: torch.Tensor, width: int, block_rows: int, block_cols: int | N
     return TensorDescriptor(t, [t.numel() // width, width], [width, 1], [block_rows, block_cols or width])
 
 
-def _launch_tma(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
+def _launch_tma(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     bm, dp, lk_pad = cfg.block_m, ops.dp, ops.lk_pad
     fp4 = ops.qk_format == FMT_FP4_VALUES  # no row scales (their buffers are 1-element placeholders)
     unused = _placeholder_desc(p.device)
@@ -362,7 +362,7 @@ def _launch_tma(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, o
         out_hnd, lse if lse is not None else _empty(p.device),
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
-        *(st // lk_pad for st in col_strides), ops.score_factor,
+        *col_rows, ops.score_factor,
         BM=bm, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, PV_FORMAT=ops.pv_format, RETURN_LSE=lse is not None,
         HAS_VMEAN=ops.v_mean is not None, HAS_COL=has_col,
         WARP_SPECIALIZE=cfg.warp_specialize and not interpreter_active(), INTERPRET=interpreter_active(),
@@ -395,7 +395,7 @@ def _try_launch_ws(*args) -> bool:
         return False
 
 
-def _launch_ws(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, out_hnd, lse):
+def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     dp, lk_pad = ops.dp, ops.lk_pad
     attention_ws_kernel[(count,)](
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
@@ -404,7 +404,7 @@ def _launch_ws(p, ops: Operands, cfg, table, col_strides, has_col, t0, count, ou
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
-        *(st // lk_pad for st in col_strides),
+        *col_rows,
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS,
         maxnreg=WS_MAXNREG,
