@@ -97,6 +97,13 @@ def _divisible_by_16(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
 
 
+def _specialised_one(param, value) -> bool:
+    """Triton's launch-time specialisation of an int argument equal to 1 into a constant (a unit stride, one KV
+    head per group, ...): the kernel it compiles has e.g. vector loads where the stride is 1, so the offline
+    compile must do the same to show what runs."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == 1 and not param.do_not_specialize
+
+
 def source_of(launch: Launch):
     """(ASTSource, options) for a recorded launch, specialised as a real launch of it would be."""
     from triton.compiler import ASTSource
@@ -107,7 +114,7 @@ def source_of(launch: Launch):
     for i, param in enumerate(fn.params):
         name = param.name
         value = launch.args[i] if i < len(launch.args) else launch.kwargs[name]
-        if param.is_constexpr:
+        if param.is_constexpr or _specialised_one(param, value):
             signature[name] = "constexpr"
             constexprs[name] = value
         else:
