@@ -42,6 +42,13 @@ def exponent_jit(a):
     return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
 
 
+@jit
+def pow2_floor_jit(a):
+    """2**floor(log2 a) of a non-negative fp32 (0 below 2**-126, inf/NaN -> inf): a's exponent bits alone, one
+    instruction (the sign-free roundings take their grid step from it)."""
+    return (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+
+
 # Decided when the kernels are decorated, as Triton decides whether they run in its interpreter.
 INTERPRETING = tl.constexpr(interpreter_active())
 

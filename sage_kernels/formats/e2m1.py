@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import amax_keep_nan, exponent, exponent_jit, pow2, pow2_jit, rne, rne_jit
+from .common import amax_keep_nan, exponent, exponent_jit, pow2, pow2_floor_jit, pow2_jit, rne, rne_jit
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
@@ -41,8 +41,7 @@ def round_e2m1_nonneg_jit(a):
     multiple of the grid step with ties to even, as RNE(a / step) * step does (step is a power of two, so both are
     exact). step = max(2**floor(log2 a), 1) / 2 comes from a's exponent bits (0.5 below 2, 1 below 4, 2 above);
     values from 8 up round to multiples of 4 or more and saturate at 6."""
-    top = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)  # 2**floor(log2 a), 0 if a < 2**-126
-    c = tl.maximum(top * 6291456.0, 6291456.0)
+    c = tl.maximum(pow2_floor_jit(a) * 6291456.0, 6291456.0)
     return tl.minimum((a + c) - c, 6.0)
 
 

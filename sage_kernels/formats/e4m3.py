@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import exponent_jit, pow2_jit, rne_jit
+from .common import exponent_jit, pow2_floor_jit, pow2_jit, rne_jit
 
 E4M3_MAX = 448.0
 E4M3_MIN_NORMAL_EXP = -6  # 2**-6; below it the spacing stays 2**-9 (subnormals)
@@ -43,6 +43,6 @@ def round_e4m3_nonneg_jit(a):
     multiple of step = 2**(max(floor(log2 a), -6) - 3) with ties to even (exact: step is a power of two, and c's
     bits come from a's exponent bits). Saturates at 448, a grid point, by clamping first."""
     a = tl.minimum(a, 448.0)
-    top = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)  # 2**floor(log2 a)
-    c = tl.maximum(top * 1572864.0, 24576.0)  # 1.5 * 2**23 * 2**-3 per unit of top; at least 1.5 * 2**23 * 2**-9
+    # c = 1.5 * 2**23 * step: 1.5 * 2**23 * 2**-3 per unit of 2**floor(log2 a), at least 1.5 * 2**23 * 2**-9
+    c = tl.maximum(pow2_floor_jit(a) * 1572864.0, 24576.0)
     return (a + c) - c
