@@ -72,6 +72,7 @@ def recording():
 
 
 def _arg_type(value) -> str:
+    """Type string of a tensor or descriptor argument (scalars: `_scalar_specialisation`)."""
     if HAS_GLUON and isinstance(value, GluonDescriptor):
         from triton.runtime.jit import mangle_type
         return mangle_type(value)  # the type string carries the descriptor's shared-memory layout
@@ -79,29 +80,25 @@ def _arg_type(value) -> str:
         return f"tensordesc<{_DTYPES[value.base.dtype]}[{','.join(map(str, value.block_shape))}]>"
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
     raise TypeError(f"unsupported kernel argument {type(value).__name__}")
 
 
-def _divisible_by_16(value) -> bool:
-    """Triton's launch-time specialisation: aligned pointers and ints that are multiples of 16 get
-    tt.divisibility=16 (it enables 16-byte vector loads and async copies; without it loads are not pipelined).
-    Fresh torch allocations are 256-byte aligned, as on the GPU."""
-    if isinstance(value, torch.Tensor):
-        return value.storage_offset() * value.element_size() % 16 == 0
-    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+def _tensor_aligned(value: torch.Tensor) -> bool:
+    """Triton's launch-time specialisation of an aligned pointer (tt.divisibility=16: 16-byte vector loads and
+    async copies; without it loads are not pipelined). Fresh torch allocations are 256-byte aligned, as on the
+    GPU, so the recorded CPU tensor's offset decides."""
+    return value.storage_offset() * value.element_size() % 16 == 0
 
 
-def _specialised_one(param, value) -> bool:
-    """Triton's launch-time specialisation of an int argument equal to 1 into a constant (a unit stride, one KV
-    head per group, ...): the kernel it compiles has e.g. vector loads where the stride is 1, so the offline
-    compile must do the same to show what runs."""
-    return isinstance(value, int) and not isinstance(value, bool) and value == 1 and not param.do_not_specialize
+def _scalar_specialisation(param, value) -> tuple[str, str | None]:
+    """(type, "D" for a multiple of 16) of a scalar argument from Triton's own launch-time routine: an int equal
+    to 1 becomes a constant ("constexpr": a unit stride, one KV head per group, ...), so the offline compile
+    shows the kernel that runs (e.g. vector loads where a stride is 1)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    return native_specialize_impl(BaseBackend, value, False, not param.do_not_specialize,
+                                  not param.do_not_specialize_on_alignment)
 
 
 def source_of(launch: Launch):
@@ -114,12 +111,18 @@ def source_of(launch: Launch):
     for i, param in enumerate(fn.params):
         name = param.name
         value = launch.args[i] if i < len(launch.args) else launch.kwargs[name]
-        if param.is_constexpr or _specialised_one(param, value):
+        if param.is_constexpr:
             signature[name] = "constexpr"
             constexprs[name] = value
+        elif isinstance(value, (int, float)):  # bools included
+            signature[name], divisible = _scalar_specialisation(param, value)
+            if signature[name] == "constexpr":
+                constexprs[name] = value
+            elif divisible == "D":
+                attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = _arg_type(value)
-            if not param.do_not_specialize and not isinstance(value, TensorDescriptor) and _divisible_by_16(value):
+            if isinstance(value, torch.Tensor) and not param.do_not_specialize and _tensor_aligned(value):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     if launch.name == "attention_ws_kernel":
         from triton.experimental.gluon._runtime import GluonASTSource
