@@ -5,8 +5,8 @@ import torch
 
 from sage_kernels._triton import HAS_TRITON, tl, triton
 from sage_kernels.formats.e2m1 import (E2M1_VALUES, decode_e2m1, e2m1_codes, e2m1_codes_jit, e2m1_values_jit,
-                                       nvfp4_block_jit, pack_nibbles, quantize_nvfp4, round_e2m1, round_e2m1_jit,
-                                       round_e2m1_nonneg_jit,
+                                       nvfp4_block_jit, nvfp4_p_jit, pack_nibbles, quantize_nvfp4, quantize_p_nvfp4,
+                                       round_e2m1, round_e2m1_jit, round_e2m1_nonneg_jit,
                                        tensor_scale, tensor_scale_jit, unpack_nibbles)
 from sage_kernels.formats.e4m3 import round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 from sage_kernels.formats.int8 import quantize_int8, quantize_int8_jit
@@ -224,3 +224,37 @@ def test_nonnegative_fp4_rounding_matches_the_general_one():
     vals, _, scales = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
     assert torch.equal(out_bs.cpu(), scales)
     assert torch.equal(out_br.cpu() * torch.repeat_interleave(out_bs.cpu(), 16, dim=1), vals)
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr):
+        rows = tl.arange(0, R)
+        cols = tl.arange(0, G * 16)
+        p2 = tl.reshape(tl.load(P2 + rows[:, None] * (G * 16) + cols[None, :]), (R, G, 16))
+        u = tl.load(U + rows[:, None] * G + tl.arange(0, G)[None, :])
+        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u), (R, G * 16)))
+
+
+@pytestmark_triton
+def test_p_level2_twins_agree_and_follow_the_nvfp4_rule():
+    """P's level 2 (attention kernels: nvfp4_p_jit; mirror: quantize_p_nvfp4) from the unrounded scales max16 / 6
+    that the softmax hands over: bit-identical twins, and the same values as the Q/K/V quantizer (quantize_nvfp4,
+    g = 1) where the unrounded scale is the block's own max / 6. Blocks: P's range up to 2688, E2M1 ties, E4M3
+    subnormal scales, scales that round to 0, all-zero blocks."""
+    rows, groups = 8, 8
+    torch.manual_seed(3)
+    p2 = torch.rand(rows, groups, 16) * torch.logspace(-9, 0, rows * groups).reshape(rows, groups, 1) * 2688.0
+    p2[0, 0] = torch.tensor([2688.0, 112.0, 336.0, 560.0, 1120.0, 2240.0] + [0.0] * 10)  # scale 448: x = 0.25 .. 5
+    p2[0, 1] = 0.0
+    p2[0, 2] = 6 * 2.0 ** -9 * 1.5  # scale at an E4M3 subnormal midpoint
+    p2[0, 3] = 6 * 2.0 ** -11  # scale rounds to 0: the block is 0
+    unrounded = p2.amax(dim=-1) * (1.0 / 6.0)
+    out = torch.empty(rows, groups * 16, device=DEV)
+    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups)
+    want = quantize_p_nvfp4(p2, unrounded)
+    assert torch.equal(out.cpu().reshape(rows, groups, 16), want)
+    vals, _, _ = quantize_nvfp4(p2.reshape(rows, groups * 16), torch.tensor(1.0))
+    assert torch.equal(want.reshape(rows, groups * 16), vals)
+    assert torch.equal(want[0, 0, :6], torch.tensor([2688.0, 0.0, 448.0, 448.0, 896.0, 1792.0]))
+    assert torch.equal(want[0, 3], torch.zeros(16)) and torch.equal(want[0, 1], torch.zeros(16))

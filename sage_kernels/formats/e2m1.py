@@ -11,6 +11,8 @@ reduction dimension, the lower index in the low nibble (what `tl.dot_scaled` exp
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._triton import jit, tl
@@ -22,6 +24,7 @@ GROUP = 16
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 # Largest block scale: amax / 6 == 448 when amax == tensor_amax; 2688 == 448 * 6.
 FP4_RANGE = E4M3_MAX * E2M1_MAX
+LOG2_FP4_RANGE = math.log2(FP4_RANGE)  # P's level-1 factor, folded into the softmax exponent
 
 
 def round_e2m1(x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +154,23 @@ def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
     else:
         r = round_e2m1_jit(xg * inv[:, :, None])
     return r, scale
+
+
+def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:
+    """Level 2 of P's two-level quantization (twin of `nvfp4_p_jit`). p2: fp32 >= 0 [..., G, 16], P after level 1
+    (2688 * P); unrounded: [..., G], max16(p2) / 6. Returns the dequantized values E2M1(p2 / s) * s with
+    s = E4M3(unrounded), 0 for a block whose scale rounds to 0 (exact in bf16: 2 x 4 significant bits)."""
+    scale = round_e4m3(unrounded)[..., None]
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    return round_e2m1(p2 * inv) * scale
+
+
+@jit
+def nvfp4_p_jit(p2, unrounded):
+    """quantize_p_nvfp4 for [R, G, 16] tiles: the sign-free roundings (P >= 0) and an IEEE reciprocal per block."""
+    scale = round_e4m3_nonneg_jit(unrounded)
+    inv = tl.where(scale > 0, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.maximum(scale, 1e-30)), 0.0)
+    return round_e2m1_nonneg_jit(p2 * inv[:, :, None]) * scale[:, :, None]
 
 
 @jit

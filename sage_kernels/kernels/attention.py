@@ -3,23 +3,28 @@
 Per (query block of BM rows, batch*head) program, over key blocks of BN (BM only sets the work split: it does
 not change the math; BN is the P and V quantization block):
     t   = scores in log2 units (quantized Q.K^T, dequantized)  + column bias (Q-smoothing term, masks, padding)
+  INT8 / FP8 P.V (`online_stats`, per-block max):
     e   = exp2(t - rowmax_block(t))        every block's row max is exactly 1, so P can be quantized in place
     l   = alpha * l + beta * rowsum(e)     alpha = exp2(m_old - m_new), beta = exp2(m_block - m_new)
     acc = alpha * acc + beta * dequant(quant(e) . V)   a fresh MMA accumulator per key block
+  FP4 P.V (`fp4_online_stats`, SageAttention3's kernel): level 1 is the constant 2688 folded into the exponent,
+  m tracks rowmax - log2(2688):
+    p2  = exp2(t - m)                      2688 * P against the running max; level 2 scales max16(p2) / 6
+    l   = alpha * l + rowsum(p2)           (unquantized) and acc = alpha * acc + dequant(quant(p2)) . V
     out = acc / l
 QK formats: INT8 codes (int32 accumulate, exact) | NVFP4 as exact bf16 values (emulation, any sm_80+) | NVFP4 codes
 through `tl.dot_scaled` (sm_100 / sm_120). PV formats: INT8 (P scale from the softmax statistics: 127 for the
-block max) | FP8 E4M3 (P*448) | NVFP4 two-level (P*2688, E4M3 scale per 16 keys).
+block max) | FP8 E4M3 (P*448) | NVFP4 two-level (2688*P, E4M3 scale per 16 keys).
 The torch mirror is sage_kernels/reference/quantized.py.
 """
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..formats.e2m1 import nvfp4_block_jit
+from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit
 from ..formats.e4m3 import round_e4m3_jit
 from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
-from .prepass import C_FP4_CODES, C_FP4_VALUES, C_FP8, C_INT8, C_V16
+from .prepass import C_FP4_CODES, C_FP4_VALUES, C_INT8, C_V16
 
 
 @jit
@@ -91,6 +96,27 @@ def online_stats(s, m_i, l_i, PER_BLOCK_MAX: tl.constexpr):
     return e, alpha, beta, l_new, m_new
 
 
+_LOG2_FP4_RANGE = tl.constexpr(LOG2_FP4_RANGE)
+
+
+@jit
+def fp4_online_stats(s, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
+    """The softmax step of FP4 P (see the module docstring): m_i holds rowmax - log2(2688), so p2 = exp2(s - m_i)
+    is level 1's 2688 * P with no multiply. Returns (p2 [BM, BN/16, 16], its level-2 scales before rounding
+    max16(p2) / 6 [BM, BN/16] (from the group maxima of s: one exp2 per 16 keys), alpha, l_new, m_new). The row
+    max is the max of the group maxima. Relative to the running max rather than the block's, a block far below it
+    gets smaller E4M3 scales, which only loses precision where they turn subnormal: P < 2**-6 / 448 of the row
+    max."""
+    sg = tl.reshape(s, (BM, BN // 16, 16))
+    gmax = tl.max(sg, 2)
+    m_new = tl.maximum(m_i, tl.max(gmax, 1) - _LOG2_FP4_RANGE)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p2 = tl.math.exp2(sg - m_safe[:, None, None])
+    l_new = l_i * alpha + tl.sum(tl.sum(p2, 2), 1)
+    return p2, tl.math.exp2(gmax - m_safe[:, None]) * (1.0 / 6.0), alpha, l_new, m_new
+
+
 @jit
 def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr, PV_FORMAT: tl.constexpr,
                INTERPRET: tl.constexpr):
@@ -100,22 +126,23 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
     if PV_FORMAT == C_V16:  # unquantized V: P in V's 16-bit type, accumulated in place
         e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, False)
         acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
+    elif PV_FORMAT == C_FP4_VALUES:  # dequantized FP4 P (exact in bf16) . V values
+        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(s, m_i, l_i, BM, BN)
+        p = tl.reshape(nvfp4_p_jit(p2, unrounded), (BM, BN))
+        # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
+        # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
+        acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))
     else:  # quantized P . V into a fresh accumulator
         e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, True)
         if PV_FORMAT == C_INT8:
             pv = int32_scaled(tl.dot(p_to_int8(e), tl.trans(v)), v_scale, -12582912.0 * v_scale)
             contrib = pv * (beta * (1.0 / 127.0))[:, None]
-        elif PV_FORMAT == C_FP8:
+        else:  # FP8
             p = e * 448.0
             if INTERPRET:  # interpreter only: its fp32 -> fp8 cast mis-rounds (triton#8322)
                 p = round_e4m3_jit(p)
             pv = tl.dot(p.to(v.dtype), tl.trans(v))
             contrib = pv * (beta * (1.0 / 448.0))[:, None] * v_scale
-        else:  # FP4 values
-            r, sc = nvfp4_block_jit(tl.reshape(e * 2688.0, (BM, BN // 16, 16)), 1.0, 1.0, True)
-            p = tl.reshape(r * sc[:, :, None], (BM, BN))
-            pv = dot16(p.to(tl.bfloat16), v, INTERPRET)
-            contrib = pv * (beta * (1.0 / 2688.0))[:, None]
         acc = acc * alpha[:, None] + contrib
     return acc, l_i, m_new
 
@@ -128,9 +155,9 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
     keys = start_n + tl.arange(0, BN)
     offs_d = tl.arange(0, DP)
     if PV_FORMAT == C_FP4_CODES:
-        e, alpha, beta, l_i, m_i = online_stats(s, m_i, l_i, True)
-        pv = native_pv(e, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i, BM, BN, DP)
-        acc = acc * alpha[:, None] + pv * (beta * (1.0 / 2688.0))[:, None]
+        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(s, m_i, l_i, BM, BN)
+        acc = acc * alpha[:, None] + native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i,
+                                               BM, BN, DP)
     else:
         v_scale = tl.zeros((1, DP), tl.float32)
         if PV_FORMAT == C_V16:

@@ -1,7 +1,8 @@
 """The tensor-core products of the native NVFP4 attention kernel (QK_FORMAT == PV_FORMAT == FMT_FP4_CODES).
 
-Same math as the emulated path: P is quantized with the same rule as formats.e2m1 (level 2: one E4M3 scale per 16
-keys, E2M1 codes, round to nearest even, saturating), Q/K/V arrive as the pre-pass's codes and scales. What
+Same math as the emulated path: P arrives after level 1 (attention.fp4_online_stats: 2688 * P and its unrounded
+level-2 scales) and is quantized with the rule of formats.e2m1.quantize_p_nvfp4 (one E4M3 scale per 16 keys, E2M1
+codes, round to nearest even, saturating); Q/K/V arrive as the pre-pass's codes and scales. What
 differs per target is only how the products are issued, picked at compile time (`_tcgen05_target`):
 
 * sm_100 / sm_103 (tcgen05, accumulator in tensor memory): one `dot_scaled` per product, started from an all-zero
@@ -50,15 +51,21 @@ def _e2m1x2(even, odd):
 
 
 @jit
-def quantize_p(x, BM: tl.constexpr, N: tl.constexpr):
-    """x: [BM, N] fp32 >= 0 (P * 2688) -> (codes uint8 [BM, N/2], E4M3 scales [BM, N/16]); the rule of
-    formats.e2m1.nvfp4_block_jit with g = 1: scale = E4M3(max16 / 6), code = E2M1(x / scale), 0 for a zero block."""
-    xg = tl.reshape(x, (BM, N // 16, 16))
-    sc8 = (tl.max(xg, axis=2) * (1.0 / 6.0)).to(tl.float8e4nv)
+def quantize_p(xg, unrounded, BM: tl.constexpr, N: tl.constexpr):
+    """xg: [BM, N/16, 16] fp32 >= 0 (2688 * P), unrounded: [BM, N/16] (max16(xg) / 6) -> (codes uint8 [BM, N/2],
+    E4M3 scales [BM, N/16]); the rule of formats.e2m1.quantize_p_nvfp4: scale = E4M3(unrounded),
+    code = E2M1(x / scale), 0 for a block whose scale is 0."""
+    sc8 = unrounded.to(tl.float8e4nv)
     sc = sc8.to(tl.float32)
     inv = tl.where(sc > 0, tl.math.div_rn(tl.full(sc.shape, 1.0, tl.float32), tl.maximum(sc, 1e-30)), 0.0)
     even, odd = tl.split(tl.reshape(xg * inv[:, :, None], (BM, N // 2, 2)))
     return _e2m1x2(even, odd), sc8
+
+
+@jit
+def _halves(x, BM: tl.constexpr, N: tl.constexpr):
+    """[BM, N] -> its columns [0, N/2) and [N/2, N), each [BM, N/2]."""
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, N // 2)), (0, 2, 1)))
 
 
 @jit
@@ -85,25 +92,28 @@ def native_qk(q, q_sf, K_base, KSF_base, s_kl, start_n, row, BN: tl.constexpr, D
 
 
 @jit
-def native_pv(e, V_base, VSF_base, s_vr, s_vsblk, start_n, row,
+def native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, row,
               BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr):
-    """dequant(quant(2688 e)) . V for one key block, fp32 [BM, DP] (the caller scales by beta / 2688).
-    e: [BM, BN] in [0, 1]; V codes (DP, Lk_pad/2) and E4M3 scales (DP, Lk_pad/16) with row strides s_vr, s_vsblk."""
+    """quant(p2) . V for one key block, fp32 [BM, DP] (in p2's 2688 * P units, as the row sum).
+    p2: [BM, BN/16, 16], unrounded: its level-2 scales [BM, BN/16] (attention.fp4_online_stats); V codes
+    (DP, Lk_pad/2) and E4M3 scales (DP, Lk_pad/16) with row strides s_vr, s_vsblk."""
     d = tl.arange(0, DP)
     if _tcgen05_target():
-        p, p_sf = quantize_p(e * 2688.0, BM, BN)
+        p, p_sf = quantize_p(p2, unrounded, BM, BN)
         v = tl.load(V_base + d[:, None] * s_vr + (start_n // 2 + tl.arange(0, BN // 2))[None, :])
         v_sf = tl.load(VSF_base + d[:, None] * s_vsblk + (start_n // 16 + tl.arange(0, BN // 16))[None, :])
         pv = tl.dot_scaled(p, p_sf, "e2m1", tl.trans(v), v_sf, "e2m1", _opaque_zeros(row, DP))
     else:
-        e0, e1 = tl.split(tl.permute(tl.reshape(e * 2688.0, (BM, 2, BN // 2)), (0, 2, 1)))  # keys [0, BN/2) | rest
+        G: tl.constexpr = BN // 16
+        x0, x1 = _halves(tl.reshape(p2, (BM, BN)), BM, BN)  # keys [0, BN/2) | the rest
+        u0, u1 = _halves(unrounded, BM, G)
         cols = start_n // 2 + tl.arange(0, BN // 4)
         groups = start_n // 16 + tl.arange(0, BN // 32)
-        p0, p0_sf = quantize_p(e0, BM, BN // 2)
+        p0, p0_sf = quantize_p(tl.reshape(x0, (BM, G // 2, 16)), u0, BM, BN // 2)
         v0 = tl.load(V_base + d[:, None] * s_vr + cols[None, :])
         f0 = tl.load(VSF_base + d[:, None] * s_vsblk + groups[None, :])
         pv = tl.dot_scaled(p0, p0_sf, "e2m1", tl.trans(v0), f0, "e2m1")
-        p1, p1_sf = quantize_p(e1, BM, BN // 2)
+        p1, p1_sf = quantize_p(tl.reshape(x1, (BM, G // 2, 16)), u1, BM, BN // 2)
         v1 = tl.load(V_base + d[:, None] * s_vr + (cols + BN // 4)[None, :])
         f1 = tl.load(VSF_base + d[:, None] * s_vsblk + (groups + BN // 32)[None, :])
         pv = tl.dot_scaled(p1, p1_sf, "e2m1", tl.trans(v1), f1, "e2m1", pv)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import transforms as T
-from ..formats.e2m1 import FP4_RANGE, quantize_nvfp4, tensor_scale
+from ..formats.e2m1 import LOG2_FP4_RANGE, quantize_nvfp4, quantize_p_nvfp4, tensor_scale
 from ..formats.e4m3 import round_e4m3
 from ..formats.int8 import quantize_int8
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
@@ -107,10 +107,18 @@ def _block_rows(col: torch.Tensor, lq: int, j0: int, j1: int) -> torch.Tensor:
     return c.repeat_interleave(BLOCK_M, dim=2)[:, :, :lq]
 
 
-def _quantize_p_fp4(e: torch.Tensor) -> torch.Tensor:
-    """Two-level P: level 1 maps the block's row max to 2688 (e is already max-1); level 2 is NVFP4 per 16 keys."""
-    vals, _, _ = quantize_nvfp4(e * FP4_RANGE, torch.ones((), device=e.device))
-    return vals
+def _fp4_block(m, l, acc, t, vj):
+    """One key block of FP4 P (attention.fp4_online_stats + softmax_pv): m holds rowmax - log2(2688), so
+    p2 = exp2(t - m) is 2688 * P (level 1); level 2 from the group maxima of t; P.V accumulated in place."""
+    tg = t.reshape(*t.shape[:-1], t.shape[-1] // 16, 16)
+    gmax = tg.amax(dim=-1)
+    m_new = torch.maximum(m, gmax.amax(dim=-1) - LOG2_FP4_RANGE)
+    m_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+    alpha = torch.exp2(m - m_safe)
+    p2 = torch.exp2(tg - m_safe[..., None, None])
+    l = l * alpha + p2.sum(dim=(-2, -1))
+    p = quantize_p_nvfp4(p2, torch.exp2(gmax - m_safe[..., None]) * (1.0 / 6.0)).flatten(-2)
+    return m_new, l, acc * alpha[..., None] + p @ vj
 
 
 def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: QuantOptions,
@@ -139,6 +147,9 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
             t = dot * prep.score_factor + _block_rows(prep.col_bias, lq, j0, j1)
         if keep is not None:
             t = t.masked_fill(~keep[:, j0:j1], float("-inf"))
+        if precision == "fp4":
+            m, l, acc = _fp4_block(m, l, acc, t, vj)
+            continue
         m_blk = t.amax(dim=-1)
         m_new = torch.maximum(m, m_blk)
         m_new_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
@@ -158,14 +169,11 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
             pv = (p8.to(torch.float64) @ vj.to(torch.float64)).to(torch.float32)
             vs = prep.v_scale[:, :, j0 // BLOCK_N].repeat_interleave(grp, dim=1)
             contrib = (pv * (beta * (1.0 / 127.0))[..., None]) * vs[:, :, None, :]
-        elif precision == "int8":  # FP8 P.V
+        else:  # FP8 P.V
             pf8 = round_e4m3(e * P_FP8_SCALE)
             pv = pf8 @ vj
             vs = prep.v_scale[:, :, j0 // BLOCK_N].repeat_interleave(grp, dim=1)
             contrib = (pv * (beta * (1.0 / P_FP8_SCALE))[..., None]) * vs[:, :, None, :]
-        else:
-            pv = _quantize_p_fp4(e) @ vj
-            contrib = pv * (beta * (1.0 / FP4_RANGE))[..., None]
         acc = acc * alpha[..., None] + contrib
         m = m_new
     live = l != 0  # 0 only when no key was visible; NaN (from NaN inputs) must stay visible
