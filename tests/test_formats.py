@@ -228,12 +228,12 @@ def test_nonnegative_fp4_rounding_matches_the_general_one():
 
 if HAS_TRITON:
     @triton.jit
-    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr):
+    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr, INTERPRET: tl.constexpr):
         rows = tl.arange(0, R)
         cols = tl.arange(0, G * 16)
         p2 = tl.reshape(tl.load(P2 + rows[:, None] * (G * 16) + cols[None, :]), (R, G, 16))
         u = tl.load(U + rows[:, None] * G + tl.arange(0, G)[None, :])
-        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u), (R, G * 16)))
+        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u, INTERPRET), (R, G * 16)))
 
 
 @pytestmark_triton
@@ -241,7 +241,8 @@ def test_p_level2_twins_agree_and_follow_the_nvfp4_rule():
     """P's level 2 (attention kernels: nvfp4_p_jit; mirror: quantize_p_nvfp4) from the unrounded scales max16 / 6
     that the softmax hands over: bit-identical twins, and the same values as the Q/K/V quantizer (quantize_nvfp4,
     g = 1) where the unrounded scale is the block's own max / 6. Blocks: P's range up to 2688, E2M1 ties, E4M3
-    subnormal scales, scales that round to 0, all-zero blocks."""
+    subnormal scales, scales that round to 0, all-zero blocks. On the GPU the ties at scale 448 (an inexact
+    reciprocal) fail if the product fuses into the rounding's add."""
     rows, groups = 8, 8
     torch.manual_seed(3)
     p2 = torch.rand(rows, groups, 16) * torch.logspace(-9, 0, rows * groups).reshape(rows, groups, 1) * 2688.0
@@ -251,7 +252,8 @@ def test_p_level2_twins_agree_and_follow_the_nvfp4_rule():
     p2[0, 3] = 6 * 2.0 ** -11  # scale rounds to 0: the block is 0
     unrounded = p2.amax(dim=-1) * (1.0 / 6.0)
     out = torch.empty(rows, groups * 16, device=DEV)
-    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups)
+    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups,
+                           INTERPRET=DEV == "cpu")
     want = quantize_p_nvfp4(p2, unrounded)
     assert torch.equal(out.cpu().reshape(rows, groups, 16), want)
     vals, _, _ = quantize_nvfp4(p2.reshape(rows, groups * 16), torch.tensor(1.0))

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import interpreter_active, jit, tl
+from .._triton import HAS_TRITON, interpreter_active, jit, tl
+
+if HAS_TRITON:
+    from triton.language.extra.cuda import libdevice
 
 # Adding then subtracting 1.5 * 2**23 rounds an fp32 value with |x| < 2**22 to the nearest integer, ties to even
 # (fp32 addition itself rounds to nearest even). It works identically in torch, on the GPU and in Triton's
@@ -20,6 +23,17 @@ def rne(x: torch.Tensor) -> torch.Tensor:
 @jit
 def rne_jit(x):
     return (x + 12582912.0) - 12582912.0
+
+
+@jit
+def mul_rn_jit(a, b, INTERPRET: tl.constexpr):
+    """a * b rounded to fp32 before any use. Compiled, a product may be fused into the add that follows it (one
+    FFMA, no intermediate rounding), and the roundings below then break E2M1 ties differently from their torch twins
+    (e.g. 112 * fl(1/448) is 0.25 once rounded, a hair above unrounded). The interpreter has no libdevice and never
+    fuses."""
+    if INTERPRET:
+        return a * b
+    return libdevice.mul_rn(a, b)
 
 
 def pow2(e: torch.Tensor) -> torch.Tensor:

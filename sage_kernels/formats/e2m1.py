@@ -16,7 +16,8 @@ import math
 import torch
 
 from .._triton import jit, tl
-from .common import amax_keep_nan, exponent, exponent_jit, pow2, pow2_floor_jit, pow2_jit, rne, rne_jit
+from .common import (amax_keep_nan, exponent, exponent_jit, mul_rn_jit, pow2, pow2_floor_jit, pow2_jit, rne,
+                     rne_jit)
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
@@ -166,11 +167,13 @@ def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:
 
 
 @jit
-def nvfp4_p_jit(p2, unrounded):
-    """quantize_p_nvfp4 for [R, G, 16] tiles: the sign-free roundings (P >= 0) and an IEEE reciprocal per block."""
+def nvfp4_p_jit(p2, unrounded, INTERPRET: tl.constexpr):
+    """quantize_p_nvfp4 for [R, G, 16] tiles: the sign-free roundings (P >= 0), an IEEE reciprocal per block and a
+    product rounded before the E2M1 rounding adds to it (`mul_rn_jit`; it also needs the rounded value's exponent
+    bits, so this costs no instruction)."""
     scale = round_e4m3_nonneg_jit(unrounded)
     inv = tl.where(scale > 0, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.maximum(scale, 1e-30)), 0.0)
-    return round_e2m1_nonneg_jit(p2 * inv[:, :, None]) * scale[:, :, None]
+    return round_e2m1_nonneg_jit(mul_rn_jit(p2, inv[:, :, None], INTERPRET)) * scale[:, :, None]
 
 
 @jit
