@@ -193,37 +193,36 @@ def test_triton_int8_keeps_nan_and_inf_scales():
 
 if HAS_TRITON:
     @triton.jit
-    def _nonneg_kernel(X, OUT_R, OUT_E4, OUT_BR, OUT_BS, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    def _nonneg_kernel(X, OUT_R, OUT_E4, OUT_B, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
+                       INTERPRET: tl.constexpr):
         offs = tl.arange(0, N)
         tl.store(OUT_R + offs, round_e2m1_nonneg_jit(tl.load(X + offs)))
         tl.store(OUT_E4 + offs, round_e4m3_nonneg_jit(tl.load(X + offs)))
         rows = tl.arange(0, R)
         cols = tl.arange(0, C)
         x = tl.reshape(tl.load(X + rows[:, None] * C + cols[None, :]), (R, C // 16, 16))
-        r, s = nvfp4_block_jit(x, 1.0, 1.0, True)
-        tl.store(OUT_BR + rows[:, None] * C + cols[None, :], tl.reshape(r, (R, C)))
-        tl.store(OUT_BS + rows[:, None] * (C // 16) + tl.arange(0, C // 16)[None, :], s)
+        tl.store(OUT_B + rows[:, None] * C + cols[None, :],
+                 tl.reshape(nvfp4_p_jit(x, tl.max(x, 2) * (1.0 / 6.0), INTERPRET), (R, C)))
 
 
 @pytestmark_triton
 def test_nonnegative_fp4_rounding_matches_the_general_one():
     """The attention kernels quantize P (>= 0) with the sign-free roundings (exponent bits instead of compares):
-    same grid values and block scales as round_e2m1 / round_e4m3 / quantize_nvfp4, ties (0.25, 0.75, 2.5, 3.5,
-    5.0, ...; E4M3's 1.0625, 2**-10, subnormal midpoints), saturation and fp32 subnormals included."""
+    same grid values as round_e2m1 / round_e4m3, and nvfp4_p_jit's blocks (scales from their own max) the same
+    values as quantize_nvfp4; ties (0.25, 0.75, 2.5, 3.5, 5.0, ...; E4M3's 1.0625, 2**-10, subnormal midpoints),
+    saturation and fp32 subnormals included."""
     n, rows, cols = 1024, 16, 64
     x = _edge_values(n).abs()
     x[100:116] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5, 7.0, 2688.0, 0.0, 1e-30, 3.0, 4.0, 6.0,
                                1.999])
     x[116:128] = torch.tensor([2.0 ** -127, 2.0 ** -9 * 1.5, 2.0 ** -9 * 2.5, 2.0 ** -6 * 1.0625, 464.0, 465.0,
                                1e30, 8.0, 9.0, 15.99, 2.0 ** -7 * 1.0625, 0.015625])
-    out_r, out_e4, out_br = torch.empty(n, device=DEV), torch.empty(n, device=DEV), torch.empty(rows, cols, device=DEV)
-    out_bs = torch.empty(rows, cols // 16, device=DEV)
-    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, out_br, out_bs, N=n, R=rows, C=cols)
+    out_r, out_e4, out_b = torch.empty(n, device=DEV), torch.empty(n, device=DEV), torch.empty(rows, cols, device=DEV)
+    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, out_b, N=n, R=rows, C=cols, INTERPRET=DEV == "cpu")
     assert torch.equal(out_r.cpu(), round_e2m1(x))
     assert torch.equal(out_e4.cpu(), round_e4m3(x))
-    vals, _, scales = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
-    assert torch.equal(out_bs.cpu(), scales)
-    assert torch.equal(out_br.cpu() * torch.repeat_interleave(out_bs.cpu(), 16, dim=1), vals)
+    vals, _, _ = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
+    assert torch.equal(out_b.cpu(), vals)
 
 
 if HAS_TRITON:

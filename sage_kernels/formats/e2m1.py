@@ -132,29 +132,20 @@ def quantize_nvfp4(x: torch.Tensor, g: torch.Tensor):
 
 
 @jit
-def nvfp4_block_jit(xg, g, g_inv, NONNEG: tl.constexpr = False):
+def nvfp4_block_jit(xg, g, g_inv):
     """Quantize an fp32 [R, G, 16] tile in groups along the last axis; g, g_inv: the tensor scale and 1/g.
 
     Returns (r, scale): r = E2M1 grid values [R, G, 16]; scale = E4M3-grid block scales [R, G] relative to g.
-    Twin of `quantize_nvfp4` (div_rn: an IEEE division, as torch's tensor/tensor division). NONNEG: xg >= 0 (P
-    in the attention kernels), which takes the sign-free roundings (six instructions each, scale and elements).
+    Twin of `quantize_nvfp4` (div_rn: an IEEE division, as torch's tensor/tensor division). (P, which is never
+    negative, has its own `nvfp4_p_jit`.)
     """
     # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
     amax = amax_keep_nan(xg, 2)
     nan_block = amax != amax
-    unrounded = amax * (1.0 / 6.0) * g_inv
-    if NONNEG:
-        rounded = round_e4m3_nonneg_jit(unrounded)
-    else:
-        rounded = round_e4m3_jit(unrounded)
-    scale = tl.where(nan_block, float("nan"), rounded)
+    scale = tl.where(nan_block, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g
     inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
-    if NONNEG:
-        r = round_e2m1_nonneg_jit(xg * inv[:, :, None])
-    else:
-        r = round_e2m1_jit(xg * inv[:, :, None])
-    return r, scale
+    return round_e2m1_jit(xg * inv[:, :, None]), scale
 
 
 def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:

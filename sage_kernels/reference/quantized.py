@@ -109,7 +109,7 @@ def _block_rows(col: torch.Tensor, lq: int, j0: int, j1: int) -> torch.Tensor:
 
 def _fp4_block(m, l, acc, t, vj):
     """One key block of FP4 P (attention.fp4_online_stats + softmax_pv): m holds rowmax - log2(2688), so
-    p2 = exp2(t - m) is 2688 * P (level 1); level 2 from the group maxima of t; P.V accumulated in place."""
+    p2 = exp2(t - m) is 2688 * P (level 1); level 2 from the group maxima of t; acc = alpha * acc + P.V."""
     tg = t.reshape(*t.shape[:-1], t.shape[-1] // 16, 16)
     gmax = tg.amax(dim=-1)
     m_new = torch.maximum(m, gmax.amax(dim=-1) - LOG2_FP4_RANGE)
