@@ -337,3 +337,29 @@ def test_persistent_prepass_programs_give_the_same_operands(monkeypatch, precisi
             a, b = getattr(got, name), getattr(whole, name)
             assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
                                b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b), (programs, name)
+
+
+def test_fp4_p_level_one_follows_the_running_max():
+    """FP4 P's level 1 is 2688 against the running row max (SageAttention3's kernel), not against each block's max:
+    a key block whose scores sit 17 (log2 units) below an earlier block's max gets P2 = 2688 * 2**-17, level-2
+    scales in E4M3's subnormal range, and so a quantized mass ~15% off its exact value; against the block's own max
+    it would be exact. Kernel and mirror must agree on that. Scores come only from the Q-smoothing bias (all queries
+    equal: the centred Q is 0), so they are set exactly; V is 0 on the first block and 1 on the second, so the
+    output is the second block's quantized mass over the row sum."""
+    c = 64 ** -0.5 * 1.4426950408889634  # scores in log2 units per unit of q.k
+    y = torch.full((256,), -200.0 / c)
+    y[0] = 0.0
+    y[128:] = -17.0 / c
+    q = torch.zeros(1, 1, 128, 64)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, 256, 64)
+    k[0, 0, :, 0] = y
+    v = torch.zeros(1, 1, 256, 64)
+    v[:, :, 128:] = 1.0
+    q, k, v = (t.to(DEV) for t in (q, k, v))
+    out, mirror = _kernel_and_mirror(q, k, v, "fp4")
+    exact_mass = 128 * 2.0 ** -17
+    # V's 1.0 quantizes to 1.03125 (E4M3 block scale 352 * 2**-11, code 6): the exact-P output would be this
+    exact_p = 1.03125 * exact_mass / (1 + exact_mass)
+    assert torch.allclose(out.float(), mirror.float(), rtol=2e-3, atol=0)
+    assert float(mirror.float().mean()) / exact_p > 1.05, float(mirror.float().mean()) / exact_p
