@@ -26,6 +26,13 @@ def rne_jit(x):
 
 
 @jit
+def div_or_zero_jit(NUM: tl.constexpr, den):
+    """NUM / den as an IEEE division (div_rn, as torch's tensor / tensor), 0 where den is not positive: the inverse
+    scale of every quantizer (a zero or NaN block scale gives 0, never inf)."""
+    return tl.where(den > 0, tl.math.div_rn(tl.full(den.shape, NUM, tl.float32), tl.maximum(den, 1e-30)), 0.0)
+
+
+@jit
 def mul_rn_jit(a, b, INTERPRET: tl.constexpr):
     """a * b rounded to fp32 before any use. Compiled, a product may be fused into the add that follows it (one
     FFMA, no intermediate rounding), and the roundings below then break E2M1 ties differently from their torch twins

@@ -16,8 +16,8 @@ import math
 import torch
 
 from .._triton import jit, tl
-from .common import (amax_keep_nan, exponent, exponent_jit, mul_rn_jit, pow2, pow2_floor_jit, pow2_jit, rne,
-                     rne_jit)
+from .common import (amax_keep_nan, div_or_zero_jit, exponent, exponent_jit, mul_rn_jit, pow2, pow2_floor_jit,
+                     pow2_jit, rne, rne_jit)
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
@@ -144,7 +144,7 @@ def nvfp4_block_jit(xg, g, g_inv):
     nan_block = amax != amax
     scale = tl.where(nan_block, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g
-    inv = tl.where(sg > 0, tl.math.div_rn(tl.full(sg.shape, 1.0, tl.float32), tl.maximum(sg, 1e-30)), 0.0)
+    inv = div_or_zero_jit(1.0, sg)
     return round_e2m1_jit(xg * inv[:, :, None]), scale
 
 
@@ -163,7 +163,7 @@ def nvfp4_p_jit(p2, unrounded, INTERPRET: tl.constexpr):
     product rounded before the E2M1 rounding adds to it (`mul_rn_jit`; it also needs the rounded value's exponent
     bits, so this costs no instruction)."""
     scale = round_e4m3_nonneg_jit(unrounded)
-    inv = tl.where(scale > 0, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.maximum(scale, 1e-30)), 0.0)
+    inv = div_or_zero_jit(1.0, scale)
     return round_e2m1_nonneg_jit(mul_rn_jit(p2, inv[:, :, None], INTERPRET)) * scale[:, :, None]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import amax_keep_nan, rne
+from .common import amax_keep_nan, div_or_zero_jit, rne
 
 INT8_MAX = 127.0
 
@@ -34,6 +34,6 @@ def quantize_int8_jit(x, AXIS: tl.constexpr):
     sum's low bits are RNE(x * inv), as `rne`), and a byte move. |x * inv| <= 127 (1 + 2**-24) for finite x, so
     no clamp is needed: the codes equal torch's clamped ones."""
     amax = amax_keep_nan(x, AXIS)
-    inv = tl.where(amax > 0, tl.math.div_rn(tl.full(amax.shape, 127.0, tl.float32), tl.maximum(amax, 1e-30)), 0.0)
+    inv = div_or_zero_jit(127.0, amax)
     codes = (x * tl.expand_dims(inv, AXIS) + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
     return codes, amax * (1.0 / 127.0)

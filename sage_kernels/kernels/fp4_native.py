@@ -20,6 +20,7 @@ for Triton's interpreter; this never runs there.
 from __future__ import annotations
 
 from .._triton import HAS_TRITON, jit, tl
+from ..formats.common import div_or_zero_jit
 
 if HAS_TRITON:
     from triton.language.core import builtin as _builtin
@@ -57,7 +58,7 @@ def quantize_p(xg, unrounded, BM: tl.constexpr, N: tl.constexpr):
     code = E2M1(x / scale), 0 for a block whose scale is 0."""
     sc8 = unrounded.to(tl.float8e4nv)
     sc = sc8.to(tl.float32)
-    inv = tl.where(sc > 0, tl.math.div_rn(tl.full(sc.shape, 1.0, tl.float32), tl.maximum(sc, 1e-30)), 0.0)
+    inv = div_or_zero_jit(1.0, sc)
     even, odd = tl.split(tl.reshape(xg * inv[:, :, None], (BM, N // 2, 2)))
     return _e2m1x2(even, odd), sc8
 
