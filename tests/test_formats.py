@@ -193,8 +193,7 @@ def test_triton_int8_keeps_nan_and_inf_scales():
 
 if HAS_TRITON:
     @triton.jit
-    def _nonneg_kernel(X, OUT_R, OUT_E4, OUT_B, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
-                       INTERPRET: tl.constexpr):
+    def _nonneg_kernel(X, OUT_R, OUT_E4, OUT_B, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
         offs = tl.arange(0, N)
         tl.store(OUT_R + offs, round_e2m1_nonneg_jit(tl.load(X + offs)))
         tl.store(OUT_E4 + offs, round_e4m3_nonneg_jit(tl.load(X + offs)))
@@ -202,7 +201,7 @@ if HAS_TRITON:
         cols = tl.arange(0, C)
         x = tl.reshape(tl.load(X + rows[:, None] * C + cols[None, :]), (R, C // 16, 16))
         tl.store(OUT_B + rows[:, None] * C + cols[None, :],
-                 tl.reshape(nvfp4_p_jit(x, tl.max(x, 2) * (1.0 / 6.0), INTERPRET), (R, C)))
+                 tl.reshape(nvfp4_p_jit(x, tl.max(x, 2) * (1.0 / 6.0)), (R, C)))
 
 
 @pytestmark_triton
@@ -218,7 +217,7 @@ def test_nonnegative_fp4_rounding_matches_the_general_one():
     x[116:128] = torch.tensor([2.0 ** -127, 2.0 ** -9 * 1.5, 2.0 ** -9 * 2.5, 2.0 ** -6 * 1.0625, 464.0, 465.0,
                                1e30, 8.0, 9.0, 15.99, 2.0 ** -7 * 1.0625, 0.015625])
     out_r, out_e4, out_b = torch.empty(n, device=DEV), torch.empty(n, device=DEV), torch.empty(rows, cols, device=DEV)
-    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, out_b, N=n, R=rows, C=cols, INTERPRET=DEV == "cpu")
+    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, out_b, N=n, R=rows, C=cols)
     assert torch.equal(out_r.cpu(), round_e2m1(x))
     assert torch.equal(out_e4.cpu(), round_e4m3(x))
     vals, _, _ = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
@@ -227,12 +226,12 @@ def test_nonnegative_fp4_rounding_matches_the_general_one():
 
 if HAS_TRITON:
     @triton.jit
-    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr, INTERPRET: tl.constexpr):
+    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr):
         rows = tl.arange(0, R)
         cols = tl.arange(0, G * 16)
         p2 = tl.reshape(tl.load(P2 + rows[:, None] * (G * 16) + cols[None, :]), (R, G, 16))
         u = tl.load(U + rows[:, None] * G + tl.arange(0, G)[None, :])
-        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u, INTERPRET), (R, G * 16)))
+        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u), (R, G * 16)))
 
 
 @pytestmark_triton
@@ -251,8 +250,7 @@ def test_p_level2_twins_agree_and_follow_the_nvfp4_rule():
     p2[0, 3] = 6 * 2.0 ** -11  # scale rounds to 0: the block is 0
     unrounded = p2.amax(dim=-1) * (1.0 / 6.0)
     out = torch.empty(rows, groups * 16, device=DEV)
-    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups,
-                           INTERPRET=DEV == "cpu")
+    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups)
     want = quantize_p_nvfp4(p2, unrounded)
     assert torch.equal(out.cpu().reshape(rows, groups, 16), want)
     vals, _, _ = quantize_nvfp4(p2.reshape(rows, groups * 16), torch.tensor(1.0))

@@ -33,12 +33,12 @@ def div_or_zero_jit(NUM: tl.constexpr, den):
 
 
 @jit
-def mul_rn_jit(a, b, INTERPRET: tl.constexpr):
+def mul_rn_jit(a, b):
     """a * b rounded to fp32 before any use. Compiled, a product may be fused into the add that follows it (one
     FFMA, no intermediate rounding), and the roundings below then break E2M1 ties differently from their torch twins
-    (e.g. 112 * fl(1/448) is 0.25 once rounded, a hair above unrounded). The interpreter has no libdevice and never
-    fuses."""
-    if INTERPRET:
+    (e.g. 112 * fl(1/448) is 0.25 once rounded, a hair above unrounded). The interpreter (`INTERPRETING`) has no
+    libdevice and never fuses."""
+    if INTERPRETING:
         return a * b
     return libdevice.mul_rn(a, b)
 

@@ -158,13 +158,13 @@ def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:
 
 
 @jit
-def nvfp4_p_jit(p2, unrounded, INTERPRET: tl.constexpr):
+def nvfp4_p_jit(p2, unrounded):
     """quantize_p_nvfp4 for [R, G, 16] tiles: the sign-free roundings (P >= 0), an IEEE reciprocal per block and a
     product rounded before the E2M1 rounding adds to it (`mul_rn_jit`; it also needs the rounded value's exponent
     bits, so this costs no instruction)."""
     scale = round_e4m3_nonneg_jit(unrounded)
     inv = div_or_zero_jit(1.0, scale)
-    return round_e2m1_nonneg_jit(mul_rn_jit(p2, inv[:, :, None], INTERPRET)) * scale[:, :, None]
+    return round_e2m1_nonneg_jit(mul_rn_jit(p2, inv[:, :, None])) * scale[:, :, None]
 
 
 @jit

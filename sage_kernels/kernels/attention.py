@@ -128,7 +128,7 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
         acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
     elif PV_FORMAT == C_FP4_VALUES:  # dequantized FP4 P (exact in bf16) . V values
         p2, unrounded, alpha, l_i, m_new = fp4_online_stats(s, m_i, l_i, BM, BN)
-        p = tl.reshape(nvfp4_p_jit(p2, unrounded, INTERPRET), (BM, BN))
+        p = tl.reshape(nvfp4_p_jit(p2, unrounded), (BM, BN))
         # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
         # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
         acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))
