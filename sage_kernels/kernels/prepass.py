@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .._triton import jit, tl
 from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_jit, tensor_scale_jit
-from ..formats.common import div_or_zero_jit
+from ..formats.common import amax_keep_nan, div_or_zero_jit
 from ..formats.e4m3 import round_e4m3_jit
 from ..formats.int8 import quantize_int8_jit
 from .common import dot16, pack_pairs
@@ -154,8 +154,7 @@ def prep_v_kernel(
         tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], codes)
         tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, scale)
     elif FORMAT == C_FP8:
-        amax = tl.max(tl.abs(x), axis=0)
-        amax = tl.where(tl.max((x != x).to(tl.int32), axis=0) > 0, float("nan"), amax)  # NaN stays visible
+        amax = amax_keep_nan(x, 0)  # NaN stays visible
         inv = div_or_zero_jit(448.0, amax)
         # Rounded arithmetically first: the cast then only stores exact values (Triton's interpreter mis-rounds).
         vals = round_e4m3_jit(x * inv[None, :])
