@@ -133,6 +133,8 @@ def record_launches(cc: int, dps=HEAD_DIMS, native: bool = True) -> list[Launch]
                 with contextlib.ExitStack() as stack:  # run.py as on a GPU of capability cc, kernels recorded
                     stack.enter_context(mock.patch.object(kernel_run, "launch_config",
                                                           lambda _arch, *a: configs.launch_config(cc, *a)))
+                    stack.enter_context(mock.patch.object(kernel_run, "fp4_key_slots",
+                                                          lambda _arch: configs.fp4_key_slots(cc)))
                     stack.enter_context(mock.patch.object(kernel_run, "interpreter_active", lambda: False))
                     calls = stack.enter_context(aot.recording())
                     kernel_run.run(_problem(dp, causal), "fp4", QuantOptions(), lse, native_fp4=native)

@@ -21,7 +21,7 @@ from ..capabilities import WIDE_HEAD_SMEM, smem_limit
 from . import means as means_module
 from . import run as run_module
 from .attention_ws import HAS_GLUON
-from .configs import launch_config, prepass_stages
+from .configs import fp4_key_slots, launch_config, prepass_stages
 from .run import TensorDescriptor
 
 if HAS_GLUON:
@@ -135,6 +135,8 @@ def compile_launch(launch: Launch, arch: int):
     that GPU; returns triton's CompiledKernel (PTX in .asm["ptx"])."""
     from triton.backends.compiler import GPUTarget
 
+    if launch.kwargs.get("KEY_SLOTS"):  # recorded as on sm_90 (CPU tensors); the FP4 emulation's key order is the GPU's
+        launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, "KEY_SLOTS": fp4_key_slots(arch)})
     if launch.name == "prep_rows_kernel":  # its pipeline depth depends on the GPU's shared memory, as launched
         kw = launch.kwargs
         stages = prepass_stages(arch, kw["DP"], launch.args[0].element_size())

@@ -24,6 +24,7 @@ from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit
 from ..formats.e4m3 import round_e4m3_jit
 from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
+from .key_slots import groups_to_keys, key_of_slot_jit, keys_to_groups
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_INT8, C_V16
 
 
@@ -46,12 +47,13 @@ def int8_scores_from_bits(bits, k_scale, q_scale, col, HAS_COL: tl.constexpr):
 @jit
 def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
             BN: tl.constexpr, DP: tl.constexpr, QK_FORMAT: tl.constexpr, MASKED: tl.constexpr,
-            HAS_COL: tl.constexpr, INTERPRET: tl.constexpr):
-    """Scores of one key block in log2 units: dequantized Q.K^T plus the column bias, causal mask applied.
+            HAS_COL: tl.constexpr, KEY_SLOTS: tl.constexpr, INTERPRET: tl.constexpr):
+    """Scores of one key block in log2 units: dequantized Q.K^T plus the column bias, causal mask applied; with
+    KEY_SLOTS (FP4 values only) K's rows and so the scores' columns are in key_slots order.
     (The column bias is loaded after the product: loaded before, it stays live across it and the native NVFP4
     kernel spills.)"""
     offs_d = tl.arange(0, DP)
-    keys = start_n + tl.arange(0, BN)
+    keys = start_n + tl.arange(0, BN)  # also the operand rows, unless KEY_SLOTS
     if QK_FORMAT == C_INT8:
         k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
         qk = tl.dot(q, tl.trans(k))
@@ -61,6 +63,8 @@ def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m,
         s = int8_scores(qk, tl.load(KS_base + keys)[None, :], q_scale, col, HAS_COL)
     elif QK_FORMAT == C_FP4_VALUES:  # q_scale is a scalar there
         k = tl.load(K_base + keys[:, None] * s_kl + offs_d[None, :])
+        if KEY_SLOTS:
+            keys = start_n + key_of_slot_jit(tl.arange(0, BN))
         s = dot16(q, tl.trans(k), INTERPRET) * q_scale
         if HAS_COL:
             s = s + tl.load(col_base + keys)[None, :]
@@ -100,14 +104,14 @@ _LOG2_FP4_RANGE = tl.constexpr(LOG2_FP4_RANGE)
 
 
 @jit
-def fp4_online_stats(s, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
-    """The softmax step of FP4 P (see the module docstring): m_i holds rowmax - log2(2688), so p2 = exp2(s - m_i)
-    is level 1's 2688 * P with no multiply. Returns (p2 [BM, BN/16, 16], its level-2 scales before rounding
-    max16(p2) / 6 [BM, BN/16] (from the group maxima of s: one exp2 per 16 keys), alpha, l_new, m_new). The row
+def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
+    """The softmax step of FP4 P (see the module docstring) on scores sg [BM, BN/16, 16] in groups of 16 keys: m_i
+    holds rowmax - log2(2688), so p2 = exp2(s - m_i) is level 1's 2688 * P with no multiply. Returns (p2 [BM,
+    BN/16, 16], its level-2 scales before rounding max16(p2) / 6 [BM, BN/16] (from the group maxima of s: one
+    exp2 per 16 keys), alpha, l_new, m_new). The row
     max is the max of the group maxima. Relative to the running max rather than the block's, a block far below it
     gets smaller E4M3 scales, which only loses precision where they turn subnormal: P < 2**-6 / 448 of the row
     max."""
-    sg = tl.reshape(s, (BM, BN // 16, 16))
     gmax = tl.max(sg, 2)
     m_new = tl.maximum(m_i, tl.max(gmax, 1) - _LOG2_FP4_RANGE)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -119,7 +123,7 @@ def fp4_online_stats(s, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
 
 @jit
 def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr, PV_FORMAT: tl.constexpr,
-               INTERPRET: tl.constexpr):
+               KEY_SLOTS: tl.constexpr, INTERPRET: tl.constexpr):
     """Online-softmax update with one key block's scores s (log2 units) and its V tile: quantize P, P.V, rescale
     and accumulate. v: (BN, DP) for 16-bit and FP4-values V, (DP, BN) keys contiguous for INT8/FP8 V; v_scale:
     (1, DP) per-channel scales of this key block (INT8/FP8). Shared by both attention kernels."""
@@ -127,8 +131,15 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
         e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, False)
         acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
     elif PV_FORMAT == C_FP4_VALUES:  # dequantized FP4 P (exact in bf16) . V values
-        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(s, m_i, l_i, BM, BN)
-        p = tl.reshape(nvfp4_p_jit(p2, unrounded), (BM, BN))
+        if KEY_SLOTS:  # K and V in key_slots order: a group of 16 keys is one thread's (no shuffles, one scale)
+            sg = keys_to_groups(s, BM, BN)
+        else:
+            sg = tl.reshape(s, (BM, BN // 16, 16))
+        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
+        if KEY_SLOTS:
+            p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN)
+        else:
+            p = tl.reshape(nvfp4_p_jit(p2, unrounded), (BM, BN))
         # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
         # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
         acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))
@@ -149,13 +160,14 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
 
 @jit
 def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk, Lk, DV,
-            BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, PV_FORMAT: tl.constexpr, INTERPRET: tl.constexpr):
+            BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, PV_FORMAT: tl.constexpr, KEY_SLOTS: tl.constexpr,
+            INTERPRET: tl.constexpr):
     """Load one key block's V tile through pointers and apply softmax_pv (native NVFP4 P.V loads its own).
     (No early return: Triton 3.6 still compiles the code after a `return` inside a constexpr branch.)"""
     keys = start_n + tl.arange(0, BN)
     offs_d = tl.arange(0, DP)
     if PV_FORMAT == C_FP4_CODES:
-        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(s, m_i, l_i, BM, BN)
+        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(tl.reshape(s, (BM, BN // 16, 16)), m_i, l_i, BM, BN)
         acc = acc * alpha[:, None] + native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i,
                                                BM, BN, DP)
     else:
@@ -168,7 +180,7 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
         else:
             v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
             v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)[None, :]
-        acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, INTERPRET)
+        acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, KEY_SLOTS, INTERPRET)
     return acc, l_i, m_i
 
 
@@ -180,15 +192,15 @@ def _attn_blocks(
     offs_m, causal_offset, lo, hi, Lk, DV,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, MASKED: tl.constexpr, HAS_COL: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    KEY_SLOTS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Key blocks [lo, hi). (Issuing the next block's Q.K^T before this block's softmax measured 10-25% slower on
     an H200: register pressure; docs/BENCHMARKS.md.)"""
     for start_n in range(lo, hi, BN):
         s = _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m, causal_offset, start_n,
-                    BN, DP, QK_FORMAT, MASKED, HAS_COL, INTERPRET)
+                    BN, DP, QK_FORMAT, MASKED, HAS_COL, KEY_SLOTS, INTERPRET)
         acc, l_i, m_i = _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
-                                Lk, DV, BM, BN, DP, PV_FORMAT, INTERPRET)
+                                Lk, DV, BM, BN, DP, PV_FORMAT, KEY_SLOTS, INTERPRET)
     return acc, l_i, m_i
 
 
@@ -203,12 +215,13 @@ def attention_kernel(
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, t0, t1, DV, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
     QK_FORMAT: tl.constexpr, PV_FORMAT: tl.constexpr, IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr,
-    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr, KEY_SLOTS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q, K: operand buffers (B, H, L_pad, ...) with strides s_q*, s_k* (row stride s_ql / s_kl).
     QS / KS: fp32 per-row scales (int8: scale, Q's includes sm_scale*log2e/rotation; fp4 codes: second level;
     fp4 values: QS is unused, the scores' factor sm_scale*log2(e) is qk_factor). QSF / KSF: E4M3 block
-    scales (fp4 codes). V: INT8/FP8 (B, Hk, DP, Lk_pad) keys contiguous; FP4 values (B, Hk, Lk_pad, DP); FP4 codes
+    scales (fp4 codes). V: INT8/FP8 (B, Hk, DP, Lk_pad) keys contiguous; FP4 values (B, Hk, Lk_pad, DP) (its and
+    K's rows in key_slots order when KEY_SLOTS); FP4 codes
     (B, Hk, DP, Lk_pad/2). VS: per-block channel scales; VSF: V's E4M3 scales (B, Hk, DP, Lk_pad/16).
     Grid: (BM-row query blocks of a head, heads); the programs of 128-row smoothing blocks t0 .. t1 - 1 (numbered
     across heads) run.
@@ -266,16 +279,19 @@ def attention_kernel(
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, mid,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, KEY_SLOTS,
+                                     INTERPRET)
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, mid, hi,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, True, HAS_COL, KEY_SLOTS,
+                                     INTERPRET)
     else:
         acc, l_i, m_i = _attn_blocks(acc, l_i, m_i, q, q_sf, q_scale, K_base, KS_base, KSF_base, V_base, VS_base,
                                      VSF_base, col_base, s_kl, s_vr, s_vsblk, offs_m, causal_offset, 0, Lk_pad,
                                      Lk, DV,
-                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, INTERPRET)
+                                     BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, KEY_SLOTS,
+                                     INTERPRET)
 
     g_v = 1.0
     if PV_FORMAT == C_FP4_CODES:

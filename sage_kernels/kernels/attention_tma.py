@@ -22,6 +22,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from .attention import int8_scores, softmax_pv, store_output
 from .common import column_bias_row, dot16, program_coords
+from .key_slots import groups_to_keys
 from .prepass import C_FP4_VALUES, C_V16
 
 
@@ -55,9 +56,9 @@ def attention_tma_kernel(
     for start_n in tl.range(0, Lk_pad, BN, warp_specialize=WARP_SPECIALIZE):
         k = k_desc.load([k_row + start_n, 0])
         if PV_FORMAT == C_FP4_VALUES:  # the FP4 emulation: Q, K and V as exact bf16 values
-            s = dot16(q, tl.trans(k), INTERPRET) * qk_factor
+            s = dot16(q, tl.trans(k), INTERPRET) * qk_factor  # keys in key_slots order (run._tma_applies)
             if HAS_COL:
-                s = s + col_desc.load([col_row, start_n])
+                s = s + groups_to_keys(tl.reshape(col_desc.load([col_row, start_n]), (1, BN // 16, 16)), 1, BN)
             v = v_desc.load([k_row + start_n, 0])
             v_scale = 0.0
         else:
@@ -72,7 +73,7 @@ def attention_tma_kernel(
             else:
                 v = v_desc.load([bhk * DP, start_n])
                 v_scale = vs_desc.load([bhk * (Lk_pad // BN) + start_n // BN, 0])
-        acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, INTERPRET)
+        acc, l_i, m_i = softmax_pv(acc, l_i, m_i, s, v, v_scale, BM, BN, PV_FORMAT, True, INTERPRET)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     vmean = 0.0

@@ -12,6 +12,7 @@ from ..formats.common import amax_keep_nan, div_or_zero_jit
 from ..formats.e4m3 import round_e4m3_jit
 from ..formats.int8 import quantize_int8_jit
 from .common import dot16, pack_pairs
+from .key_slots import slot_of_key_jit
 
 # Operand formats: plain ints for host code, constexpr twins (C_*) for use inside kernels, which may only read
 # constexpr globals (Triton's interpreter accepts plain ones, the compiler does not).
@@ -48,11 +49,12 @@ def prep_rows_kernel(
     OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
     H, L, L_pad, D, kv_group, row_factor, sm_scale, n_tiles,
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
-    ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, STAGES: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
+    STAGES: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Q or K rows: subtract the mean (K smoothing / Q smoothing), optionally rotate (Hadamard), quantize per row
-    (INT8, or NVFP4 along the head dim with a per-row power-of-two second level).
+    (INT8, or NVFP4 along the head dim with a per-row power-of-two second level). KEY_SLOTS: K's FP4 values
+    stored in key_slots order (the sm_90 emulation kernel's).
 
     STAGES=1: one tile per program (grid = the B*H*(L_pad/BT) tiles, head-major). STAGES>=2: persistent, program
     i takes tiles i, i + grid, ... with the next tile's load in flight while this one is computed (sm_90: -11% at
@@ -60,19 +62,20 @@ def prep_rows_kernel(
     if STAGES == 1:
         _prep_tile(tl.program_id(0), X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT,
                    OUT_SCALE, OUT_SF, H, L, L_pad, D, kv_group, row_factor, sm_scale,
-                   BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, INTERPRET)
+                   BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, KEY_SLOTS, INTERPRET)
     else:
         for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
             _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT,
                        OUT_SCALE, OUT_SF, H, L, L_pad, D, kv_group, row_factor, sm_scale,
-                       BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, INTERPRET)
+                       BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, KEY_SLOTS, INTERPRET)
 
 
 @jit
 def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT, OUT_SCALE, OUT_SF,
                H, L, L_pad, D, kv_group, row_factor, sm_scale,
                BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
-               ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, INTERPRET: tl.constexpr):
+               ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
+               INTERPRET: tl.constexpr):
     """Tile t (head-major) of prep_rows_kernel."""
     cols = tl.arange(0, DP)
     tiles_per_head = L_pad // BT
@@ -117,6 +120,8 @@ def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, 
         rq, sc = nvfp4_block_jit(tl.reshape(xs, (BT, DP // 16, 16)), g[:, None], g_inv[:, None])
         if FORMAT == C_FP4_VALUES:
             vals = tl.reshape(rq * sc[:, :, None], (BT, DP)) * g[:, None]
+            if KEY_SLOTS:  # K for the emulation kernel on sm_90: rows in key_slots order
+                out_rows = pid_bh * L_pad + row0 + slot_of_key_jit(tl.arange(0, BT))
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], vals.to(tl.bfloat16))
         else:
             packed = pack_pairs(e2m1_codes_jit(tl.reshape(rq, (BT, DP))), BT, DP)
@@ -134,7 +139,7 @@ def prep_v_kernel(
     GV,  # fp32 (B * Hk,) second-level scale (fp4 formats)
     OUT, OUT_SCALE, OUT_SF,
     H, L, L_pad, D,
-    BN: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, SUB_MEAN: tl.constexpr,
+    BN: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, SUB_MEAN: tl.constexpr, KEY_SLOTS: tl.constexpr,
 ):
     """One BN-token block of V: int8/fp8 per channel (scales per block, stored transposed, tokens contiguous) or
     NVFP4 along tokens (values token-major for the emulation, packed codes transposed for the native kernel)."""
@@ -167,7 +172,10 @@ def prep_v_kernel(
         r, sc = nvfp4_block_jit(xt, g, g_inv)
         if FORMAT == C_FP4_VALUES:
             vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN))) * g
-            tl.store(OUT + (pid_bh * L_pad + toks[:, None]) * DP + cols[None, :], vals.to(tl.bfloat16))
+            rows = toks
+            if KEY_SLOTS:  # rows in key_slots order, as K's
+                rows = row0 + slot_of_key_jit(tl.arange(0, BN))
+            tl.store(OUT + (pid_bh * L_pad + rows[:, None]) * DP + cols[None, :], vals.to(tl.bfloat16))
         else:
             packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (DP, BN))), DP, BN)
             half = row0 // 2 + tl.arange(0, BN // 2)

@@ -22,7 +22,8 @@ from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import PREP_PROGRAMS_PER_SM, TMA_PV_FORMATS, launch_config, prepass_stages, prepass_warps, without_gluon
+from .configs import (PREP_PROGRAMS_PER_SM, TMA_PV_FORMATS, fp4_key_slots, launch_config, prepass_stages, prepass_warps,
+                      without_gluon)
 from .means import key_mean
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
@@ -51,6 +52,7 @@ class Operands:
     lq_pad: int
     lk_pad: int
     score_factor: float  # sm_scale * log2(e) / (rotation's dp): what the fp4-values kernel multiplies scores by
+    key_slots: bool = False  # FP4 values: K's and V's rows in key_slots order (configs.fp4_key_slots)
 
 
 def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
@@ -127,14 +129,16 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         q_means, mean_mode = None, 0
     qm = q_means if q_means is not None else _empty(dev)
     sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
-    stages = prepass_stages(device_info(dev).arch, dp, p.q.element_size())
+    arch = device_info(dev).arch
+    stages = prepass_stages(arch, dp, p.q.element_size())
+    key_slots = qk_fmt == FMT_FP4_VALUES and fp4_key_slots(arch)
     n_tiles = b * hq * (lq_pad // BLOCK_M)
     prep_rows_kernel[(prep_programs(n_tiles, stages, dev),)](
         p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
         hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale, n_tiles,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
+        KEY_SLOTS=False, STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
@@ -144,7 +148,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
         hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0, n_tiles,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
+        X_FP32=x_fp32, KEY_SLOTS=key_slots, STAGES=stages, INTERPRET=interpreter_active(),
+        num_warps=prepass_warps(dp, qk_fmt),
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
@@ -172,10 +177,12 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
         p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
         hk, lk, lk_pad, p.head_dim_v,
-        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, num_warps=prepass_warps(dp, pv_fmt),
+        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
+        num_warps=prepass_warps(dp, pv_fmt),
     )
     return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, g_v, v_mean,
-                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor)
+                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
+                    key_slots)
 
 
 def broadcast_strides(t: torch.Tensor):
@@ -301,7 +308,7 @@ def _launch_pointer(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, 
         BM=cfg.block_m, BN=BLOCK_N, DP=ops.dp, SMOOTH_BLOCK=BLOCK_M, QK_FORMAT=ops.qk_format,
         PV_FORMAT=ops.pv_format,
         IS_CAUSAL=p.is_causal, RETURN_LSE=lse is not None, HAS_VMEAN=ops.v_mean is not None,
-        HAS_COL=has_col,
+        HAS_COL=has_col, KEY_SLOTS=ops.key_slots,
         INTERPRET=interpreter_active(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -320,7 +327,7 @@ def _tma_applies(p: AttentionProblem, ops: Operands) -> bool:
     if p.is_causal or p.len_k == 0 or ops.dp > 128 or p.dtype == torch.float32:
         return False
     if ops.qk_format == FMT_FP4_VALUES:
-        return True
+        return ops.key_slots  # the TMA kernel's FP4 loop takes K and V in key_slots order only
     if ops.qk_format != FMT_INT8 or ops.pv_format not in TMA_PV_FORMATS:
         return False
     return ops.pv_format != FMT_V16 or _tma_ok(ops.v)
