@@ -3,6 +3,7 @@ replayed from a CUDA graph (no host overhead). A script, not a test.
 
     python bench/profile_call.py                                 # issue #3's D=128 shapes, the API default (int8)
     python bench/profile_call.py --shapes 1,24,4608,128 --pv fp8
+    python bench/profile_call.py --precision fp4                 # the FP4 emulation (or native FP4 on Blackwell)
 
 "wall" is triton.testing.do_bench's median of the eager call; "graph" the same call captured once and replayed;
 "kernels" the sum of the GPU kernel times torch.profiler saw per call. wall - graph is host overhead the GPU waited
@@ -66,6 +67,7 @@ def kernel_times(fn, calls=20):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="*", default=SHAPES, help="B,H,L,D")
+    ap.add_argument("--precision", default="int8", choices=("int8", "fp4"))
     ap.add_argument("--pv", default="16bit")
     ap.add_argument("--smooth-q", default="block")
     ap.add_argument("--one-chunk", action="store_true", help="compute the column-bias table in one chunk")
@@ -81,7 +83,7 @@ def main():
         torch.manual_seed(0)
         q, k, v = (torch.randn(shape, device=dev, dtype=torch.bfloat16) for _ in range(3))
         cands = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
-                 "sage3": lambda: sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton",
+                 "sage3": lambda: sage_kernels.sage_attention(q, k, v, precision=args.precision, backend="triton",
                                                               pv=args.pv, smooth_q=args.smooth_q, fallback="error")}
         for name, fn in cands.items():
             fn()
