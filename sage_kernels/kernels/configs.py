@@ -86,7 +86,7 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
 def fp4_key_slots(arch: int) -> bool:
     """Whether the FP4 emulation stores K and V in key_slots order (each group of 16 keys in one thread's
     registers): where the MMA tile keeps a row's key columns inside one warp, i.e. wgmma (sm_90, warps split the
-    rows: loop -19% instructions, +13..30% measured on an H200). Triton's mma.sync tiles split the key columns
+    rows: loop -27% instructions, +13..30% measured on an H200). Triton's mma.sync tiles split the key columns
     over warps (warpsPerCTA [2, 4] for 8 warps x 128x128), where a group would cross warps through shared memory
     (+32 KB, past consumer GPUs' 99 KB), so sm_80/86/89/120 keep key order. The interpreter (0) follows sm_90."""
     return arch in (0, 90)
