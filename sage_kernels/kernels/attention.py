@@ -108,10 +108,9 @@ def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
     """The softmax step of FP4 P (see the module docstring) on scores sg [BM, BN/16, 16] in groups of 16 keys: m_i
     holds rowmax - log2(2688), so p2 = exp2(s - m_i) is level 1's 2688 * P with no multiply. Returns (p2 [BM,
     BN/16, 16], its level-2 scales before rounding max16(p2) / 6 [BM, BN/16] (from the group maxima of s: one
-    exp2 per 16 keys), alpha, l_new, m_new). The row
-    max is the max of the group maxima. Relative to the running max rather than the block's, a block far below it
-    gets smaller E4M3 scales, which only loses precision where they turn subnormal: P < 2**-6 / 448 of the row
-    max."""
+    exp2 per 16 keys), alpha, l_new, m_new). The row max is the max of the group maxima. Relative to the running
+    max rather than the block's, a block far below it gets smaller E4M3 scales, which only loses precision where
+    they turn subnormal: P < 2**-6 / 448 of the row max."""
     gmax = tl.max(sg, 2)
     m_new = tl.maximum(m_i, tl.max(gmax, 1) - _LOG2_FP4_RANGE)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -19,8 +19,6 @@ import torch
 
 from .._triton import jit, tl
 
-SPAN = 64  # keys per permuted span; key blocks (options.BLOCK_N) are a multiple of it
-
 
 @jit
 def slot_of_key_jit(key):
