@@ -159,7 +159,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
     g_v = _empty(dev)
     if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
-        amax = torch.maximum(p.v.amax(dim=(2, 3)), -p.v.amin(dim=(2, 3))).to(torch.float32) if lk else \
+        # one reduction over V (amax and amin took two, plus an elementwise max): |V|'s max, NaN kept
+        amax = torch.linalg.vector_norm(p.v, float("inf"), dim=(2, 3), dtype=torch.float32) if lk else \
             torch.zeros(b, hk, device=dev)
         g_v = tensor_scale((2 if v_mean is not None else 1) * amax).reshape(-1).contiguous()
     if pv_fmt == FMT_INT8:
