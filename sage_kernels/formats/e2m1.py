@@ -17,7 +17,7 @@ import torch
 
 from .._triton import jit, tl
 from .common import (amax_keep_nan, div_or_zero_jit, exponent, exponent_jit, mul_rn_jit, pow2, pow2_floor_jit,
-                     pow2_jit, rne, rne_jit)
+                     pow2_jit, rne)
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
@@ -51,11 +51,12 @@ def round_e2m1_nonneg_jit(a):
 
 @jit
 def round_e2m1_jit(x):
-    a = tl.abs(x)
-    step = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
-    inv_step = tl.where(a < 2.0, 2.0, tl.where(a < 4.0, 1.0, 0.5))
-    r = tl.minimum(rne_jit(a * inv_step) * step, 6.0)
-    return tl.where(x < 0, -r, r)
+    """round_e2m1 as the sign-free rounding of min(|x|, 8) (no compares; 8 and above saturate to 6 either way, and
+    the clamp keeps inf finite) with x's sign bit put back by one bitwise op. A zero keeps x's sign (-0.0 for
+    negatives, which compares equal to the twin's zeros)."""
+    r = round_e2m1_nonneg_jit(tl.minimum(tl.abs(x), 8.0))
+    sign = x.to(tl.int32, bitcast=True) & -2147483648
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 def e2m1_codes(r: torch.Tensor) -> torch.Tensor:
