@@ -30,10 +30,10 @@ def relabel_kernel(X, GROUPS, BACK, SLOT_OF_KEY, KEY_OF_SLOT, R: tl.constexpr, B
     rows = tl.arange(0, R)[:, None]
     cols = tl.arange(0, BN)[None, :]
     x = tl.load(X + rows * BN + cols)
-    g = keys_to_groups(x, R, BN)
+    g = keys_to_groups(x, R, BN, True)
     gi = tl.arange(0, BN // 16)[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
     tl.store(GROUPS + tl.arange(0, R)[:, None, None] * BN + gi, g)
-    tl.store(BACK + rows * BN + cols, groups_to_keys(g * 2.0, R, BN))
+    tl.store(BACK + rows * BN + cols, groups_to_keys(g * 2.0, R, BN, True))
     idx = tl.arange(0, BN)
     tl.store(SLOT_OF_KEY + idx, slot_of_key_jit(idx + BN))  # an offset of 64k is kept
     tl.store(KEY_OF_SLOT + idx, key_of_slot_jit(idx))

@@ -130,15 +130,10 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
         e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, False)
         acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
     elif PV_FORMAT == C_FP4_VALUES:  # dequantized FP4 P (exact in bf16) . V values
-        if KEY_SLOTS:  # K and V in key_slots order: a group of 16 keys is one thread's (no shuffles, one scale)
-            sg = keys_to_groups(s, BM, BN)
-        else:
-            sg = tl.reshape(s, (BM, BN // 16, 16))
+        # KEY_SLOTS: K and V in key_slots order, a group of 16 keys is one thread's (no shuffles, one scale)
+        sg = keys_to_groups(s, BM, BN, KEY_SLOTS)
         p2, unrounded, alpha, l_i, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
-        if KEY_SLOTS:
-            p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN)
-        else:
-            p = tl.reshape(nvfp4_p_jit(p2, unrounded), (BM, BN))
+        p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, KEY_SLOTS)
         # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
         # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
         acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))
@@ -166,7 +161,7 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
     keys = start_n + tl.arange(0, BN)
     offs_d = tl.arange(0, DP)
     if PV_FORMAT == C_FP4_CODES:
-        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(tl.reshape(s, (BM, BN // 16, 16)), m_i, l_i, BM, BN)
+        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(keys_to_groups(s, BM, BN, False), m_i, l_i, BM, BN)
         acc = acc * alpha[:, None] + native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i,
                                                BM, BN, DP)
     else:

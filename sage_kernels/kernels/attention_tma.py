@@ -22,7 +22,7 @@ from __future__ import annotations
 from .._triton import jit, tl
 from .attention import int8_scores, softmax_pv, store_output
 from .common import column_bias_row, dot16, program_coords
-from .key_slots import groups_to_keys
+from .key_slots import groups_to_keys, keys_to_groups
 from .prepass import C_FP4_VALUES, C_V16
 
 
@@ -58,7 +58,7 @@ def attention_tma_kernel(
         if PV_FORMAT == C_FP4_VALUES:  # the FP4 emulation: Q, K and V as exact bf16 values
             s = dot16(q, tl.trans(k), INTERPRET) * qk_factor  # keys in key_slots order (run._tma_applies)
             if HAS_COL:
-                s = s + groups_to_keys(tl.reshape(col_desc.load([col_row, start_n]), (1, BN // 16, 16)), 1, BN)
+                s = s + groups_to_keys(keys_to_groups(col_desc.load([col_row, start_n]), 1, BN, False), 1, BN, True)
             v = v_desc.load([k_row + start_n, 0])
             v_scale = 0.0
         else:

@@ -45,14 +45,19 @@ def keys_in_order(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 @jit
-def keys_to_groups(x, R: tl.constexpr, BN: tl.constexpr):
-    """[R, BN] in slot order -> [R, BN // 16, 16]: [:, g, i] is key 16g + i."""
+def keys_to_groups(x, R: tl.constexpr, BN: tl.constexpr, KEY_SLOTS: tl.constexpr):
+    """[R, BN] scores -> [R, BN // 16, 16]: [:, g, i] is key 16g + i. KEY_SLOTS: x's columns are in slot order (a
+    register relabeling), else in key order (a plain reshape)."""
+    if not KEY_SLOTS:
+        return tl.reshape(x, (R, BN // 16, 16))
     x = tl.reshape(x, (R, BN // 64, 8, 4, 2))  # slot 64h + 8c + 2r + b
     return tl.reshape(tl.permute(x, (0, 1, 3, 2, 4)), (R, BN // 16, 16))  # key 64h + 16r + 2c + b
 
 
 @jit
-def groups_to_keys(x, R: tl.constexpr, BN: tl.constexpr):
-    """Inverse of keys_to_groups: [R, BN // 16, 16] by key -> [R, BN] in slot order."""
+def groups_to_keys(x, R: tl.constexpr, BN: tl.constexpr, KEY_SLOTS: tl.constexpr):
+    """Inverse of keys_to_groups: [R, BN // 16, 16] by key -> [R, BN] in slot order (KEY_SLOTS) or key order."""
+    if not KEY_SLOTS:
+        return tl.reshape(x, (R, BN))
     x = tl.reshape(x, (R, BN // 64, 4, 8, 2))
     return tl.reshape(tl.permute(x, (0, 1, 3, 2, 4)), (R, BN))
