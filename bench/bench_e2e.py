@@ -6,8 +6,12 @@
 
 ComfyUI comes from $COMFYUI_ROOT (bench/make_comfy_bundle.sh makes a trimmed copy for the GPU machine). The pack
 is loaded through ComfyUI's own custom-node loader. Time = median of --reps forwards after a warm-up; "no attention"
-replaces attention with q (shows attention's share of the step). Accuracy: cos / rel L1 of the step's output vs
-the unpatched model's. Results also go to $OUT/bench_e2e.json when OUT is set.
+replaces attention with q (shows attention's share of the step). --bound adds two ceilings for any 8-bit attention
+backend: "fp8 GEMM, same FLOPs" replaces each attention call by an FP8 GEMM of its FLOP count (4*B*H*Lq*Lk*D,
+torch._scaled_mm), and "8-bit peak" gives each call exactly FLOPs / --peak-tops of GPU time (an FP8 GEMM resized
+to take that long: an attention running at the FP8 GEMM's best measured rate, with free softmax and
+quantization). Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
+$OUT/bench_e2e.json when OUT is set.
 """
 from __future__ import annotations
 
@@ -77,18 +81,94 @@ def timed(model_obj, patcher, reps):
 
 def no_attention(patcher):
     """Clone whose attention returns q in the output layout (the step's cost without attention)."""
+    return with_override(patcher, lambda func, q, k, v, *args, **kwargs: _q_as_output(q, kwargs))
+
+
+def _flops(q, k, args, kwargs) -> int:
+    """4*B*H*Lq*Lk*D of one attention call in either of ComfyUI's layouts."""
+    if kwargs.get("skip_reshape"):
+        b, h, lq, d = q.shape
+        return 4 * b * h * lq * k.shape[2] * d
+    b, lq, inner = q.shape
+    return 4 * b * lq * k.shape[1] * inner
+
+
+class Fp8GemmBound:
+    """Attention override that runs one FP8 GEMM (M = N, K = 8192, bf16 out) of the call's FLOP count and returns
+    q in the output layout: an upper bound on the speed of any 8-bit attention kernel (it does the same tensor-core
+    work with no softmax, quantization or memory traffic beyond the GEMM's)."""
+
+    K = 8192
+
+    def __init__(self):
+        self.operands = {}
+
+    def gemm(self, flops: int, device):
+        n = max(16, round((flops / (2 * self.K)) ** 0.5 / 16) * 16)
+        if n not in self.operands:
+            gen = torch.Generator(device=device).manual_seed(0)
+            a = torch.randn(n, self.K, device=device, generator=gen).to(torch.float8_e4m3fn)
+            b = torch.randn(n, self.K, device=device, generator=gen).to(torch.float8_e4m3fn)
+            self.operands[n] = (a, b, torch.ones((), device=device))
+        a, b, one = self.operands[n]
+        return torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 2 * n * n * self.K
+
+    def __call__(self, func, q, k, v, *args, **kwargs):
+        self.gemm(_flops(q, k, args, kwargs), q.device)
+        return _q_as_output(q, kwargs)
+
+
+def _q_as_output(q, kwargs):
+    if kwargs.get("skip_reshape") and not kwargs.get("skip_output_reshape"):
+        b, h, l, d = q.shape
+        return q.transpose(1, 2).reshape(b, l, h * d)
+    return q
+
+
+class PeakBound:
+    """Attention override whose GPU time per call is FLOPs / peak: an FP8 GEMM resized until its measured time is
+    that (calibrated per call size during the warm-up step), then q in the output layout. The step time an attention
+    kernel running at the 8-bit tensor-core peak would give."""
+
+    def __init__(self, peak_tops: float):
+        self.peak = peak_tops * 1e12
+        self.gemms = Fp8GemmBound()
+        self.sized = {}  # attention FLOPs -> GEMM FLOPs
+
+    def _time(self, flops, device) -> float:
+        return self.gemms.gemm(flops, device)[1] / gemm_rate(self.gemms, flops, device) / 1e12
+
+    def __call__(self, func, q, k, v, *args, **kwargs):
+        flops = _flops(q, k, args, kwargs)
+        if flops not in self.sized:
+            target, sized = flops / self.peak, flops
+            for _ in range(3):
+                sized = int(sized * target / self._time(sized, q.device))
+            self.sized[flops] = sized
+        self.gemms.gemm(self.sized[flops], q.device)
+        return _q_as_output(q, kwargs)
+
+
+def with_override(patcher, override):
     clone = patcher.clone()
     opts = dict(clone.model_options.get("transformer_options", {}))
-
-    def skip(func, q, k, v, *args, **kwargs):
-        if kwargs.get("skip_reshape") and not kwargs.get("skip_output_reshape"):
-            b, h, l, d = q.shape
-            return q.transpose(1, 2).reshape(b, l, h * d)
-        return q
-
-    opts["optimized_attention_override"] = skip
+    opts["optimized_attention_override"] = override
     clone.model_options["transformer_options"] = opts
     return clone
+
+
+def gemm_rate(bound: Fp8GemmBound, flops: int, device) -> float:
+    """TOPS of the bound's GEMM for one attention call of `flops` (CUDA events, median of 20)."""
+    bound.gemm(flops, device)
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        _, done = bound.gemm(flops, device)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return done / statistics.median(times) / 1e12
 
 
 def main():
@@ -96,6 +176,10 @@ def main():
     ap.add_argument("--models", nargs="*", default=["flux", "hunyuan_video"])
     ap.add_argument("--precisions", nargs="*", default=["sdpa", "int8", "fp4"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--bound", action="store_true", help="also time the step with attention replaced by an FP8 GEMM "
+                    "of its FLOPs and with attention at --peak-tops (ceilings of any 8-bit attention)")
+    ap.add_argument("--peak-tops", type=float, default=1252.0, help="8-bit tensor-core peak for --bound (default: "
+                    "the H200's measured torch._scaled_mm rate, shared/docs/peer-measurements.md)")
     args = ap.parse_args()
     device = torch.device("cuda")
     import_comfy(cpu=False)
@@ -122,6 +206,19 @@ def main():
         rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="no attention",
                          s=t_none, speedup=t_ref / t_none, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                          kernels="-"))
+        if args.bound:
+            bound = Fp8GemmBound()
+            _, t_bound = timed(model, with_override(model.patcher, bound), args.reps)
+            tokens = model.notes["tokens"]
+            rate = gemm_rate(bound, 4 * FLUX_DEV["heads"] * tokens * tokens * 128, device)
+            rows.append(dict(model=label, tokens=tokens, params_b=params, variant="fp8 GEMM, same FLOPs",
+                             s=t_bound, speedup=t_ref / t_bound, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
+                             kernels=f"its GEMM: {rate:.0f} TOPS at {tokens} tokens"))
+            del bound
+            _, t_peak = timed(model, with_override(model.patcher, PeakBound(args.peak_tops)), args.reps)
+            rows.append(dict(model=label, tokens=tokens, params_b=params, variant="8-bit peak",
+                             s=t_peak, speedup=t_ref / t_peak, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
+                             kernels=f"attention at {args.peak_tops:.0f} TOPS"))
         for spec in args.precisions:  # "int8" or "int8:off" (precision:qk_smoothing widget value)
             precision, _, smoothing = spec.partition(":")
             patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block").args[0]
@@ -137,10 +234,10 @@ def main():
                              s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1, peak_gb=peak, kernels=kernels))
         del model, ref
         torch.cuda.empty_cache()
-    print(f"\n{'model':<26} {'tokens':>7} {'variant':<16} {'s/step':>8} {'x default':>9} {'cos':>9} {'relL1':>8} "
+    print(f"\n{'model':<26} {'tokens':>7} {'variant':<20} {'s/step':>8} {'x default':>9} {'cos':>9} {'relL1':>8} "
           f"{'peak GB':>8}  kernels")
     for r in rows:
-        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<16} {r['s']:8.3f} {r['speedup']:9.3f} {r['cos']:9.5f} "
+        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<20} {r['s']:8.3f} {r['speedup']:9.3f} {r['cos']:9.5f} "
               f"{r['rel_l1']:8.4f} {r['peak_gb']:8.1f}  {r['kernels']}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_e2e.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))
