@@ -6,6 +6,7 @@ Per call: parse it (call.py), find its step and site, then pick what runs:
   calibration step (Quality node)    -> run the kernel and SDPA, record their similarity, return SDPA's output
   kept step / kept block / demoted   -> the policy's high precision (int8 or sdpa), if that is higher
   otherwise                          -> sage_kernels.sage_attention at the patch's precision
+With the Quality node's NaN/Inf watch on, every parsed call's q, k, v and output are then checked (nonfinite.py).
 "The original path" is the override the input model already had (chained), else ComfyUI's own backend `func`,
 called with exactly the arguments ComfyUI passed. All attention math is in sage_kernels.
 """
@@ -106,6 +107,12 @@ class Sage3Override:
         site = self._sites.key(call.transformer_options, call.len_q, call.len_k)
         stats = run.site(site)
         stats.calls += 1
+        out = self._run_call(call, step, site, stats, func, args, kwargs)
+        if self.effective_policy.watch_nonfinite:
+            stats.watch.observe(call.q, call.k, call.v, out)
+        return out
+
+    def _run_call(self, call: AttentionCall, step, site: SiteKey, stats: SiteStats, func, args, kwargs):
         if not call.low_precision_allowed:
             stats.opt_outs += 1
             return self._original(func, args, kwargs)
@@ -205,9 +212,12 @@ class Sage3Override:
         if run is not None:
             self._steps.forget()
             self._sites.forget()
-            from .report_text import summary  # local: report_text imports this module's names
+            from .report_text import nonfinite_warning, summary  # local: report_text imports this module's names
 
             logger.info(summary(run, self))
+            warning = nonfinite_warning(run)
+            if warning:
+                logger.warning(warning)
         return run
 
 

@@ -22,6 +22,7 @@ class Policy:
     high_precision: str = "sdpa"
     calibrate: bool = False
     min_similarity: float = 0.995
+    watch_nonfinite: bool = False  # count NaN/inf in every call's inputs and output (nodes/nonfinite.py)
     only_when_fp4: bool = False  # the built-in hybrid applies to fp4 only
     source: str = "Sage3 Attention Quality"
 
@@ -61,7 +62,8 @@ class Policy:
             kept += " when the patch runs fp4"
         calibration = (f"; calibrate on step 1, demote sites below cos {self.min_similarity:g} to {self.high_precision}"
                        if self.calibrate else "")
-        return f"{self.source}: {kept}{calibration}"
+        watch = "; NaN/Inf watch" if self.watch_nonfinite else ""
+        return f"{self.source}: {kept}{calibration}{watch}"
 
 
 # SageAttention3's authors and users: run the first and last sampling steps at 8-bit, fp4 in between.

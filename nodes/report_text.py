@@ -21,7 +21,7 @@ def _steps(run: RunStats) -> str:
     return f"steps seen: {len(seen)} of {run.total_steps}{span}"
 
 
-def _site_line(key, stats) -> str:
+def _site_line(key, stats, nonfinite: tuple[int, int] | None) -> str:
     parts = [f"{stats.calls} calls"]
     if stats.kernels:
         parts.append(_counts(stats.kernels, "kernel "))
@@ -34,7 +34,42 @@ def _site_line(key, stats) -> str:
         parts.append("high precision: " + _counts(stats.kept))
     if stats.demoted:
         parts.append("DEMOTED")
+    if nonfinite:
+        bad_inputs, bad_output = nonfinite
+        if bad_inputs:
+            parts.append(f"NaN/Inf in q, k or v x{bad_inputs}")
+        if bad_output:
+            parts.append(f"NaN/Inf OUTPUT from finite inputs x{bad_output}")
     return f"  {key.label()}: " + "; ".join(parts)
+
+
+def _labels(keys) -> str:
+    keys = list(keys)
+    return ", ".join(k.label() for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
+def _nonfinite_findings(found: dict) -> str:
+    """What the NaN/Inf watch found, worded by cause; "" when nothing."""
+    upstream = {k: c[0] for k, c in found.items() if c[0]}
+    attention = {k: c[1] for k, c in found.items() if c[1]}
+    parts = []
+    if upstream:
+        parts.append(f"NaN/Inf reached attention in {sum(upstream.values())} call(s) at {len(upstream)} site(s) "
+                     f"[{_labels(upstream)}]: they come from upstream of attention (the model's own layers, "
+                     "fp16 overflow, weights), not from the attention kernels")
+    if attention:
+        parts.append(f"attention returned NaN/Inf from finite inputs in {sum(attention.values())} call(s) at "
+                     f"{len(attention)} site(s) [{_labels(attention)}]: keep those blocks at high precision "
+                     "(keep_blocks) or use precision int8/sdpa, and please report it")
+    return "; ".join(parts)
+
+
+def nonfinite_warning(run: RunStats) -> str:
+    """The warning logged when a run ends with NaN/Inf found by the watch; "" otherwise."""
+    if not run.watched_calls():
+        return ""
+    findings = _nonfinite_findings(run.nonfinite_sites())
+    return f"Sage3 Attention: run {run.number}: {findings}" if findings else ""
 
 
 def report(override) -> str:
@@ -47,8 +82,10 @@ def report(override) -> str:
     lines.append(f"run {run.number} ({state}): {_steps(run)}; {run.calls} attention calls at {len(run.sites)} sites")
     kernels = run.kernel_totals()
     lines.append("kernels: " + (_counts(kernels) if kernels else "none (every call took the original path)"))
+    watched = run.watched_calls()
+    found = run.nonfinite_sites() if watched else {}
     lines.append("call sites:")
-    lines.extend(_site_line(key, stats) for key, stats in run.sites.items())
+    lines.extend(_site_line(key, stats, found.get(key)) for key, stats in run.sites.items())
     fallbacks = run.fallback_totals()
     lines.append("fallbacks: " + ("none" if not fallbacks else f"{sum(fallbacks.values())} calls"))
     for reason, n in fallbacks.most_common():
@@ -66,6 +103,11 @@ def report(override) -> str:
     elif policy.calibrate:
         lines.append("calibration: on, but no call was calibrated "
                      "(needs a sampler's step 1 and a low-precision kernel)")
+    if watched:
+        lines.append(f"NaN/Inf watch: {watched} calls checked; " + (_nonfinite_findings(found) or "none found"))
+    else:
+        lines.append("NaN/Inf watch: " + ("on, no call checked yet" if policy.watch_nonfinite
+                                          else "off (Sage3 Attention Quality: watch_nonfinite)"))
     opt_outs = {k: s.opt_outs for k, s in run.sites.items() if s.opt_outs}
     lines.append(f"low_precision_attention=False opt-outs: {sum(opt_outs.values()) or 'none'}")
     lines.extend(f"  {k.label()}: x{n}" for k, n in opt_outs.items())
@@ -86,5 +128,8 @@ def summary(run: RunStats, override) -> str:
     kept = run.kept_totals()
     if kept:
         text += f" High precision: {_counts(kept)}."
+    if run.watched_calls():
+        found = run.nonfinite_sites()
+        text += f" NaN/Inf watch: {'found, see the warning' if found else 'none found'}."
     text += f" low_precision_attention=False opt-outs: {run.opt_outs}."
     return text

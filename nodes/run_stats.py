@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .nonfinite import NonFiniteWatch
 from .sites import SiteKey
 from .steps import StepInfo
 
@@ -24,6 +25,7 @@ class SiteStats:
     calibrated_kernel: str = ""
     calibration_calls: int = 0  # calls that ran both the kernel and SDPA
     demoted: bool = False
+    watch: NonFiniteWatch = field(default_factory=NonFiniteWatch)  # NaN/Inf counts (Quality's watch_nonfinite)
 
 
 @dataclass
@@ -87,6 +89,20 @@ class RunStats:
 
     def demoted_sites(self) -> list:
         return [k for k, s in self.sites.items() if s.demoted]
+
+    def watched_calls(self) -> int:
+        return sum(s.watch.calls for s in self.sites.values())
+
+    def nonfinite_sites(self) -> dict:
+        """SiteKey -> (calls with NaN/inf inputs, calls with a NaN/inf output from finite inputs), for the watched
+        sites where either happened (reads the device counters: waits for the GPU)."""
+        found = {}
+        for key, stats in self.sites.items():
+            if stats.watch.calls:
+                counts = stats.watch.counts()
+                if any(counts):
+                    found[key] = counts
+        return found
 
 
 class RunRecorder:

@@ -37,7 +37,7 @@ def test_patch_node_inputs_and_defaults():
 def test_quality_node_inputs_and_defaults():
     inputs = _inputs("Sage3AttentionQuality")
     assert list(inputs) == ["model", "keep_first_steps", "keep_last_steps", "keep_blocks", "high_precision",
-                            "calibrate", "min_similarity"]
+                            "calibrate", "min_similarity", "watch_nonfinite"]
     assert inputs["keep_first_steps"][0] == "INT" and inputs["keep_first_steps"][1]["default"] == 0
     assert inputs["keep_last_steps"][0] == "INT" and inputs["keep_last_steps"][1]["default"] == 0
     assert inputs["keep_blocks"][0] == "STRING" and inputs["keep_blocks"][1]["default"] == ""
@@ -45,6 +45,7 @@ def test_quality_node_inputs_and_defaults():
     assert inputs["high_precision"][1]["default"] == "sdpa"
     assert inputs["calibrate"][0] == "BOOLEAN" and inputs["calibrate"][1]["default"] is False
     assert inputs["min_similarity"][0] == "FLOAT" and inputs["min_similarity"][1]["default"] == 0.995
+    assert inputs["watch_nonfinite"][0] == "BOOLEAN" and inputs["watch_nonfinite"][1]["default"] is True
 
 
 def test_report_node_is_an_output_node_with_model_and_latent_inputs():
