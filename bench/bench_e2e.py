@@ -3,6 +3,7 @@
 
     python bench/bench_e2e.py                          # Flux 1024x1024 and HunyuanVideo 544x960x65 (H100/H200)
     python bench/bench_e2e.py --models flux --precisions int8
+    python bench/bench_e2e.py --precisions int8 int8+watch     # the Quality node's NaN/Inf watch on top
 
 ComfyUI comes from $COMFYUI_ROOT (bench/make_comfy_bundle.sh makes a trimmed copy for the GPU machine). The pack
 is loaded through ComfyUI's own custom-node loader. Time = median of --reps forwards after a warm-up; "no attention"
@@ -188,6 +189,7 @@ def main():
     _, comfy_nodes = load_pack()
     patch = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
     report = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionReport"]
+    quality = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionQuality"]
     import comfy.ldm.modules.attention as comfy_attention
 
     name = torch.cuda.get_device_name(device)
@@ -219,9 +221,12 @@ def main():
             rows.append(dict(model=label, tokens=tokens, params_b=params, variant="8-bit peak",
                              s=t_peak, speedup=t_ref / t_peak, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                              kernels=f"attention at {args.peak_tops:.0f} TOPS"))
-        for spec in args.precisions:  # "int8" or "int8:off" (precision:qk_smoothing widget value)
-            precision, _, smoothing = spec.partition(":")
+        for spec in args.precisions:  # "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
+            spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
+            precision, _, smoothing = spec_patch.partition(":")
             patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block").args[0]
+            if extra == "watch":
+                patched = quality.execute(patched, watch_nonfinite=True).args[0]
             torch.cuda.reset_peak_memory_stats()
             out, t = timed(model, patched, args.reps)
             peak = torch.cuda.max_memory_allocated() / 2**30

@@ -7,8 +7,8 @@ layers, fp16 overflow, a LoRA), or a non-finite output from finite inputs (the a
 Per watched call: max |x| of q, k, v and the output (one reduction each; NaN and inf survive it) stacked into one
 small tensor that stays on the device, so no call waits for the GPU. The flags are worked out every _FOLD calls and
 when the counts are read (a run's end, the report). GPU time on an H200: 76 us per Flux-size call (1x24x4608x128
-bf16; the int8 call takes 597), 308 us at HunyuanVideo's 35k tokens (the call: 25.8 ms); so ~2.6% of a Flux-dev
-step (57 calls) and ~0.7% of a HunyuanVideo step.
+bf16; the int8 call takes 597), 308 us at HunyuanVideo's 35k tokens (the call: 25.8 ms); measured on whole
+denoiser steps (bench/bench_e2e.py --precisions int8 int8+watch): +3-4% on Flux-dev, +1% on HunyuanVideo.
 """
 from __future__ import annotations
 
