@@ -85,7 +85,7 @@ def no_attention(patcher):
     return with_override(patcher, lambda func, q, k, v, *args, **kwargs: _q_as_output(q, kwargs))
 
 
-def _flops(q, k, args, kwargs) -> int:
+def _flops(q, k, kwargs) -> int:
     """4*B*H*Lq*Lk*D of one attention call in either of ComfyUI's layouts."""
     if kwargs.get("skip_reshape"):
         b, h, lq, d = q.shape
@@ -115,7 +115,7 @@ class Fp8GemmBound:
         return torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 2 * n * n * self.K
 
     def __call__(self, func, q, k, v, *args, **kwargs):
-        self.gemm(_flops(q, k, args, kwargs), q.device)
+        self.gemm(_flops(q, k, kwargs), q.device)
         return _q_as_output(q, kwargs)
 
 
@@ -140,7 +140,7 @@ class PeakBound:
         return self.gemms.gemm(flops, device)[1] / gemm_rate(self.gemms, flops, device) / 1e12
 
     def __call__(self, func, q, k, v, *args, **kwargs):
-        flops = _flops(q, k, args, kwargs)
+        flops = _flops(q, k, kwargs)
         if flops not in self.sized:
             target, sized = flops / self.peak, flops
             for _ in range(3):
@@ -212,7 +212,8 @@ def main():
             bound = Fp8GemmBound()
             _, t_bound = timed(model, with_override(model.patcher, bound), args.reps)
             tokens = model.notes["tokens"]
-            rate = gemm_rate(bound, 4 * FLUX_DEV["heads"] * tokens * tokens * 128, device)
+            hidden = (FLUX_DEV if family == "flux" else HUNYUAN_VIDEO)["hidden"]  # heads * head dim
+            rate = gemm_rate(bound, 4 * tokens * tokens * hidden, device)
             rows.append(dict(model=label, tokens=tokens, params_b=params, variant="fp8 GEMM, same FLOPs",
                              s=t_bound, speedup=t_ref / t_bound, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                              kernels=f"its GEMM: {rate:.0f} TOPS at {tokens} tokens"))
