@@ -338,8 +338,9 @@ def test_persistent_prepass_programs_give_the_same_operands(monkeypatch, precisi
         got = prepare(p, precision, opts, True, False)
         for name in ("q", "q_scale", "q_sf", "k", "k_scale", "k_sf", "shift", "q_means"):
             a, b = getattr(got, name), getattr(whole, name)
-            assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
-                               b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b), (programs, name)
+            # bit for bit: a format's unused buffers are shared uninitialised placeholders (a NaN there is no
+            # difference), and fp8 has no torch.equal
+            assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), (programs, name)
 
 
 def test_fp4_p_level_one_follows_the_running_max():
