@@ -212,10 +212,10 @@ class Sage3Override:
         if run is not None:
             self._steps.forget()
             self._sites.forget()
-            from .report_text import nonfinite_warning, summary  # local: report_text imports this module's names
+            from .report_text import run_end_messages  # local: report_text imports this module's names
 
-            logger.info(summary(run, self))
-            warning = nonfinite_warning(run)
+            info, warning = run_end_messages(run, self)
+            logger.info(info)
             if warning:
                 logger.warning(warning)
         return run

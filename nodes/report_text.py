@@ -64,12 +64,9 @@ def _nonfinite_findings(found: dict) -> str:
     return "; ".join(parts)
 
 
-def nonfinite_warning(run: RunStats) -> str:
-    """The warning logged when a run ends with NaN/Inf found by the watch; "" otherwise."""
-    if not run.watched_calls():
-        return ""
-    findings = _nonfinite_findings(run.nonfinite_sites())
-    return f"Sage3 Attention: run {run.number}: {findings}" if findings else ""
+def _found(run: RunStats) -> dict | None:
+    """The watch's findings (RunStats.nonfinite_sites), None when no call was watched."""
+    return run.nonfinite_sites() if run.watched_calls() else None
 
 
 def report(override) -> str:
@@ -82,16 +79,14 @@ def report(override) -> str:
     lines.append(f"run {run.number} ({state}): {_steps(run)}; {run.calls} attention calls at {len(run.sites)} sites")
     kernels = run.kernel_totals()
     lines.append("kernels: " + (_counts(kernels) if kernels else "none (every call took the original path)"))
-    watched = run.watched_calls()
-    found = run.nonfinite_sites() if watched else {}
+    found = _found(run)
     lines.append("call sites:")
-    lines.extend(_site_line(key, stats, found.get(key)) for key, stats in run.sites.items())
+    lines.extend(_site_line(key, stats, (found or {}).get(key)) for key, stats in run.sites.items())
     fallbacks = run.fallback_totals()
     lines.append("fallbacks: " + ("none" if not fallbacks else f"{sum(fallbacks.values())} calls"))
     for reason, n in fallbacks.most_common():
-        sites = [k.label() for k, s in run.sites.items() if reason in s.fallbacks]
-        shown = ", ".join(sites[:4]) + (", ..." if len(sites) > 4 else "")
-        lines.append(f"  x{n} at {len(sites)} site(s) [{shown}]: {reason}")
+        sites = [k for k, s in run.sites.items() if reason in s.fallbacks]
+        lines.append(f"  x{n} at {len(sites)} site(s) [{_labels(sites)}]: {reason}")
     calibrated = run.calibrated_sites()
     policy = override.effective_policy
     if calibrated:
@@ -103,8 +98,9 @@ def report(override) -> str:
     elif policy.calibrate:
         lines.append("calibration: on, but no call was calibrated "
                      "(needs a sampler's step 1 and a low-precision kernel)")
-    if watched:
-        lines.append(f"NaN/Inf watch: {watched} calls checked; " + (_nonfinite_findings(found) or "none found"))
+    if found is not None:
+        lines.append(f"NaN/Inf watch: {run.watched_calls()} calls checked; "
+                     + (_nonfinite_findings(found) or "none found"))
     else:
         lines.append("NaN/Inf watch: " + ("on, no call checked yet" if policy.watch_nonfinite
                                           else "off (Sage3 Attention Quality: watch_nonfinite)"))
@@ -114,8 +110,17 @@ def report(override) -> str:
     return "\n".join(lines)
 
 
-def summary(run: RunStats, override) -> str:
-    """The one paragraph logged when a sampler run ends."""
+def run_end_messages(run: RunStats, override) -> tuple[str, str]:
+    """What is logged when a sampler run ends: the one INFO paragraph summarising it, and the WARNING naming what
+    the NaN/Inf watch found ("" when nothing or nothing watched). The watch's counts are read once for both."""
+    found = _found(run)
+    findings = _nonfinite_findings(found) if found else ""
+    warning = f"Sage3 Attention: run {run.number}: {findings}" if findings else ""
+    return summary(run, override, found), warning
+
+
+def summary(run: RunStats, override, found: dict | None) -> str:
+    """The INFO paragraph of run_end_messages; found: the watch's findings, None when nothing was watched."""
     kernels = run.kernel_totals()
     fallbacks = run.fallback_totals()
     steps = f"{len(run.steps_seen)} of {run.total_steps} steps" if run.total_steps else "steps unknown"
@@ -128,8 +133,7 @@ def summary(run: RunStats, override) -> str:
     kept = run.kept_totals()
     if kept:
         text += f" High precision: {_counts(kept)}."
-    if run.watched_calls():
-        found = run.nonfinite_sites()
+    if found is not None:
         text += f" NaN/Inf watch: {'found, see the warning' if found else 'none found'}."
     text += f" low_precision_attention=False opt-outs: {run.opt_outs}."
     return text
