@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.support.sage3_pack import load_pack
+from tests.support.sampling import sample_tiny_flux
 from tests.support.tiny_models import tiny_flux
 
 PACK, COMFY_NODES = load_pack()
 import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
-import comfy.sample  # noqa: E402
 
 FUNC = comfy_attention.attention_pytorch.__wrapped__
 PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
@@ -146,11 +146,7 @@ def test_watch_covers_every_path_a_call_takes():
 
 
 def _sample(model, noise, steps=2):
-    context, pooled = TINY.inputs["context"], TINY.inputs["y"]
-    positive = [[context, {"pooled_output": pooled, "guidance": 3.5}]]
-    negative = [[torch.zeros_like(context), {"pooled_output": torch.zeros_like(pooled), "guidance": 3.5}]]
-    return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative,
-                               torch.zeros(1, 16, 8, 8), disable_pbar=True, seed=0)
+    return sample_tiny_flux(TINY, model, steps, noise)
 
 
 def test_sampler_run_with_nan_latent_warns_once(caplog):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.support.sage3_pack import load_pack
+from tests.support.sampling import sample_tiny_flux
 from tests.support.tiny_models import tiny_flux
 
 PACK, COMFY_NODES = load_pack()
@@ -136,12 +137,7 @@ def test_calibration_demotes_only_the_site_that_quantizes_badly():
 
 
 def _sample(model, steps=3):
-    context, pooled = TINY.inputs["context"], TINY.inputs["y"]
-    positive = [[context, {"pooled_output": pooled, "guidance": 3.5}]]
-    negative = [[torch.zeros_like(context), {"pooled_output": torch.zeros_like(pooled), "guidance": 3.5}]]
-    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative,
-                               torch.zeros(1, 16, 8, 8), disable_pbar=True, seed=0)
+    return sample_tiny_flux(TINY, model, steps)
 
 
 @pytest.mark.parametrize("min_similarity, demoted", [(1.0, True), (0.5, False)])
