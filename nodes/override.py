@@ -29,6 +29,7 @@ from .steps import StepLocator
 PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 FALLBACKS = ("sdpa", "error")
 SMOOTH_Q = ("block", "global", "off")
+INT8_PV = ("auto", "16bit", "int8")  # sage_kernels' pv for the int8 precision ("auto": per GPU, resolve_pv)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
@@ -41,15 +42,18 @@ class PatchSettings:
     precision: str = "auto"
     fallback: str = "sdpa"
     smooth_q: str = "block"
+    pv: str = "auto"
 
     def __post_init__(self):
         for name, value, allowed in (("precision", self.precision, PRECISIONS),
-                                     ("fallback", self.fallback, FALLBACKS), ("smooth_q", self.smooth_q, SMOOTH_Q)):
+                                     ("fallback", self.fallback, FALLBACKS), ("smooth_q", self.smooth_q, SMOOTH_Q),
+                                     ("pv", self.pv, INT8_PV)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
     def describe(self) -> str:
-        return f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}"
+        return (f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}, "
+                f"int8 P.V={self.pv}")
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> float:
@@ -132,15 +136,15 @@ class Sage3Override:
             out = self._attend(call, plan)
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
-        stats.kernels[plan.kernel] += 1
+        stats.kernels[plan.label] += 1
         return call.to_comfy(out)
 
     # ---- decisions -----------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _plan(call: AttentionCall, precision: str) -> sage_kernels.Plan:
+    def _plan(self, call: AttentionCall, precision: str) -> sage_kernels.Plan:
         try:
-            return sage_kernels.explain(call.q, call.k, call.v, precision=precision, **call.api_kwargs())
+            return sage_kernels.explain(call.q, call.k, call.v, precision=precision, pv=self.settings.pv,
+                                        **call.api_kwargs())
         except sage_kernels.SageAttentionInputError as exc:
             return sage_kernels.Plan("sdpa", "torch", "torch.sdpa", f"input not supported: {exc}", (precision, "auto"))
 
@@ -161,7 +165,7 @@ class Sage3Override:
         try:
             return sage_kernels.sage_attention(
                 call.q, call.k, call.v, precision=plan.precision, smooth_q=self.settings.smooth_q,
-                fallback="error", out_layout=call.out_layout, **call.api_kwargs())
+                pv=self.settings.pv, fallback="error", out_layout=call.out_layout, **call.api_kwargs())
         except _OUT_OF_MEMORY:
             raise  # ComfyUI's own memory handling must see it
         except Exception as exc:  # noqa: BLE001  (any kernel failure: a fallback, or raised with fallback="error")
@@ -177,10 +181,10 @@ class Sage3Override:
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
         similarity = _cosine(low, full)
-        stats.kernels[plan.kernel] += 1
+        stats.kernels[plan.label] += 1
         stats.kernels["torch.sdpa"] += 1
         stats.calibration_calls += 1
-        stats.calibrated_kernel = plan.kernel
+        stats.calibrated_kernel = plan.label
         if stats.similarity is None or math.isnan(similarity) or similarity < stats.similarity:
             stats.similarity = similarity  # the worst seen; a NaN sticks (it must show in the report)
         if not similarity >= policy.min_similarity:  # NaN demotes too

@@ -1,6 +1,8 @@
 """Public entry points: `sage_attention`, `sageattn` (SageAttention's signature) and `explain`."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import capabilities, training
@@ -29,25 +31,29 @@ def _options(smooth_q, smooth_k, smooth_v, pv, rotate) -> QuantOptions:
     return QuantOptions(smooth_q, bool(smooth_k), bool(smooth_v), bool(rotate), pv)
 
 
-def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions) -> capabilities.Plan:
+def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions):
+    """(plan, opts with pv resolved for this GPU: capabilities.resolve_pv)."""
     try:
         plan = capabilities.decide(p, precision, backend)
     except ValueError as exc:
         raise SageAttentionInputError(str(exc)) from None
-    if plan.kernel == "triton.int8" and opts.pv == "fp8":
-        dev = capabilities.device_info(p.device)
-        if dev.kind == "cuda" and dev.arch < 89:
-            plan = capabilities.Plan("sdpa", "torch", "torch.sdpa",
-                                     f"int8/triton with pv='fp8' needs FP8 tensor cores (sm_89+), this GPU is "
-                                     f"sm_{dev.arch}", plan.requested)
-    return plan
+    dev = capabilities.device_info(p.device)
+    opts = dataclasses.replace(opts, pv=capabilities.resolve_pv(opts.pv, dev))
+    if plan.kernel == "triton.int8" and opts.pv == "fp8" and dev.kind == "cuda" and dev.arch < 89:
+        plan = capabilities.Plan("sdpa", "torch", "torch.sdpa",
+                                 f"int8/triton with pv='fp8' needs FP8 tensor cores (sm_89+), this GPU is "
+                                 f"sm_{dev.arch}", plan.requested)
+    if plan.precision == "int8":
+        plan = dataclasses.replace(plan, pv=opts.pv)
+    return plan, opts
 
 
 def explain(q, k, v, *, layout="HND", precision="auto", backend="auto", is_causal=False, attn_mask=None,
-            scale=None, pv="16bit") -> capabilities.Plan:
-    """What `sage_attention` would run for these arguments, and why (nothing is computed)."""
+            scale=None, pv="auto") -> capabilities.Plan:
+    """What `sage_attention` would run for these arguments, and why (nothing is computed); plan.pv is the P.V
+    format an int8 plan runs."""
     p = build_problem(q, k, v, layout=layout, is_causal=is_causal, attn_mask=attn_mask, scale=scale)
-    return _plan(p, precision, backend, _options("block", True, False, pv, True))
+    return _plan(p, precision, backend, _options("block", True, False, pv, True))[0]
 
 
 def _dead_rows(p: AttentionProblem) -> torch.Tensor | None:
@@ -119,7 +125,7 @@ def _in_layout(p: AttentionProblem, out_hnd: torch.Tensor) -> torch.Tensor:
 
 def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, attn_mask=None, scale=None,
                    return_lse=False, smooth_q="block", smooth_k=True, backend="auto", smooth_v=False,
-                   pv="16bit", rotate=True, fallback="sdpa", out_layout=None):
+                   pv="auto", rotate=True, fallback="sdpa", out_layout=None):
     """Attention with low-bit kernels.
 
     q (B, Hq, Lq, D), k and v (B, Hk, Lk, D) for layout "HND"; (B, L, H, D) for "NHD". Hk must divide Hq (GQA).
@@ -129,8 +135,9 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
     | "triton" | "reference" (the torch mirror of the kernel math, any device).
     attn_mask: bool (True = attend) or additive, broadcastable to (B, Hq, Lq, Lk); quantized kernels take masks
     that are the same for every query (key padding), others run through SDPA. is_causal is bottom-right aligned.
-    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "16bit" (V unquantized)
-    | "int8" | "fp8";
+    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "auto" (INT8 on RTX
+    30/40/50-class GPUs, sm_86/89/120, where 16-bit tensor cores with fp32 accumulation are slow; else 16-bit:
+    capabilities.resolve_pv) | "16bit" (V unquantized) | "int8" | "fp8";
     rotate: Hadamard rotation before INT8 (int8 precision). fallback: "sdpa" (log once and run SDPA) | "error".
     out_layout: the output's layout when it should differ from the inputs' (saves a transpose copy).
     Returns out (contiguous) in q's dtype and out_layout, or (out, lse) with lse (B, Hq, Lq) fp32, natural log.
@@ -139,8 +146,7 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
                       out_layout=out_layout)
     if fallback not in FALLBACKS:
         raise SageAttentionInputError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    opts = _options(smooth_q, smooth_k, smooth_v, pv, rotate)
-    plan = _plan(p, precision, backend, opts)
+    plan, opts = _plan(p, precision, backend, _options(smooth_q, smooth_k, smooth_v, pv, rotate))
     if plan.fallback:
         if fallback == "error":
             raise SageAttentionUnsupported(plan)

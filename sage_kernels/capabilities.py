@@ -39,6 +39,12 @@ class Plan:
     reason: str = ""  # why this differs from the request ("" when it ran as asked)
     requested: tuple[str, str] = ("auto", "auto")
     note: str = ""  # how precision="auto" was resolved
+    pv: str = ""  # int8 plans: the P.V format that runs ("16bit" | "int8" | "fp8", see resolve_pv); else ""
+
+    @property
+    def label(self) -> str:
+        """The kernel's name, with its P.V format when that is not the default 16-bit one (reports show it)."""
+        return f"{self.kernel} (P.V {self.pv})" if self.pv not in ("", "16bit") else self.kernel
 
     @property
     def fallback(self) -> bool:
@@ -164,6 +170,25 @@ AUTO_SDPA = {
 # extra kernels, ~0.3 ms of host time per call on the H200's host) is then larger than the attention itself, e.g.
 # cross-attention to 77 text tokens (SDXL: 10 heads x 4096 x 77 = 3.2M). Flux (24 x 4608^2) is far above.
 AUTO_MIN_SCORES = 1 << 22
+
+
+# GPUs where the int8 path's P.V runs in INT8 when pv="auto": their 16-bit tensor cores run at a quarter of the INT8
+# rate when accumulating in fp32, as the kernels must (dense, NVIDIA's architecture whitepapers: RTX 3090 71 vs 284
+# TOPS, RTX 4090 165 vs 661, RTX 5090 210 vs 838; the workstation parts of these generations: half), and each SM
+# has 128 fp32 lanes for the extra dequantisation work. Elsewhere 16-bit P.V stays: on A100, H100/H200 and B200
+# the 16-bit rate with fp32 accumulation is half the INT8 rate and the loop is bound by its ALU work, where the
+# INT8 P.V adds 46% (measured 11% slower on an H200, docs/BENCHMARKS.md). INT8 P.V meets the int8 path's accuracy
+# bar on every test distribution (rel L1 <= 0.024 vs float64, docs/ACCURACY.md); 16-bit P.V halves that error.
+INT8_PV_ARCHS = (86, 89, 120)
+
+
+def resolve_pv(pv: str, dev: DeviceInfo) -> str:
+    """The int8 path's P.V format for the API's `pv` argument: "auto" -> "int8" on INT8_PV_ARCHS GPUs, else
+    "16bit" (also off the GPU, so the reference backend on CPU tensors mirrors what Hopper runs); other values as
+    they are."""
+    if pv != "auto":
+        return pv
+    return "int8" if dev.kind == "cuda" and dev.arch in INT8_PV_ARCHS else "16bit"
 
 
 def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SMOOTH_Q_MODES = ("block", "global", "off")
-PV_MODES = ("int8", "fp8", "16bit")
+PV_MODES = ("auto", "int8", "fp8", "16bit")  # "auto": capabilities.resolve_pv picks per GPU
 BLOCK_M = 128  # query rows per kernel tile == Q smoothing block
 BLOCK_N = 128  # keys per kernel tile == V / P quantization block along tokens
 
@@ -15,6 +15,7 @@ class QuantOptions:
     smooth_k: bool = True
     smooth_v: bool = False  # subtract the per-channel token mean of V, add it back after normalisation
     rotate: bool = True  # Hadamard rotation of Q and K before quantization (spreads outlier channels)
-    # int8 precision only: P.V in 16-bit (V unquantized; default: on Hopper it measured as fast as INT8 P.V in
-    # Triton and twice as accurate), INT8 (P scaled by its block max, V per channel and block) or FP8 E4M3.
+    # int8 precision only: P.V in 16-bit (V unquantized; on Hopper it measured faster than INT8 P.V in Triton and
+    # is twice as accurate), INT8 (P scaled by its block max, V per channel and block) or FP8 E4M3. The kernels
+    # take a concrete mode; the API's "auto" is resolved per GPU first (capabilities.resolve_pv).
     pv: str = "16bit"

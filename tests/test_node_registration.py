@@ -23,7 +23,7 @@ def test_three_nodes_registered_with_display_names():
 
 def test_patch_node_inputs_and_defaults():
     inputs = _inputs("Sage3AttentionPatch")
-    assert list(inputs) == ["model", "precision", "fallback", "qk_smoothing"]
+    assert list(inputs) == ["model", "precision", "fallback", "qk_smoothing", "int8_pv"]
     assert inputs["model"][0] == "MODEL"
     assert inputs["precision"][1]["options"] == ["auto", "fp4", "int8", "sdpa"]
     assert inputs["precision"][1]["default"] == "auto"
@@ -31,6 +31,8 @@ def test_patch_node_inputs_and_defaults():
     assert inputs["fallback"][1]["default"] == "sdpa"
     assert inputs["qk_smoothing"][1]["options"] == ["per_block", "global", "off"]
     assert inputs["qk_smoothing"][1]["default"] == "per_block"
+    assert inputs["int8_pv"][1]["options"] == ["auto", "16bit", "int8"]
+    assert inputs["int8_pv"][1]["default"] == "auto"
     assert list(COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"].RETURN_TYPES) == ["MODEL"]
 
 

@@ -41,6 +41,20 @@ def test_report_after_a_sampler_run_names_the_triton_kernel_per_site():
     assert "precision=int8" in text and "fallbacks: none" in text
 
 
+def test_report_names_the_p_v_that_ran(monkeypatch):
+    """On an RTX 40-class GPU (sm_89, simulated for the capability table) int8_pv="auto" runs INT8 P.V, and the
+    report says so; "16bit" keeps the plain kernel name."""
+    from sage_kernels import capabilities
+
+    monkeypatch.setattr(capabilities, "device_info", lambda dev: capabilities.DeviceInfo("cuda", 89, 1))
+    for pv, label in (("auto", "triton.int8 (P.V int8)"), ("16bit", "triton.int8")):
+        model = PATCH.execute(FLUX.patcher, precision="int8", int8_pv=pv).args[0]
+        FLUX.forward(model)
+        text = REPORT.execute(model, {}).args[0]
+        assert all(f"kernel {label} x1" in line for line in _site_lines(text)), text
+        assert f"int8 P.V={pv}" in text
+
+
 def test_report_without_triton_has_no_triton_lines():
     model = PATCH.execute(FLUX.patcher, precision="sdpa").args[0]
     FLUX.forward(model)

@@ -205,6 +205,12 @@ def variants(full: bool = True):
     yield "int8 lse+mask+gqa, 16-bit P.V", prob(mask=True, hq=4), "int8", QuantOptions(), True
     yield "int8 d128 no smoothing, no padding", prob(lk=256), "int8", QuantOptions("off", False), False
     yield "int8 pv=16bit", prob(causal=True, hq=4), "int8", QuantOptions(pv="16bit"), True
+    # pv="auto" runs INT8 P.V on sm_86/89/120 (capabilities.INT8_PV_ARCHS): the other features with it there
+    yield "int8 pv=int8 causal", prob(causal=True, hq=4), "int8", QuantOptions(pv="int8"), False
+    if full:
+        yield "int8 pv=int8 d64, no smoothing", prob(d=64), "int8", QuantOptions("off", pv="int8"), False
+        for dtype in (torch.float16, torch.float32):
+            yield f"int8 pv=int8 {dtype}", prob(dtype=dtype), "int8", QuantOptions(pv="int8"), False
     yield "int8 fp32 inputs", prob(dtype=torch.float32), "int8", QuantOptions(), False
     if full:
         yield "int8 no rotation", prob(), "int8", QuantOptions(rotate=False), False
