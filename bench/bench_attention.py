@@ -90,8 +90,8 @@ def baselines():
     return fns
 
 
-def ours(precision, pv="auto", smooth_q="block"):
-    """Our whole call; pv="auto" is the API's default (16-bit P.V on Hopper, INT8 on sm_86/89/120)."""
+def ours(precision, pv="16bit", smooth_q="block"):
+    """Our whole call; pv="16bit" is the API's default."""
     return lambda q, k, v: sage_kernels.sage_attention(q, k, v, precision=precision, backend="triton", pv=pv,
                                                        smooth_q=smooth_q, fallback="error")
 

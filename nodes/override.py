@@ -29,7 +29,7 @@ from .steps import StepLocator
 PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 FALLBACKS = ("sdpa", "error")
 SMOOTH_Q = ("block", "global", "off")
-INT8_PV = ("auto", "16bit", "int8")  # sage_kernels' pv for the int8 precision ("auto": per GPU, resolve_pv)
+INT8_PV = ("16bit", "auto", "int8")  # sage_kernels' pv for the int8 precision ("auto": per GPU, resolve_pv)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
@@ -42,7 +42,7 @@ class PatchSettings:
     precision: str = "auto"
     fallback: str = "sdpa"
     smooth_q: str = "block"
-    pv: str = "auto"
+    pv: str = "16bit"
 
     def __post_init__(self):
         for name, value, allowed in (("precision", self.precision, PRECISIONS),

@@ -49,7 +49,7 @@ def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions)
 
 
 def explain(q, k, v, *, layout="HND", precision="auto", backend="auto", is_causal=False, attn_mask=None,
-            scale=None, pv="auto") -> capabilities.Plan:
+            scale=None, pv="16bit") -> capabilities.Plan:
     """What `sage_attention` would run for these arguments, and why (nothing is computed); plan.pv is the P.V
     format an int8 plan runs."""
     p = build_problem(q, k, v, layout=layout, is_causal=is_causal, attn_mask=attn_mask, scale=scale)
@@ -125,7 +125,7 @@ def _in_layout(p: AttentionProblem, out_hnd: torch.Tensor) -> torch.Tensor:
 
 def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, attn_mask=None, scale=None,
                    return_lse=False, smooth_q="block", smooth_k=True, backend="auto", smooth_v=False,
-                   pv="auto", rotate=True, fallback="sdpa", out_layout=None):
+                   pv="16bit", rotate=True, fallback="sdpa", out_layout=None):
     """Attention with low-bit kernels.
 
     q (B, Hq, Lq, D), k and v (B, Hk, Lk, D) for layout "HND"; (B, L, H, D) for "NHD". Hk must divide Hq (GQA).
@@ -135,9 +135,10 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
     | "triton" | "reference" (the torch mirror of the kernel math, any device).
     attn_mask: bool (True = attend) or additive, broadcastable to (B, Hq, Lq, Lk); quantized kernels take masks
     that are the same for every query (key padding), others run through SDPA. is_causal is bottom-right aligned.
-    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "auto" (INT8 on RTX
-    30/40/50-class GPUs, sm_86/89/120, where 16-bit tensor cores with fp32 accumulation are slow; else 16-bit:
-    capabilities.resolve_pv) | "16bit" (V unquantized) | "int8" | "fp8";
+    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "16bit" (V unquantized,
+    the accurate default) | "auto" (the faster P.V for this GPU: INT8 on RTX 30/40/50-class GPUs, sm_86/89/120,
+    where 16-bit tensor cores with fp32 accumulation are slow, else 16-bit; capabilities.resolve_pv) | "int8" |
+    "fp8";
     rotate: Hadamard rotation before INT8 (int8 precision). fallback: "sdpa" (log once and run SDPA) | "error".
     out_layout: the output's layout when it should differ from the inputs' (saves a transpose copy).
     Returns out (contiguous) in q's dtype and out_layout, or (out, lse) with lse (B, Hq, Lq) fp32, natural log.

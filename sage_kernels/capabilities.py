@@ -172,13 +172,13 @@ AUTO_SDPA = {
 AUTO_MIN_SCORES = 1 << 22
 
 
-# GPUs where the int8 path's P.V runs in INT8 when pv="auto": their 16-bit tensor cores run at a quarter of the INT8
-# rate when accumulating in fp32, as the kernels must (dense, NVIDIA's architecture whitepapers: RTX 3090 71 vs 284
-# TOPS, RTX 4090 165 vs 661, RTX 5090 210 vs 838; the workstation parts of these generations: half), and each SM
-# has 128 fp32 lanes for the extra dequantisation work. Elsewhere 16-bit P.V stays: on A100, H100/H200 and B200
-# the 16-bit rate with fp32 accumulation is half the INT8 rate and the loop is bound by its ALU work, where the
-# INT8 P.V adds 46% (measured 11% slower on an H200, docs/BENCHMARKS.md). INT8 P.V meets the int8 path's accuracy
-# bar on every test distribution (rel L1 <= 0.024 vs float64, docs/ACCURACY.md); 16-bit P.V halves that error.
+# GPUs where pv="auto" (the faster P.V) is INT8: their 16-bit tensor cores run at a quarter of the INT8 rate when
+# accumulating in fp32, as the kernels must (dense, NVIDIA's architecture whitepapers: RTX 3090 71 vs 284 TOPS,
+# RTX 4090 165 vs 661, RTX 5090 210 vs 838; the workstation parts of these generations: half), and each SM has 128
+# fp32 lanes for the extra dequantisation work. Elsewhere 16-bit P.V is also the faster one: on A100, H100/H200 and
+# B200 the ratio is 1:2 and the loop is bound by its ALU work, which INT8 P.V adds to (measured on an H200:
+# even with mma.sync, as A100 runs it; docs/BENCHMARKS.md). The default stays 16-bit everywhere: INT8 P.V doubles
+# the error and misses the int8 path's cos >= 0.9995 bar on sharp attention at 4608 tokens (0.99948).
 INT8_PV_ARCHS = (86, 89, 120)
 
 

@@ -17,5 +17,5 @@ class QuantOptions:
     rotate: bool = True  # Hadamard rotation of Q and K before quantization (spreads outlier channels)
     # int8 precision only: P.V in 16-bit (V unquantized; on Hopper it measured faster than INT8 P.V in Triton and
     # is twice as accurate), INT8 (P scaled by its block max, V per channel and block) or FP8 E4M3. The kernels
-    # take a concrete mode; the API's "auto" is resolved per GPU first (capabilities.resolve_pv).
+    # take a concrete mode; the API's "auto" (the faster one for the GPU) is resolved first (capabilities.resolve_pv).
     pv: str = "16bit"

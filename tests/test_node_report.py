@@ -43,7 +43,7 @@ def test_report_after_a_sampler_run_names_the_triton_kernel_per_site():
 
 def test_report_names_the_p_v_that_ran(monkeypatch):
     """On an RTX 40-class GPU (sm_89, simulated for the capability table) int8_pv="auto" runs INT8 P.V, and the
-    report says so; "16bit" keeps the plain kernel name."""
+    report says so; the default, "16bit", keeps the plain kernel name."""
     from sage_kernels import capabilities
 
     monkeypatch.setattr(capabilities, "device_info", lambda dev: capabilities.DeviceInfo("cuda", 89, 1))

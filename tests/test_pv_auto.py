@@ -1,4 +1,5 @@
-"""pv="auto": the int8 path's P.V format is chosen per GPU (capabilities.resolve_pv) and the kernel runs it.
+"""pv="auto": the int8 path's faster P.V format for the GPU (capabilities.resolve_pv), and the kernel runs it; the
+default stays 16-bit P.V on every GPU.
 
 The GPU is simulated by reporting its compute capability for the test's tensors; the Triton kernels then run as
 usual (in the interpreter on CPU, natively on a GPU), so the outputs show which P.V actually ran."""
@@ -47,30 +48,32 @@ def as_arch(monkeypatch, device):
 def test_auto_runs_the_resolved_pv(as_arch, device, arch, runs):
     q, k, v = _qkv(device)
     as_arch(arch)
-    plan = sage_kernels.explain(q, k, v, precision="int8", backend="triton")
+    plan = sage_kernels.explain(q, k, v, precision="int8", backend="triton", pv="auto")
     assert (plan.kernel, plan.pv) == ("triton.int8", runs)
     assert plan.label == ("triton.int8 (P.V int8)" if runs == "int8" else "triton.int8")
-    auto = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton")
+    auto = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", pv="auto")
     same = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", pv=runs)
     other = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton",
                                         pv="16bit" if runs == "int8" else "int8")
     assert torch.equal(auto, same)
     assert not torch.equal(auto, other)
-    # an explicit choice wins over the GPU's default
-    assert sage_kernels.explain(q, k, v, precision="int8", pv="16bit").pv == "16bit"
+    # without pv, every GPU runs the accurate 16-bit P.V
+    assert sage_kernels.explain(q, k, v, precision="int8").pv == "16bit"
+    default = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton")
+    assert torch.equal(default, same if runs == "16bit" else other)
 
 
 def test_pv_only_describes_int8_plans(as_arch, device):
     q, k, v = _qkv(device)
     as_arch(89)
-    assert sage_kernels.explain(q, k, v, precision="fp4", backend="triton").pv == ""
-    assert sage_kernels.explain(q, k, v, precision="sdpa").pv == ""
+    assert sage_kernels.explain(q, k, v, precision="fp4", backend="triton", pv="auto").pv == ""
+    assert sage_kernels.explain(q, k, v, precision="sdpa", pv="auto").pv == ""
 
 
 def test_reference_backend_follows_the_same_choice(as_arch, device):
     """The torch mirror of the kernel math resolves pv for the tensors' device as the kernels do."""
     q, k, v = _qkv(device)
     as_arch(89)
-    auto = sage_kernels.sage_attention(q, k, v, precision="int8", backend="reference")
+    auto = sage_kernels.sage_attention(q, k, v, precision="int8", backend="reference", pv="auto")
     int8 = sage_kernels.sage_attention(q, k, v, precision="int8", backend="reference", pv="int8")
     assert torch.equal(auto, int8)
