@@ -38,7 +38,8 @@ def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions)
     except ValueError as exc:
         raise SageAttentionInputError(str(exc)) from None
     dev = capabilities.device_info(p.device)
-    opts = dataclasses.replace(opts, pv=capabilities.resolve_pv(opts.pv, dev))
+    if opts.pv == "auto":  # (per call: no copy of the options when the mode is already concrete)
+        opts = dataclasses.replace(opts, pv=capabilities.resolve_pv(opts.pv, dev))
     if plan.kernel == "triton.int8" and opts.pv == "fp8" and dev.kind == "cuda" and dev.arch < 89:
         plan = capabilities.Plan("sdpa", "torch", "torch.sdpa",
                                  f"int8/triton with pv='fp8' needs FP8 tensor cores (sm_89+), this GPU is "
