@@ -108,10 +108,13 @@ def test_sdpa_path_masks_gqa_causal_lse(causal, lk):
     out, lse = sage_kernels.sage_attention(q, k, v, precision="sdpa", is_causal=causal, attn_mask=mask,
                                            return_lse=True)
     ref, ref_lse = exact_attention(build_problem(q, k, v, is_causal=causal, attn_mask=mask))
-    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=1e-5)
+    # fp32 against float64. Typical error here is 6e-7, but one CI machine's CPU BLAS gave 3.3e-5 (twice, on the
+    # session's first fp32 attention call only); a masking, GQA or causal-alignment mistake moves outputs by > 1e-2.
+    tol = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    torch.testing.assert_close(lse.double(), ref_lse, **tol)
     plain = sage_kernels.sage_attention(q, k, v, precision="sdpa", is_causal=causal, attn_mask=mask)
-    torch.testing.assert_close(plain.double(), ref, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(plain.double(), ref, **tol)
     assert torch.isfinite(plain).all()  # rows with no visible key (causal, Lq > Lk) are 0, not NaN
 
 
