@@ -166,10 +166,14 @@ AUTO_SDPA = {
     90: "on Hopper the Triton int8 kernel measured 0.6-0.9x cuDNN SDPA (H200, docs/BENCHMARKS.md); "
         "request precision='int8' explicitly for its accuracy preview",
 }
-# Below this many scores (B * Hq * Lq * Lk) precision="auto" runs SDPA: the quantized path's fixed cost (four
-# extra kernels, ~0.3 ms of host time per call on the H200's host) is then larger than the attention itself, e.g.
-# cross-attention to 77 text tokens (SDXL: 10 heads x 4096 x 77 = 3.2M). Flux (24 x 4608^2) is far above.
-AUTO_MIN_SCORES = 1 << 22
+# Below this much attention work (4 * B * Hq * Lq * Lk * D flops) precision="auto" runs SDPA. The quantized path
+# costs ~0.5 ms of host time per call whatever the size (H200 host, 2026-11-27: 507-554 us at 1k-4.6k tokens, SDPA
+# 18-25 us; docs/BENCHMARKS.md) and three or more extra kernels. Below 2**34 flops SDPA itself needs ~0.1 ms on an
+# RTX 5090-class GPU (~0.3 ms on an RTX 3090), so even a 2x faster kernel would save less than the host time it
+# adds; users see sage slower than FlashAttention below ~2k tokens even with CUDA kernels' smaller overhead
+# (thu-ml/SageAttention issues 343 and 70). SDPA: cross-attention to 77 text tokens, SDXL's 1024-token layers
+# (20 heads x 64: 5.4e9); the quantized path: SDXL's 4096-token layers (4.3e10), Flux from 512^2 (2.9e10), video.
+AUTO_MIN_FLOPS = 1 << 34
 
 
 # GPUs where pv="auto" (the faster P.V) is INT8: their 16-bit tensor cores run at a quarter of the INT8 rate when
@@ -191,16 +195,21 @@ def resolve_pv(pv: str, dev: DeviceInfo) -> str:
     return "int8" if dev.kind == "cuda" and dev.arch in INT8_PV_ARCHS else "16bit"
 
 
+def attention_flops(p: AttentionProblem) -> int:
+    """Multiply-adds x 2 of Q.K^T and P.V: 4 * B * Hq * Lq * Lk * D (D: the larger head dim)."""
+    return 4 * p.batch * p.heads_q * p.len_q * p.len_k * max(p.head_dim, p.head_dim_v)
+
+
 def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, str]:
     """precision="auto" -> (precision, note): fp4 on Blackwell when its native kernel compiles; int8 on other
-    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU and for small problems (AUTO_MIN_SCORES), where
+    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU and for small problems (AUTO_MIN_FLOPS), where
     quantization buys no speed."""
     if dev.kind != "cuda":
         return "sdpa", f"auto: {dev.kind} tensors run SDPA"
-    scores = p.batch * p.heads_q * p.len_q * p.len_k
-    if scores < AUTO_MIN_SCORES:
-        return "sdpa", (f"auto: small problem ({scores:,} scores < {AUTO_MIN_SCORES:,}): the quantized path's "
-                        "fixed cost exceeds the attention work")
+    flops = attention_flops(p)
+    if flops < AUTO_MIN_FLOPS:
+        return "sdpa", (f"auto: small problem ({flops:.2g} flops < {AUTO_MIN_FLOPS:.2g}): the quantized path's "
+                        "fixed cost exceeds what it could save")
     if dev.arch in NATIVE_FP4_ARCHS and not KERNELS["triton.fp4.native"].check(p, dev):
         return "fp4", "auto: native NVFP4 kernel available"
     if dev.arch in AUTO_SDPA:

@@ -82,18 +82,26 @@ def test_fallback_logs_once_per_reason_and_error_mode_raises(monkeypatch, caplog
         sage_kernels.sage_attention(q, k, v, precision="int8", fallback="error")
 
 
+def _shaped(b, h, lq, lk, d):
+    """Uninitialised CPU tensors: the auto rule looks at shapes only."""
+    return build_problem(torch.empty(b, h, lq, d), torch.empty(b, h, lk, d), torch.empty(b, h, lk, d))
+
+
 def test_cuda_plans_follow_the_arch_table(monkeypatch):
-    p = build_problem(*_qkv(h=4, l=1024))  # 4M scores: at the small-problem bound
+    p = _shaped(1, 16, 2048, 2048, 64)  # 4 * 16 * 2048^2 * 64 = 2**34 flops: at the small-problem bound
+    assert capabilities.attention_flops(p) == capabilities.AUTO_MIN_FLOPS
     for arch, want in ((90, "sdpa"), (89, "int8"), (80, "int8"), (75, "sdpa")):
         precision, note = capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", arch))
         assert precision == want and note, arch
     assert "Hopper" in capabilities.resolve_auto_precision(p, capabilities.DeviceInfo("cuda", 90))[1]
-    # cross-attention to 77 text tokens (SDXL-like) and other small problems: SDPA, with the reason
-    cross = build_problem(*_qkv(h=10, l=4096, lk=77, d=8))
-    precision, note = capabilities.resolve_auto_precision(cross, capabilities.DeviceInfo("cuda", 89))
-    assert precision == "sdpa" and "small problem" in note
-    just_below = build_problem(*_qkv(h=4, l=1024, lk=1023, d=8))
-    assert capabilities.resolve_auto_precision(just_below, capabilities.DeviceInfo("cuda", 89))[0] == "sdpa"
+    ada = capabilities.DeviceInfo("cuda", 89)
+    # small problems run SDPA, with the reason: cross-attention to 77 text tokens, SDXL's 1024-token layers, and
+    # anything just below the bound; SDXL's 4096-token layers and Flux from 512^2 (1024 + 512 tokens) run int8
+    for small in (_shaped(1, 10, 4096, 77, 64), _shaped(1, 20, 1024, 1024, 64), _shaped(1, 16, 2048, 2047, 64)):
+        precision, note = capabilities.resolve_auto_precision(small, ada)
+        assert precision == "sdpa" and "small problem" in note, small.q.shape
+    for large in (_shaped(1, 10, 4096, 4096, 64), _shaped(1, 24, 1536, 1536, 128)):
+        assert capabilities.resolve_auto_precision(large, ada)[0] == "int8", large.q.shape
     spec = capabilities.KERNELS["triton.fp4.native"]
     assert "needs sm_100/sm_103/sm_120" in spec.check(p, capabilities.DeviceInfo("cuda", 90))
     assert "sm_80+" in capabilities.KERNELS["triton.int8"].check(p, capabilities.DeviceInfo("cuda", 75))
