@@ -28,9 +28,18 @@ except Exception as exc:  # pragma: no cover - only on installs without triton
     tl = _StubLanguage()
 
 
-def jit(fn):
-    """`triton.jit` when Triton is importable, identity otherwise (the function is then never launched)."""
-    return triton.jit(fn) if HAS_TRITON else fn
+def jit(fn=None, *, lengths=()):
+    """`triton.jit` when Triton is importable, identity otherwise (the function is then never launched).
+
+    lengths: integer arguments that vary with the sequence length (token counts, tile counts, chunk bounds) and
+    only bound masks and index arithmetic, never an address's alignment. Triton otherwise compiles a variant per
+    value class (1, a multiple of 16, other), so a call whose token count changes class recompiled every kernel of
+    the path: 8-11 s on the H200 machine's host (docs/BENCHMARKS.md). Listed here they are not specialized."""
+    if fn is None:
+        return lambda f: jit(f, lengths=lengths)
+    if not HAS_TRITON:
+        return fn
+    return triton.jit(fn, do_not_specialize=list(lengths)) if lengths else triton.jit(fn)
 
 
 def interpreter_active() -> bool:

@@ -82,3 +82,65 @@ def test_offline_compile_specialises_like_the_launcher():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert int(proc.stdout.split()[-1]) >= 2  # kv_group and the unit strides at least
+
+
+_LENGTH_CHECK = """
+import torch
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend
+
+from sage_kernels.kernels import aot, run
+from sage_kernels.options import QuantOptions
+from sage_kernels.problem import build_problem
+
+
+def recorded(length, precision, sm90):
+    q, k, v = (torch.randn(1, 2, length, 64, dtype=torch.bfloat16) for _ in range(3))
+    real_config = run.launch_config
+    if sm90:  # the launcher's sm_90 configs: the TMA and Gluon kernels
+        run.launch_config = lambda _arch, *a: real_config(90, *a)
+    try:
+        with aot.recording() as launches:
+            run.run(build_problem(q, k, v), precision, QuantOptions(), True)
+    finally:
+        run.launch_config = real_config
+    return launches
+
+
+def key(launch):
+    src, options = aot.source_of(launch)
+    return (launch.name, tuple(sorted(src.signature.items())), tuple(sorted((k, str(v)) for k, v in src.constants.items())),
+            tuple(sorted((k, str(v)) for k, v in src.attrs.items())), tuple(sorted(options.items())))
+
+
+def default_classes(launch):  # what Triton would specialise each int argument to without `lengths`
+    return [native_specialize_impl(BaseBackend, a, False, True, True) for a in launch.args
+            if isinstance(a, int) and not isinstance(a, bool)]
+
+
+differs = 0
+# a multiple of 16 and not; long enough that the Q-smoothing table comes in chunks (its budget is the quantized
+# Q's size: twice as large for the FP4 emulation's bf16 values)
+for precision, sm90, lengths in (("int8", False, (2304, 2250)), ("int8", True, (2304, 2250)),
+                                 ("fp4", False, (4352, 4300))):
+    a, b = (recorded(n, precision, sm90) for n in lengths)
+    names = {x.name for x in a}
+    assert "column_bias_kernel" in names and sum(x.name.startswith("attention") for x in a) >= 2, names  # chunked
+    assert {key(x) for x in a} == {key(x) for x in b}, (precision, sm90, {key(x) for x in a} ^ {key(x) for x in b})
+    differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
+print("launches whose default specialisation differs", differs)
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+def test_a_new_sequence_length_reuses_the_compiled_kernels():
+    """Token counts, tile counts and chunk bounds are not specialised (`_triton.jit(lengths=...)`): calls at a token
+    count that is a multiple of 16 and one that is not (Q-smoothing table in chunks, so chunk starts too) need
+    exactly the same compiled variants of every kernel, int8 (pointer and sm_90 kernels) and fp4; Triton's default
+    would have split them."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", _LENGTH_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert int(proc.stdout.split()[-1]) >= 8  # without `lengths` most launches would need another variant

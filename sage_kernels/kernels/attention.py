@@ -198,7 +198,7 @@ def _attn_blocks(
     return acc, l_i, m_i
 
 
-@jit
+@jit(lengths=("col_rows_b", "col_rows_h", "col_rows_g", "Lq", "Lk", "causal_offset", "t0", "t1"))
 def attention_kernel(
     Q, QS, QSF, K, KS, KSF, V, VS, VSF, COL, O, LSE, SHIFT, VMEAN, GV,
     s_qb, s_qh, s_ql,

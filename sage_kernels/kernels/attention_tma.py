@@ -26,7 +26,7 @@ from .key_slots import groups_to_keys, keys_to_groups
 from .prepass import C_FP4_VALUES, C_V16
 
 
-@jit
+@jit(lengths=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))
 def attention_tma_kernel(
     q_desc, qs_desc, k_desc, ks_desc, v_desc, vs_desc, col_desc, vmean_desc,
     O, LSE,

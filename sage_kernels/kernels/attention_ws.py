@@ -172,7 +172,7 @@ if HAS_GLUON:
             lse = (m_i + gl.log2(gl.where(live, l_i, 1.0))) * 0.6931471805599453
             gl.store(LSE + pid_bh * Lq + rows, gl.where(live, lse, float("-inf")), mask=rows < Lq)
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
         q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE,
         s_ob, s_oh, s_ol,

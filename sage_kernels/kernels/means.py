@@ -17,7 +17,7 @@ from .._triton import jit, tl, triton
 TILE = 128  # keys per partial sum: full 16-byte vector rows, enough programs to fill the GPU at 4608 keys
 
 
-@jit
+@jit(lengths=("L",))
 def key_sums_kernel(X, sxb, sxh, sxl, sxd, SUMS, H, L, D, BL: tl.constexpr, DP: tl.constexpr):
     """fp32 column sums of one (BL, DP) key tile: SUMS[(b*H + h) * tiles + tile, :]."""
     pid_t = tl.program_id(0)
@@ -29,7 +29,7 @@ def key_sums_kernel(X, sxb, sxh, sxl, sxd, SUMS, H, L, D, BL: tl.constexpr, DP: 
     tl.store(SUMS + (pid_bh * tl.num_programs(0) + pid_t) * DP + cols, tl.sum(x.to(tl.float32), axis=0))
 
 
-@jit
+@jit(lengths=("n_tiles", "L"))
 def key_mean_kernel(SUMS, OUT, n_tiles, L, D, BT: tl.constexpr, DP: tl.constexpr):
     """OUT[bh, :D] = (sum of the head's tile sums, in tile order) / L."""
     pid_bh = tl.program_id(0)

@@ -39,7 +39,7 @@ def load_rows(X, sxl, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
     return x, live
 
 
-@jit
+@jit(lengths=("L", "n_tiles"))
 def prep_rows_kernel(
     X, sxb, sxh, sxl,  # input (B, H, L, D) through strides, D contiguous
     MEAN, smb, smh, smg,  # fp32 means: read (MEAN_MODE 1) or written per tile (MEAN_MODE 2)
@@ -132,7 +132,7 @@ def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, 
             tl.store(OUT_SCALE + out_rows, g * row_factor)
 
 
-@jit
+@jit(lengths=("L",))
 def prep_v_kernel(
     V, svb, svh, svl,  # input (B, Hk, L, Dv) through strides, Dv contiguous
     VMEAN,  # fp32 (B, Hk, DP) channel means, subtracted when SUB_MEAN
@@ -185,7 +185,7 @@ def prep_v_kernel(
                      sc.to(OUT_SF.dtype.element_ty))
 
 
-@jit
+@jit(lengths=("G", "t0", "t1", "bh0", "Lk"))
 def column_bias_kernel(
     QBAR, sqb, sqh, sqg,  # fp32 query means (B, Hq, G, D)
     K, skb, skh, skl,  # raw keys (B, Hk, Lk, D) through strides, D contiguous
