@@ -118,6 +118,11 @@ def default_classes(launch):  # what Triton would specialise each int argument t
             if isinstance(a, int) and not isinstance(a, bool)]
 
 
+for mod, names in aot._SITES:  # every declared length names a parameter (Triton ignores unknown names)
+    for name in names:
+        kernel = getattr(mod, name)
+        assert sum(p.do_not_specialize for p in kernel.params) == len(kernel.do_not_specialize), name
+
 differs = 0
 # a multiple of 16 and not; long enough that the Q-smoothing table comes in chunks (its budget is the quantized
 # Q's size: twice as large for the FP4 emulation's bf16 values)
