@@ -94,8 +94,8 @@ from sage_kernels.options import QuantOptions
 from sage_kernels.problem import build_problem
 
 
-def recorded(length, precision, sm90):
-    q, k, v = (torch.randn(1, 2, length, 64, dtype=torch.bfloat16) for _ in range(3))
+def recorded(length, d, precision, sm90):
+    q, k, v = (torch.randn(1, 2, length, d, dtype=torch.bfloat16) for _ in range(3))
     real_config = run.launch_config
     if sm90:  # the launcher's sm_90 configs: the TMA and Gluon kernels
         run.launch_config = lambda _arch, *a: real_config(90, *a)
@@ -123,16 +123,19 @@ for mod, names in aot._SITES:  # every declared length names a parameter (Triton
         kernel = getattr(mod, name)
         assert sum(p.do_not_specialize for p in kernel.params) == len(kernel.do_not_specialize), name
 
+seen = set()
 differs = 0
 # a multiple of 16 and not; long enough that the Q-smoothing table comes in chunks (its budget is the quantized
-# Q's size: twice as large for the FP4 emulation's bf16 values)
-for precision, sm90, lengths in (("int8", False, (2304, 2250)), ("int8", True, (2304, 2250)),
-                                 ("fp4", False, (4352, 4300))):
-    a, b = (recorded(n, precision, sm90) for n in lengths)
+# Q's size: twice as large for the FP4 emulation's bf16 values); sm_90 runs the Gluon kernel at head dim 128
+for precision, sm90, d, lengths in (("int8", False, 64, (2304, 2250)), ("int8", True, 128, (4352, 4300)),
+                                    ("fp4", False, 64, (4352, 4300)), ("fp4", True, 64, (4352, 4300))):
+    a, b = (recorded(n, d, precision, sm90) for n in lengths)
     names = {x.name for x in a}
     assert "column_bias_kernel" in names and sum(x.name.startswith("attention") for x in a) >= 2, names  # chunked
     assert {key(x) for x in a} == {key(x) for x in b}, (precision, sm90, {key(x) for x in a} ^ {key(x) for x in b})
     differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
+    seen |= names
+assert {"attention_kernel", "attention_tma_kernel", "attention_ws_kernel", "prep_v_kernel"} <= seen, seen
 print("launches whose default specialisation differs", differs)
 """
 
@@ -141,7 +144,7 @@ print("launches whose default specialisation differs", differs)
 def test_a_new_sequence_length_reuses_the_compiled_kernels():
     """Token counts, tile counts and chunk bounds are not specialised (`_triton.jit(lengths=...)`): calls at a token
     count that is a multiple of 16 and one that is not (Q-smoothing table in chunks, so chunk starts too) need
-    exactly the same compiled variants of every kernel, int8 (pointer and sm_90 kernels) and fp4; Triton's default
+    exactly the same compiled variants of every kernel, int8 and fp4, pointer and sm_90 kernels; Triton's default
     would have split them."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
