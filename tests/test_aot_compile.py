@@ -85,6 +85,8 @@ def test_offline_compile_specialises_like_the_launcher():
 
 
 _LENGTH_CHECK = """
+import sys
+
 import torch
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend
@@ -136,6 +138,32 @@ for precision, sm90, d, lengths in (("int8", False, 64, (2304, 2250)), ("int8", 
     differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
     seen |= names
 assert {"attention_kernel", "attention_tma_kernel", "attention_ws_kernel", "prep_v_kernel"} <= seen, seen
+
+from sage_kernels.training import aot as training_aot, backward, forward  # the training path (autograd)
+
+for mod_name, names in training_aot._SITES.items():
+    for name in names:
+        kernel = getattr(sys.modules[mod_name], name)
+        assert sum(p.do_not_specialize for p in kernel.params) == len(kernel.do_not_specialize), name
+
+
+def recorded_training(lq, lk, qk, causal):
+    q = torch.randn(1, 2, lq, 64, dtype=torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(1, 2, lk, 64, dtype=torch.bfloat16).requires_grad_() for _ in range(2))
+    p = build_problem(q, k, v, is_causal=causal)
+    with training_aot.recording() as launches:
+        out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
+        lse = torch.zeros(p.batch, p.heads_q, p.len_q)
+        forward.training_forward(p, qk)
+        backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+    return launches
+
+
+for qk in ("16bit", "int8"):
+    for causal in (False, True):  # (both lengths padded, so the same padding constexprs)
+        a, b = recorded_training(240, 240, qk, causal), recorded_training(200, 232, qk, causal)
+        assert {key(x) for x in a} == {key(x) for x in b}, (qk, causal, {key(x) for x in a} ^ {key(x) for x in b})
+        differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
 print("launches whose default specialisation differs", differs)
 """
 
@@ -144,8 +172,8 @@ print("launches whose default specialisation differs", differs)
 def test_a_new_sequence_length_reuses_the_compiled_kernels():
     """Token counts, tile counts and chunk bounds are not specialised (`_triton.jit(lengths=...)`): calls at a token
     count that is a multiple of 16 and one that is not (Q-smoothing table in chunks, so chunk starts too) need
-    exactly the same compiled variants of every kernel, int8 and fp4, pointer and sm_90 kernels; Triton's default
-    would have split them."""
+    exactly the same compiled variants of every kernel, int8 and fp4, pointer and sm_90 kernels, and the training
+    forward and backward; Triton's default would have split them."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-c", _LENGTH_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -71,7 +71,7 @@ def _dkdv_steps(
     return dk, dv
 
 
-@jit
+@jit(lengths=("Lq", "Lk", "causal_offset"))
 def dkdv_kernel(
     Q, QS, K, KS, VT, COL, M, DD,
     DO, s_gb, s_gh, s_gl, s_gd,
@@ -173,7 +173,7 @@ def _dq_steps(
     return dq
 
 
-@jit
+@jit(lengths=("Lq", "causal_offset"))
 def dq_kernel(
     Q, QS, K, KS, VT, COL, M, DD,
     DO, s_gb, s_gh, s_gl, s_gd,

@@ -92,7 +92,7 @@ def _forward_blocks(
     return acc, l_i, m_i
 
 
-@jit
+@jit(lengths=("Lq", "causal_offset"))
 def forward_kernel(
     Q, QS, K, KS, V, VS, COL, s_cb, s_ch,
     O, s_ob, s_oh, s_ol, s_od, LSE, SHIFT,

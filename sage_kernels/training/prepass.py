@@ -16,7 +16,7 @@ from ..kernels.prepass import load_rows
 from .forward_kernel import cast
 
 
-@jit
+@jit(lengths=("L",))
 def quantize_kernel(
     X, sxb, sxh, sxl,  # input (B, H, L, D) through strides, D contiguous
     MEAN, smb, smh,  # fp32 means (..., DP) at b * smb + h * smh, subtracted when SUB_MEAN
@@ -58,7 +58,7 @@ def quantize_kernel(
         tl.store(OUT_SCALE + pid_bh * L_pad + rows, scale * row_factor)
 
 
-@jit
+@jit(lengths=("Lq",))
 def row_stats_kernel(
     O, s_ob, s_oh, s_ol, s_od,  # forward output (B, Hq, Lq, Dv) through strides
     DO, s_gb, s_gh, s_gl, s_gd,  # its gradient, same shape
