@@ -85,34 +85,20 @@ def test_offline_compile_specialises_like_the_launcher():
 
 
 _LENGTH_CHECK = """
-import sys
+import importlib
 
 import torch
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend
 
-from sage_kernels.kernels import aot, run
+from sage_kernels.kernels import aot
 from sage_kernels.options import QuantOptions
 from sage_kernels.problem import build_problem
+from sage_kernels.training import aot as training_aot
 
 
-def recorded(length, d, precision, sm90):
-    q, k, v = (torch.randn(1, 2, length, d, dtype=torch.bfloat16) for _ in range(3))
-    real_config = run.launch_config
-    if sm90:  # the launcher's sm_90 configs: the TMA and Gluon kernels
-        run.launch_config = lambda _arch, *a: real_config(90, *a)
-    try:
-        with aot.recording() as launches:
-            run.run(build_problem(q, k, v), precision, QuantOptions(), True)
-    finally:
-        run.launch_config = real_config
-    return launches
-
-
-def key(launch):
-    src, options = aot.source_of(launch)
-    return (launch.name, tuple(sorted(src.signature.items())), tuple(sorted((k, str(v)) for k, v in src.constants.items())),
-            tuple(sorted((k, str(v)) for k, v in src.attrs.items())), tuple(sorted(options.items())))
+def key(launch):  # aot.launch_key plus the divisibility attributes (what `lengths` changes)
+    return aot.launch_key(launch) + (tuple(sorted((k, str(v)) for k, v in aot.source_of(launch)[0].attrs.items())),)
 
 
 def default_classes(launch):  # what Triton would specialise each int argument to without `lengths`
@@ -120,7 +106,19 @@ def default_classes(launch):  # what Triton would specialise each int argument t
             if isinstance(a, int) and not isinstance(a, bool)]
 
 
-for mod, names in aot._SITES:  # every declared length names a parameter (Triton ignores unknown names)
+def same_variants(a, b, label):
+    assert {key(x) for x in a} == {key(x) for x in b}, (label, {key(x) for x in a} ^ {key(x) for x in b})
+    return sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
+
+
+def qkv(lq, lk, d):
+    return torch.randn(1, 2, lq, d, dtype=torch.bfloat16), *(torch.randn(1, 2, lk, d, dtype=torch.bfloat16)
+                                                             for _ in range(2))
+
+
+sites = [(mod, names) for mod, names in aot._SITES]
+sites += [(importlib.import_module(mod_name), names) for mod_name, names in training_aot._SITES.items()]
+for mod, names in sites:  # every declared length names a parameter (Triton ignores unknown names)
     for name in names:
         kernel = getattr(mod, name)
         assert sum(p.do_not_specialize for p in kernel.params) == len(kernel.do_not_specialize), name
@@ -131,39 +129,18 @@ differs = 0
 # Q's size: twice as large for the FP4 emulation's bf16 values); sm_90 runs the Gluon kernel at head dim 128
 for precision, sm90, d, lengths in (("int8", False, 64, (2304, 2250)), ("int8", True, 128, (4352, 4300)),
                                     ("fp4", False, 64, (4352, 4300)), ("fp4", True, 64, (4352, 4300))):
-    a, b = (recorded(n, d, precision, sm90) for n in lengths)
+    a, b = (aot.record(build_problem(*qkv(n, n, d)), precision, QuantOptions(), True, sm90) for n in lengths)
     names = {x.name for x in a}
     assert "column_bias_kernel" in names and sum(x.name.startswith("attention") for x in a) >= 2, names  # chunked
-    assert {key(x) for x in a} == {key(x) for x in b}, (precision, sm90, {key(x) for x in a} ^ {key(x) for x in b})
-    differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
+    differs += same_variants(a, b, (precision, sm90))
     seen |= names
 assert {"attention_kernel", "attention_tma_kernel", "attention_ws_kernel", "prep_v_kernel"} <= seen, seen
 
-from sage_kernels.training import aot as training_aot, backward, forward  # the training path (autograd)
-
-for mod_name, names in training_aot._SITES.items():
-    for name in names:
-        kernel = getattr(sys.modules[mod_name], name)
-        assert sum(p.do_not_specialize for p in kernel.params) == len(kernel.do_not_specialize), name
-
-
-def recorded_training(lq, lk, qk, causal):
-    q = torch.randn(1, 2, lq, 64, dtype=torch.bfloat16).requires_grad_()
-    k, v = (torch.randn(1, 2, lk, 64, dtype=torch.bfloat16).requires_grad_() for _ in range(2))
-    p = build_problem(q, k, v, is_causal=causal)
-    with training_aot.recording() as launches:
-        out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
-        lse = torch.zeros(p.batch, p.heads_q, p.len_q)
-        forward.training_forward(p, qk)
-        backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
-    return launches
-
-
-for qk in ("16bit", "int8"):
+for qk in ("16bit", "int8"):  # the training path (autograd)
     for causal in (False, True):  # (both lengths padded, so the same padding constexprs)
-        a, b = recorded_training(240, 240, qk, causal), recorded_training(200, 232, qk, causal)
-        assert {key(x) for x in a} == {key(x) for x in b}, (qk, causal, {key(x) for x in a} ^ {key(x) for x in b})
-        differs += sum(default_classes(x) != default_classes(y) for x, y in zip(a, b))
+        a, b = (training_aot.record(build_problem(*(t.requires_grad_() for t in qkv(lq, lk, 64)), is_causal=causal), qk)
+                for lq, lk in ((240, 240), (200, 232)))
+        differs += same_variants(a, b, (qk, causal))
 print("launches whose default specialisation differs", differs)
 """
 

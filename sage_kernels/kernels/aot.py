@@ -227,23 +227,28 @@ def distinct(launches) -> list[Launch]:
     return unique
 
 
+def record(p, precision: str, opts, lse: bool, sm90: bool) -> list[Launch]:
+    """The launches of one host call on CPU tensors; sm90: with the launcher's configs for sm_90, where eligible
+    problems launch attention_tma_kernel or attention_ws_kernel (descriptors' block shapes depend on the config,
+    so they are recorded as launched)."""
+    real_config = run_module.launch_config
+    if sm90:
+        run_module.launch_config = lambda _arch, *a: real_config(TMA_ARCHS[0], *a)
+    try:
+        with recording() as launches:
+            run_module.run(p, precision, opts, lse)
+    finally:
+        run_module.launch_config = real_config
+    return launches
+
+
 def record_all(full: bool = True) -> list[Launch]:
     """Every distinct launch of `variants(full)` (recorded from CPU tensors), each variant recorded twice: as on
-    a GPU without the TMA kernel, and with the launcher's configs for sm_90, where eligible problems launch
-    attention_tma_kernel or attention_ws_kernel (descriptors' block shapes depend on the config, so they are
-    recorded as launched)."""
+    a GPU without the TMA kernel, and with sm_90's configs (`record`), keeping that pass's SM90_ONLY launches."""
     recorded = []
-    real_config = run_module.launch_config
     for _, p, precision, opts, lse in variants(full):
         for tma in (False, True):
-            if tma:
-                run_module.launch_config = lambda _arch, *a: real_config(TMA_ARCHS[0], *a)
-            try:
-                with recording() as launches:
-                    run_module.run(p, precision, opts, lse)
-            finally:
-                run_module.launch_config = real_config
-            recorded += [x for x in launches if not tma or x.name in SM90_ONLY]
+            recorded += [x for x in record(p, precision, opts, lse, tma) if not tma or x.name in SM90_ONLY]
     return distinct(recorded)
 
 

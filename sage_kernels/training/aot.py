@@ -79,18 +79,20 @@ def variants(full: bool = True):
                 yield f"{qk} {dtype}", prob(dtype=dtype), qk
 
 
-def record_all(full: bool = True) -> list[Launch]:
-    from . import backward, forward  # noqa: F401  (the recorded modules must be imported)
+def record(p, qk: str) -> list[Launch]:
+    """The launches of one training forward and backward (CPU tensors)."""
+    from . import backward, forward  # (the recorded modules must be imported)
 
-    recorded = []
-    for _, p, qk in variants(full):
-        with recording() as launches:
-            out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
-            lse = torch.zeros(p.batch, p.heads_q, p.len_q)
-            forward.training_forward(p, qk)
-            backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
-        recorded += launches
-    return distinct(recorded)
+    with recording() as launches:
+        out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
+        lse = torch.zeros(p.batch, p.heads_q, p.len_q)
+        forward.training_forward(p, qk)
+        backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+    return launches
+
+
+def record_all(full: bool = True) -> list[Launch]:
+    return distinct([x for _, p, qk in variants(full) for x in record(p, qk)])
 
 
 def main(argv=None) -> int:
