@@ -31,8 +31,9 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     for arch in ("sm_80", "sm_89", "sm_120"):
         assert any(line.startswith(f"{arch} attention_kernel") for line in compiled), arch
     assert {line.split()[0] for line in compiled if " attention_tma_kernel " in line} == {"sm_90"}
-    ws = [line for line in compiled if " attention_ws_kernel " in line]  # the Gluon kernel: sm_90's default int8
+    ws = [line for line in compiled if " attention_ws_kernel " in line]  # the Gluon kernel: sm_90's int8 and fp4
     assert {line.split()[0] for line in ws} == {"sm_90"}
+    assert {"'FP4': True" in line for line in ws} == {True, False}
     assert {"'HAS_COL': False" in line for line in ws} == {True, False}
     assert {"'RETURN_LSE': True" in line for line in ws} == {True, False}
     assert all("wgmma async" in line for line in ws), ws  # ptxas would otherwise wait after every wgmma
@@ -128,7 +129,8 @@ differs = 0
 # a multiple of 16 and not; long enough that the Q-smoothing table comes in chunks (its budget is the quantized
 # Q's size: twice as large for the FP4 emulation's bf16 values); sm_90 runs the Gluon kernel at head dim 128
 for precision, sm90, d, lengths in (("int8", False, 64, (2304, 2250)), ("int8", True, 128, (4352, 4300)),
-                                    ("fp4", False, 64, (4352, 4300)), ("fp4", True, 64, (4352, 4300))):
+                                    ("fp4", False, 64, (4352, 4300)), ("fp4", True, 64, (4352, 4300)),
+                                    ("fp4", True, 128, (8448, 8450))):  # (bf16 Q: the table chunks past 8192 keys)
     a, b = (aot.record(build_problem(*qkv(n, n, d)), precision, QuantOptions(), True, sm90) for n in lengths)
     names = {x.name for x in a}
     assert "column_bias_kernel" in names and sum(x.name.startswith("attention") for x in a) >= 2, names  # chunked

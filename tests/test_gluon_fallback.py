@@ -35,6 +35,15 @@ def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
     Ops.lk_pad = run.BLOCK_N  # one key block: the kernel peels the first and the last, so it needs two
     assert not run._ws_applies(None, Ops())
 
+    class Fp4Ops:  # the FP4 emulation: its Gluon variant reads K and V in key_slots order only
+        qk_format, pv_format, lk_pad, key_slots = run.FMT_FP4_VALUES, run.FMT_FP4_VALUES, 2 * run.BLOCK_N, True
+
+    assert run._ws_applies(None, Fp4Ops())
+    Fp4Ops.key_slots = False
+    assert not run._ws_applies(None, Fp4Ops())
+    Ops.lk_pad, Ops.pv_format = 2 * run.BLOCK_N, run.FMT_FP8  # INT8 Q.K^T with 8-bit P.V: the TMA kernel's
+    assert not run._ws_applies(None, Ops())
+
 
 def test_fallback_config_is_the_tma_kernels_measured_one():
     """Without the Gluon kernel, 16-bit P.V at head dim 128 on sm_90 runs the TMA kernel's 8-warp config."""
@@ -45,3 +54,6 @@ def test_fallback_config_is_the_tma_kernels_measured_one():
     assert configs.without_gluon(cfg) == configs.LaunchConfig(8, 3, 128, tma=True)
     other = configs.launch_config(90, 64, run.FMT_INT8, run.FMT_V16)
     assert not other.gluon and configs.without_gluon(other) is other
+    fp4 = configs.launch_config(90, 128, run.FMT_FP4_VALUES, run.FMT_FP4_VALUES)  # the FP4 emulation likewise
+    assert fp4.gluon and configs.without_gluon(fp4) == configs.LaunchConfig(8, 3, 128, tma=True)
+    assert not configs.launch_config(90, 64, run.FMT_FP4_VALUES, run.FMT_FP4_VALUES).gluon

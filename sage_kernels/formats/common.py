@@ -29,7 +29,7 @@ def rne_jit(x):
 def div_or_zero_jit(NUM: tl.constexpr, den):
     """NUM / den as an IEEE division (div_rn, as torch's tensor / tensor), 0 where den is not positive: the inverse
     scale of every quantizer (a zero or NaN block scale gives 0, never inf)."""
-    return tl.where(den > 0, tl.math.div_rn(tl.full(den.shape, NUM, tl.float32), tl.maximum(den, 1e-30)), 0.0)
+    return tl.where(den > 0, tl.math.div_rn(NUM, tl.maximum(den, 1e-30)), 0.0)
 
 
 @jit

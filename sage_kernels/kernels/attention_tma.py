@@ -12,8 +12,8 @@ two 64-row consumer warpgroups) requires: a pointer load, even of the row scales
 fail to compile. With it the kernel compiles but hangs or faults on the H200 (as does a plain bf16 attention loop),
 so no config enables it; it stays a switch (configs.LaunchConfig.warp_specialize) for a later Triton.
 
-The API default (INT8 Q.K^T, 16-bit P.V) at head dim 128 runs attention_ws.attention_ws_kernel instead (Gluon,
-warp-specialised), falling back to this kernel if that one cannot be built.
+The API default (INT8 Q.K^T, 16-bit P.V) and the FP4 emulation at head dim 128 run attention_ws.attention_ws_kernel
+instead (Gluon, warp-specialised), falling back to this kernel if that one cannot be built.
 Not handled here (the launcher keeps `attention_kernel` for them): causal masking, fp32 inputs, native FP4, head
 dims above 128, and V tensors whose strides TMA cannot describe (16-byte alignment).
 """

@@ -1,12 +1,15 @@
 """The Hopper fast path written in Gluon: INT8 Q.K^T, 16-bit P.V attention with explicit warp specialisation.
 
-Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode; the torch
-mirror is reference/quantized.py), laid out FlashAttention-3's way for sm_90:
-  - a producer warp streams K, its row scales, V and the column bias into a shared-memory ring of STAGES stages of
+Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode), and with
+FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K, V decoded to exact bf16 values, K and V in key_slots order, P
+quantized to NVFP4 in registers: `attention.fp4_online_stats`, `e2m1.nvfp4_p_jit`); the torch mirror of both is
+reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
+  - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES stages of
     SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a partition-wide
     barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync less often);
-  - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (int32; adding
-    the bits of 1.5*2**23 makes int -> float one add and a bitcast), the online softmax in fp32,
+  - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
+    adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
+    softmax in fp32,
     then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
     partitions, one warpgroup's softmax overlaps the other's MMAs.
 Triton 3.6's automatic warp specialisation hangs on this loop (docs/BENCHMARKS.md); Gluon states the partitions and
@@ -48,22 +51,27 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
-    from .attention import int8_scores_from_bits
+    from ..formats.e2m1 import nvfp4_p_jit
+    from .attention import fp4_online_stats, int8_scores_from_bits
     from .common import column_bias_row, magic_bits, program_coords
+    from .key_slots import groups_to_keys, keys_to_groups
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                         q_bar, ready, empty, q_row, k_row, v_b, v_hk, col_off, n_blocks,
-                        BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr):
-        """One warp: Q once, then K, K's scales, V and the column bias of every key block into the ring, SUB key
-        blocks per stage (an odd last stage also loads the block past the end: zero-filled or another head's rows,
-        never read)."""
+                        BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+                        FP4: gl.constexpr):
+        """One warp: Q once, then K, K's scales (INT8), V and the column bias of every key block into the ring, SUB
+        key blocks per stage (an odd last stage also loads the block past the end: zero-filled or another head's
+        rows, never read). FP4: V is the emulation's (B*Hk*Lk_pad, DP) rows, K's; else the caller's
+        (B, Hk, Lk, DV)."""
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
         nbytes: gl.constexpr = SUB * (k_desc.block_type.nbytes + v_desc.block_type.nbytes
-                                      + ks_desc.block_type.nbytes + (col_desc.block_type.nbytes if HAS_COL else 0))
+                                      + (0 if FP4 else ks_desc.block_type.nbytes)
+                                      + (col_desc.block_type.nbytes if HAS_COL else 0))
         for i in range(gl.cdiv(n_blocks, SUB)):
             stage = i % STAGES
             mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
@@ -73,8 +81,11 @@ if HAS_GLUON:
                 start = (i * SUB + h) * BN
                 buf = stage * SUB + h
                 tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
-                tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
-                tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
+                if FP4:
+                    tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
+                else:
+                    tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
+                    tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
                 if HAS_COL:
                     tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
 
@@ -90,14 +101,29 @@ if HAS_GLUON:
                              use_acc=False)
 
     @gluon.jit
+    def _release(empty, j, n_blocks, STAGES: gl.constexpr, SUB: gl.constexpr):
+        """After the last block of its stage (or the last block of all) the stage goes back to the producer."""
+        if (j % SUB == SUB - 1) | (j == n_blocks - 1):
+            mbarrier.arrive(empty.index((j // SUB) % STAGES), count=1)
+
+    @gluon.jit
+    def _pv(acc, p, alpha, v_tile, o_layout: gl.constexpr, FIRST: gl.constexpr):
+        """acc = alpha * acc + P.V on the tensor cores (the FIRST block's P.V starts from zero instead: a zero
+        accumulator written while Q.K^T is in flight would serialise the wgmmas)."""
+        if FIRST:
+            acc = warpgroup_mma(p, v_tile, acc, is_async=True, use_acc=False)
+        else:
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            acc = warpgroup_mma(p, v_tile, acc, is_async=True)
+        return warpgroup_mma_wait(0, deps=(acc, ))
+
+    @gluon.jit
     def _block(acc, m_i, l_i, qk_bits, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
                DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
                FIRST: gl.constexpr):
-        """Key block j: scores in log2 units from the int32 q.k plus the magic bits (attention.int8_scores_from_bits:
-        two FMAs per score), the online softmax, acc = alpha * acc + P.V (the FIRST block's P.V starts from zero
-        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then, after the
-        last block of its stage (or the last block of all), the stage is released."""
+        """INT8 key block j: scores in log2 units from the int32 q.k plus the magic bits
+        (attention.int8_scores_from_bits: two FMAs per score), the online softmax, acc = alpha * acc + P.V."""
         slot = j % (STAGES * SUB)
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         col = 0.0
@@ -110,83 +136,137 @@ if HAS_GLUON:
         e = gl.exp2(s - m_new_safe[:, None])
         l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
-        if FIRST:
-            acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True, use_acc=False)
-        else:
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc = warpgroup_mma(p, v_bufs.index(slot).reshape([BN, DP]), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
-        if (j % SUB == SUB - 1) | (j == n_blocks - 1):  # the stage's last block: release it
-            mbarrier.arrive(empty.index((j // SUB) % STAGES), count=1)
+        acc = _pv(acc, p, alpha, v_bufs.index(slot).reshape([BN, DP]), o_layout, FIRST)
+        _release(empty, j, n_blocks, STAGES, SUB)
         return acc, m_new, l_i
 
     @gluon.jit
+    def _fp4_block(acc, m_i, l_i, s, qk_factor, j, n_blocks, v_bufs, col_bufs, empty,
+                   s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
+                   BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+                   FIRST: gl.constexpr):
+        """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the bf16 values' q.k (columns in
+        key_slots order, so a group of 16 keys is one thread's registers) * sm_scale*log2(e) + column bias, P in
+        NVFP4 (level 1 folded into m, level-2 E4M3 scales per 16 keys), acc = alpha * acc + P.V. The FIRST block
+        makes m_i and l_i (their layout is the grouped scores' row layout, known only here)."""
+        slot = j % (STAGES * SUB)
+        s = s * qk_factor
+        if HAS_COL:  # the table is in key order: read its tile in slot order (slot 8c + 2r + b <- key 16r + 2c + b)
+            col = col_bufs.index(slot).reshape([BN // 64, 4, 8, 2]).permute((0, 2, 1, 3)).reshape([BN])
+            s = s + col.load(gl.SliceLayout(0, s_layout))[None, :]
+        sg = keys_to_groups(s, BM, BN, True)
+        if FIRST:
+            rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, sg.type.layout))
+            m_i = gl.full([BM], float("-inf"), gl.float32, rows)
+            l_i = gl.zeros([BM], gl.float32, rows)
+        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
+        p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, True)
+        p = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        acc = _pv(acc, p, alpha, v_bufs.index(slot), o_layout, FIRST)
+        _release(empty, j, n_blocks, STAGES, SUB)
+        return acc, m_new, l_i
+
+    @gluon.jit
+    def _step(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+              s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+              FP4: gl.constexpr, FIRST: gl.constexpr):
+        """Key block j in the kernel's format (q_scale: INT8's row scales, FP4's scalar score factor)."""
+        if FP4:
+            return _fp4_block(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, col_bufs, empty, s_layout,
+                              p_layout, o_layout, BM, BN, STAGES, SUB, HAS_COL, FIRST)
+        else:
+            return _block(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty, s_layout,
+                          p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST)
+
+    @gluon.jit
+    def _scores_done(token, FP4: gl.constexpr):
+        """Wait for a Q.K^T; INT8 adds the magic bits at once (that frees the accumulator's registers before the
+        next issue: else 64 MOVs per block copy them)."""
+        s = warpgroup_mma_wait(0, deps=(token, ))
+        if FP4:
+            return s
+        else:
+            return magic_bits(s)
+
+    @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                           QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
+                           QS, O, LSE, VMEAN_ROW, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
+                           qk_factor,
                            BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr,
-                           SUB: gl.constexpr, HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr,
-                           num_warps: gl.constexpr):
+                           SUB: gl.constexpr, HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
+                           HAS_VMEAN: gl.constexpr, num_warps: gl.constexpr):
         """One warpgroup: BM query rows (from q_row / output row m0) against every key block, then the store."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, BN, 32])
+                                                           instr_shape=[16, BN, 16 if FP4 else 32])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, DP, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-        q_scale = gl.load(QS + q_row + gl.arange(0, BM, layout=row_s))
-        s_unused = gl.zeros([BM, BN], gl.int32, s_layout)  # accumulators that use_acc=False never reads
+        if FP4:
+            q_scale = qk_factor
+            s_unused = gl.zeros([BM, BN], gl.float32, s_layout)  # accumulators that use_acc=False never reads
+        else:
+            q_scale = gl.load(QS + q_row + gl.arange(0, BM, layout=row_s))
+            s_unused = gl.zeros([BM, BN], gl.int32, s_layout)
         acc = gl.zeros([BM, DP], gl.float32, o_layout)
-        m_i = gl.full([BM], float("-inf"), gl.float32, row_s)
+        m_i = gl.full([BM], float("-inf"), gl.float32, row_s)  # (FP4's first block makes its own)
         l_i = gl.zeros([BM], gl.float32, row_s)
         mbarrier.wait(q_bar, 0)
         # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
-        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2). The magic
-        # add comes before the next issue: it frees the accumulator's registers (else 64 MOVs per block copy them).
-        qk = magic_bits(warpgroup_mma_wait(0, deps=(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), )))
+        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
+        qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), FP4)
         qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES, SUB)
-        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, 0, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
-                               s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, True)
+        acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, 0, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+                              s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, True)
         for j in range(1, n_blocks - 1):
-            qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
+            qk = _scores_done(qk_next, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
-            acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
-                                   s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, False)
-        qk = magic_bits(warpgroup_mma_wait(0, deps=(qk_next, )))
-        acc, m_i, l_i = _block(acc, m_i, l_i, qk, q_scale, n_blocks - 1, n_blocks, v_bufs, ks_bufs, col_bufs,
-                               empty, s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, False)
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+                                  s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
+        qk = _scores_done(qk_next, FP4)
+        acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, n_blocks - 1, n_blocks, v_bufs, ks_bufs, col_bufs,
+                              empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
 
         # the store, as attention.store_output
         live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
         out = acc * gl.convert_layout(1.0 / gl.where(live, l_i, 1.0), row_o)[:, None]
+        offs_d = gl.arange(0, DP, layout=gl.SliceLayout(0, o_layout))
+        if HAS_VMEAN:
+            out = out + gl.load(VMEAN_ROW + offs_d)[None, :]
         out = gl.where(gl.convert_layout(live, row_o)[:, None], out, 0.0)
         if O.dtype.element_ty == gl.float16:  # P rounded to 16 bits can lift a value near 65504 past fp16's range
             out = gl.where(out > 65504.0, 65504.0, gl.where(out < -65504.0, -65504.0, out))
         offs_m = m0 + gl.arange(0, BM, layout=row_o)
-        offs_d = gl.arange(0, DP, layout=gl.SliceLayout(0, o_layout))
         gl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=(offs_m < Lq)[:, None] & (offs_d < DV)[None, :])
         if RETURN_LSE:  # without the smoothing shift, which the host adds (as for attention_tma_kernel)
             rows = m0 + gl.arange(0, BM, layout=row_s)
             lse = (m_i + gl.log2(gl.where(live, l_i, 1.0))) * 0.6931471805599453
-            gl.store(LSE + pid_bh * Lq + rows, gl.where(live, lse, float("-inf")), mask=rows < Lq)
+            lse = gl.convert_layout(gl.where(live, lse, float("-inf")), row_s)
+            gl.store(LSE + pid_bh * Lq + rows, lse, mask=rows < Lq)
 
     @gluon.jit(do_not_specialize=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
-        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE,
+        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN,
         s_ob, s_oh, s_ol,
-        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g,
+        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
-        SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-        num_warps: gl.constexpr,
+        SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
+        HAS_VMEAN: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
-        """Descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks (B*Hk*Lk_pad,) fp32
-        [BN]; col: the column-bias table flattened (rows*Lk_pad,) [BN], row = b*col_rows_b + h*col_rows_h +
-        (block - t0)*col_rows_g (grid: common.program_coords); v: the caller's 16-bit V (B, Hk, Lk, DV)
-        [1, 1, BN, DP], zero-filled past Lk and DV.
-        QS: fp32 row scales (B*Hq*Lq_pad). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing
-        shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
+        """INT8 descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks
+        (B*Hk*Lk_pad,) fp32 [BN]; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and
+        DV. QS: fp32 row scales (B*Hq*Lq_pad).
+        FP4 (the emulation's bf16 values, K and V rows in key_slots order): q (B*Hq*Lq_pad, DP) [BM, DP]; k and v
+        (B*Hk*Lk_pad, DP) [BN, DP]; the scores' factor qk_factor (sm_scale*log2(e)); ks and QS unused; VMEAN: fp32
+        (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v).
+        col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
+        + (block - t0)*col_rows_g (grid: common.program_coords). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32
+        without the smoothing shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer
+        are worker partitions."""
         pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
                                                                     SMOOTH_BLOCK)
         col_off = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK) * Lk_pad
@@ -196,7 +276,8 @@ if HAS_GLUON:
         NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF] + k_desc.block_type.shape, k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NBUF] + v_desc.block_type.shape, v_desc.layout)
-        ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [NBUF] + ks_desc.block_type.shape, ks_desc.layout)
+        ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [1 if FP4 else NBUF] + ks_desc.block_type.shape,
+                                            ks_desc.layout)
         col_bufs = gl.allocate_shared_memory(col_desc.dtype, [NBUF if HAS_COL else 1] + col_desc.block_type.shape,
                                              col_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -208,16 +289,19 @@ if HAS_GLUON:
             mbarrier.init(empty.index(i), count=2)  # both consumer warpgroups release every slot
 
         HALF: gl.constexpr = BM // 2
+        vmean_row = VMEAN + bhk * DP
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV, n_blocks,
-                                  HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, num_warps)),
+                                  QS, O, LSE, vmean_row, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV,
+                                  n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, FP4,
+                                  HAS_VMEAN, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM + HALF, Lq,
-                                  DV, n_blocks, HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, num_warps)),
+                                  QS, O, LSE, vmean_row, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh,
+                                  pid_m * BM + HALF, Lq, DV, n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL,
+                                  RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, ready, empty, q_row, k_row, b, hk, col_off, n_blocks,
-                               BN, STAGES, SUB, HAS_COL)),
+                               BN, STAGES, SUB, HAS_COL, FP4)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover
     attention_ws_kernel = None

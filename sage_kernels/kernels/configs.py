@@ -27,12 +27,15 @@ class LaunchConfig:
 _override: LaunchConfig | None = None
 # The TMA kernel with 16-bit P.V at head dim 128 (16-bit V): 8 warps x 128 rows, 3 stages (measured, H200)
 _TMA_V16 = LaunchConfig(8, 3, 128, tma=True)
+# The FP4 emulation at head dim 128 on sm_90 through the Gluon kernel: bf16 K and V tiles (64 KB per key block),
+# 3 stages of one block (224 KB): +34..40% over 2 stages at 16k-35k tokens (H200, docs/BENCHMARKS.md)
+_FP4_GLUON = LaunchConfig(4, 3, 128, tma=True, gluon=True, blocks_per_stage=1)
 
 
 def without_gluon(cfg: LaunchConfig) -> LaunchConfig:
-    """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V at head dim 128), for
-    when attention_ws_kernel does not run: 8 warps over the same 128 rows, 3 stages of one key block, as measured
-    for it."""
+    """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V or the FP4 emulation at
+    head dim 128), for when attention_ws_kernel does not run: 8 warps over the same 128 rows, 3 stages of one key
+    block, as measured for both."""
     return _TMA_V16 if cfg.gluon else cfg
 
 
@@ -60,7 +63,9 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
     if dp >= 256:
         return LaunchConfig(8, 1 if qk_format == FMT_FP4_VALUES else 2, 128)
     if qk_format == FMT_FP4_VALUES and arch == 90:
-        # FP4 emulation on an H200: 3 stages +8..10% over 2 (the TMA kernel itself +1..2%)
+        if dp == 128:  # the Gluon kernel, +15..25% over the TMA kernel (its num_warps: one consumer warpgroup's)
+            return _FP4_GLUON
+        # FP4 emulation on an H200, TMA kernel (faster than the Gluon kernel at head dim 64): 3 stages +8..10% over 2
         return LaunchConfig(4, 3, 64, tma=True) if dp <= 64 else LaunchConfig(8, 3, 128, tma=True)
     if qk_format == FMT_INT8 and arch == 90 and pv_format in TMA_PV_FORMATS and dp <= 128:
         # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the

@@ -379,10 +379,12 @@ def _launch_tma(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_
 
 
 def _ws_applies(p: AttentionProblem, ops: Operands) -> bool:
-    """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V and at least two key blocks (it peels the
-    first and the last), within what _tma_applies allows."""
-    return (HAS_GLUON and _ws_failure is None and not interpreter_active() and ops.qk_format == FMT_INT8
-            and ops.pv_format == FMT_V16 and ops.lk_pad >= 2 * BLOCK_N)
+    """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V, or the FP4 emulation (K and V in key_slots
+    order), at least two key blocks (it peels the first and the last), within what _tma_applies allows."""
+    formats = ((ops.qk_format == FMT_INT8 and ops.pv_format == FMT_V16)
+               or (ops.qk_format == FMT_FP4_VALUES and ops.key_slots))
+    return (HAS_GLUON and _ws_failure is None and not interpreter_active() and formats
+            and ops.lk_pad >= 2 * BLOCK_N)
 
 
 _ws_failure: str | None = None  # why attention_ws_kernel could not be built here (then the TMA kernel runs)
@@ -403,17 +405,28 @@ def _try_launch_ws(*args) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=8)
+def _gluon_placeholder(device: torch.device):
+    """A valid Gluon descriptor for the row scales the FP4 variant never reads."""
+    return gluon_desc(torch.zeros(BLOCK_N, dtype=torch.float32, device=device), [BLOCK_N])
+
+
 def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     dp, lk_pad = ops.dp, ops.lk_pad
+    fp4 = ops.qk_format == FMT_FP4_VALUES
+    if fp4:  # the emulation's bf16 values, K's and V's rows in key_slots order
+        v_desc, ks_desc = gluon_desc(ops.v.view(-1, dp), [BLOCK_N, dp]), _gluon_placeholder(p.device)
+    else:
+        v_desc, ks_desc = gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N])
     attention_ws_kernel[(count,)](
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
-        gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N]),
-        gluon_desc(table.view(-1), [BLOCK_N]),
+        v_desc, ks_desc, gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
+        ops.v_mean if ops.v_mean is not None else _empty(p.device),
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
-        *col_rows,
+        *col_rows, ops.score_factor,
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
-        RETURN_LSE=lse is not None, HAS_COL=has_col, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS,
-        maxnreg=WS_MAXNREG,
+        RETURN_LSE=lse is not None, HAS_COL=has_col, FP4=fp4, HAS_VMEAN=ops.v_mean is not None,
+        CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
     )
