@@ -159,3 +159,38 @@ def test_a_new_sequence_length_reuses_the_compiled_kernels():
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert int(proc.stdout.split()[-1]) >= 8  # without `lengths` most launches would need another variant
+
+
+_POINTER_CONFIG_CHECK = """
+import torch
+
+from sage_kernels.kernels import aot
+from sage_kernels.options import QuantOptions
+from sage_kernels.problem import build_problem
+
+compiled = []
+aot.triton.compile = lambda src, target, options: compiled.append(options)
+checked = 0
+for precision in ("int8", "fp4"):
+    q, k, v = (torch.randn(1, 2, 300, 128, dtype=torch.bfloat16) for _ in range(3))
+    for launch in aot.record(build_problem(q, k, v, is_causal=True), precision, QuantOptions(), False, True):
+        if launch.name == "attention_kernel":
+            aot.compile_launch(launch, 90)
+            launched = {"num_warps": launch.kwargs["num_warps"], "num_stages": launch.kwargs["num_stages"]}
+            assert compiled[-1] == launched == {"num_warps": 8, "num_stages": 3}, (precision, compiled[-1], launched)
+            checked += 1
+print("checked", checked)
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+def test_offline_compile_uses_the_pointer_kernels_launch_config():
+    """On sm_90 the pointer kernel runs what the Gluon kernel does not take (causal, fp32 inputs) with the TMA
+    config's warps and stages (configs.without_gluon); the offline compile must check that config, not the Gluon
+    kernel's (4 warps)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", _POINTER_CONFIG_CHECK], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.split()[-1] == "2"

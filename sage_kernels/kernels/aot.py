@@ -21,7 +21,7 @@ from ..capabilities import WIDE_HEAD_SMEM, smem_limit
 from . import means as means_module
 from . import run as run_module
 from .attention_ws import HAS_GLUON
-from .configs import fp4_key_slots, launch_config, prepass_stages
+from .configs import fp4_key_slots, launch_config, prepass_stages, without_gluon
 from .run import TensorDescriptor
 
 if HAS_GLUON:
@@ -145,7 +145,8 @@ def compile_launch(launch: Launch, arch: int):
     if launch.name == "attention_kernel":  # (SM90_ONLY kernels were recorded with sm_90's config: as launched)
         kw = launch.kwargs
         v = launch.args[[param.name for param in launch.kernel.params].index("V")]
-        cfg = launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], v.element_size())
+        # (a Gluon config never reaches the pointer kernel: the launcher swaps in the TMA config's warps and stages)
+        cfg = without_gluon(launch_config(arch, kw["DP"], kw["QK_FORMAT"], kw["PV_FORMAT"], v.element_size()))
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         if cfg.block_m != kw["BM"]:
             src, _ = source_of(Launch(launch.kernel, launch.grid, launch.args, {**kw, "BM": cfg.block_m}))
