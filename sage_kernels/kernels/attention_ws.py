@@ -1,16 +1,17 @@
-"""The Hopper fast path written in Gluon: INT8 Q.K^T, 16-bit P.V attention with explicit warp specialisation.
+"""The Hopper fast path written in Gluon: INT8 Q.K^T, 16-bit P.V attention (and the FP4 emulation) with explicit
+warp specialisation.
 
 Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode), and with
 FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K, V decoded to exact bf16 values, K and V in key_slots order, P
 quantized to NVFP4 in registers: `attention.fp4_online_stats`, `e2m1.nvfp4_p_jit`); the torch mirror of both is
 reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
-  - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES stages of
-    SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a partition-wide
-    barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync less often);
+  - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES
+    stages of SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a
+    partition-wide barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync
+    less often);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
-    softmax in fp32,
-    then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
+    softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
     partitions, one warpgroup's softmax overlaps the other's MMAs.
 Triton 3.6's automatic warp specialisation hangs on this loop (docs/BENCHMARKS.md); Gluon states the partitions and
 barriers explicitly. sm_90 only (wgmma, setmaxnreg); configs.launch_config picks it, kernels/run.py launches it.
