@@ -71,12 +71,16 @@ def test_features_full_size():
         assert (lse - ref_lse).abs().max() < (0.05 if prec == "int8" else 0.5), prec
 
 
-@pytest.mark.parametrize("dtype, layout, mask_tail, smooth_q", [(torch.bfloat16, "HND", None, "block"),
-                                                                 (torch.float16, "NHD", 700, "block"),
-                                                                 (torch.bfloat16, "HND", None, "off")])
-def test_gluon_kernel_matches_tma_kernel(monkeypatch, dtype, layout, mask_tail, smooth_q):
-    """sm_90's default int8 kernel (Gluon, warp-specialised) against the TMA kernel: GQA, odd lengths, an odd
-    number of key blocks, key padding, LSE, NHD, no column bias (smooth_q off, Lk a multiple of 128)."""
+@pytest.mark.parametrize("precision, dtype, layout, mask_tail, smooth_q, smooth_v", [
+    ("int8", torch.bfloat16, "HND", None, "block", False), ("int8", torch.float16, "NHD", 700, "block", False),
+    ("int8", torch.bfloat16, "HND", None, "off", False),
+    ("fp4", torch.bfloat16, "HND", 700, "block", False), ("fp4", torch.float16, "NHD", None, "block", True),
+    ("fp4", torch.bfloat16, "HND", None, "off", False)])
+def test_gluon_kernel_matches_tma_kernel(monkeypatch, precision, dtype, layout, mask_tail, smooth_q, smooth_v):
+    """sm_90's Gluon kernel (warp-specialised) against the TMA kernel, for the default int8 mode and the FP4
+    emulation (key_slots order, P quantized in the consumer warpgroups, the column bias read in slot order from
+    shared memory; equal up to accumulation order): GQA, odd lengths, an odd number of key blocks, key padding,
+    LSE, NHD, fp16, smooth_v (fp4), no column bias (smooth_q off, Lk a multiple of 128)."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernel is sm_90's")
     from sage_kernels.kernels import configs, prepass, run
@@ -88,54 +92,16 @@ def test_gluon_kernel_matches_tma_kernel(monkeypatch, dtype, layout, mask_tail, 
     shape_q, shape_k = ((2, 8, 777, 128), (2, 2, lk, 128)) if layout == "HND" else ((2, 777, 8, 128), (2, lk, 2, 128))
     q = torch.randn(shape_q, device="cuda", dtype=dtype) * 2
     k = torch.randn(shape_k, device="cuda", dtype=dtype) + 0.5
-    v = torch.randn(shape_k, device="cuda", dtype=dtype)
-    mask = None
-    if mask_tail:
-        mask = torch.ones(2, 1, 1, lk, dtype=torch.bool, device="cuda")
-        mask[1, ..., mask_tail:] = False
-    kw = dict(layout=layout, precision="int8", backend="triton", attn_mask=mask, return_lse=True, smooth_q=smooth_q,
-              fallback="error")
-    assert configs.launch_config(90, 128, prepass.FMT_INT8, prepass.FMT_V16).gluon
-    out, lse = sage_kernels.sage_attention(q, k, v, **kw)
-    assert launches == [1]
-    configs.set_override(configs.LaunchConfig(8, 3, 128, tma=True))
-    try:
-        out_tma, lse_tma = sage_kernels.sage_attention(q, k, v, **kw)
-    finally:
-        configs.set_override(None)
-    assert launches == [1]
-    cos, l1 = dist.metrics(out, out_tma)
-    assert torch.isfinite(out).all() and cos > 0.99999 and l1 < 1e-3, (cos, l1)
-    assert torch.allclose(lse, lse_tma, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("dtype, layout, mask_tail, smooth_q, smooth_v", [
-    (torch.bfloat16, "HND", 700, "block", False), (torch.float16, "NHD", None, "block", True),
-    (torch.bfloat16, "HND", None, "off", False)])
-def test_gluon_fp4_matches_tma_kernel(monkeypatch, dtype, layout, mask_tail, smooth_q, smooth_v):
-    """The FP4 emulation at head dim 128 on sm_90 runs the Gluon kernel (key_slots order, P quantized in its
-    consumer warpgroups; the column bias read in slot order from shared memory): the same math as the TMA kernel
-    (equal up to accumulation order) with GQA, odd lengths, key padding, LSE, NHD, fp16, smooth_v, and no column
-    bias (smooth_q off, Lk a multiple of 128)."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the Gluon kernel is sm_90's")
-    from sage_kernels.kernels import configs, prepass, run
-
-    launches = []
-    real = run._launch_ws
-    monkeypatch.setattr(run, "_launch_ws", lambda *a: (launches.append(1), real(*a)))
-    lk = 1024 if smooth_q == "off" else (1100 if layout == "NHD" else 1000)
-    shape_q, shape_k = ((2, 8, 777, 128), (2, 2, lk, 128)) if layout == "HND" else ((2, 777, 8, 128), (2, lk, 2, 128))
-    q = torch.randn(shape_q, device="cuda", dtype=dtype) * 2
-    k = torch.randn(shape_k, device="cuda", dtype=dtype) + 0.5
     v = torch.randn(shape_k, device="cuda", dtype=dtype) + 0.3
     mask = None
     if mask_tail:
         mask = torch.ones(2, 1, 1, lk, dtype=torch.bool, device="cuda")
         mask[1, ..., mask_tail:] = False
-    kw = dict(layout=layout, precision="fp4", backend="triton", attn_mask=mask, return_lse=True, smooth_q=smooth_q,
-              smooth_v=smooth_v, fallback="error")
-    assert configs.launch_config(90, 128, prepass.FMT_FP4_VALUES, prepass.FMT_FP4_VALUES).gluon
+    kw = dict(layout=layout, precision=precision, backend="triton", attn_mask=mask, return_lse=True,
+              smooth_q=smooth_q, smooth_v=smooth_v, fallback="error")
+    formats = ((prepass.FMT_INT8, prepass.FMT_V16) if precision == "int8" else
+               (prepass.FMT_FP4_VALUES, prepass.FMT_FP4_VALUES))
+    assert configs.launch_config(90, 128, *formats).gluon
     out, lse = sage_kernels.sage_attention(q, k, v, **kw)
     assert launches == [1]
     configs.set_override(configs.LaunchConfig(8, 3, 128, tma=True))
