@@ -83,11 +83,6 @@ def test_gluon_kernel_matches_tma_kernel(monkeypatch, precision, dtype, layout, 
     LSE, NHD, fp16, smooth_v (fp4), no column bias (smooth_q off, Lk a multiple of 128)."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernel is sm_90's")
-    from sage_kernels.kernels import configs, prepass, run
-
-    launches = []
-    real = run._launch_ws
-    monkeypatch.setattr(run, "_launch_ws", lambda *a: (launches.append(1), real(*a)))
     lk = 1024 if smooth_q == "off" else (1100 if layout == "NHD" else 1000)  # 8 or 9 key blocks
     shape_q, shape_k = ((2, 8, 777, 128), (2, 2, lk, 128)) if layout == "HND" else ((2, 777, 8, 128), (2, lk, 2, 128))
     q = torch.randn(shape_q, device="cuda", dtype=dtype) * 2
@@ -97,11 +92,35 @@ def test_gluon_kernel_matches_tma_kernel(monkeypatch, precision, dtype, layout, 
     if mask_tail:
         mask = torch.ones(2, 1, 1, lk, dtype=torch.bool, device="cuda")
         mask[1, ..., mask_tail:] = False
-    kw = dict(layout=layout, precision=precision, backend="triton", attn_mask=mask, return_lse=True,
-              smooth_q=smooth_q, smooth_v=smooth_v, fallback="error")
-    formats = ((prepass.FMT_INT8, prepass.FMT_V16) if precision == "int8" else
+    _assert_gluon_matches_tma(monkeypatch, q, k, v, layout=layout, precision=precision, attn_mask=mask,
+                              smooth_q=smooth_q, smooth_v=smooth_v)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp4"])
+@pytest.mark.parametrize("lk, dv", [(256, 128), (257, 128), (300, 64)])
+def test_gluon_kernel_edge_shapes(monkeypatch, precision, lk, dv):
+    """The fewest key blocks the Gluon kernel takes (2: it peels the first and the last), one padded key past
+    them, and a V head dim below Q's (64 of 128: V and the output padded and masked)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon kernel is sm_90's")
+    q = torch.randn(2, 8, 200, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 4, lk, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, 4, lk, dv, device="cuda", dtype=torch.bfloat16)
+    _assert_gluon_matches_tma(monkeypatch, q, k, v, precision=precision)
+
+
+def _assert_gluon_matches_tma(monkeypatch, q, k, v, **kw):
+    """One call through sm_90's Gluon kernel (asserted) and the same call through the TMA kernel: equal outputs
+    and LSE up to accumulation order."""
+    from sage_kernels.kernels import configs, prepass, run
+
+    launches = []
+    real = run._launch_ws
+    monkeypatch.setattr(run, "_launch_ws", lambda *a: (launches.append(1), real(*a)))
+    formats = ((prepass.FMT_INT8, prepass.FMT_V16) if kw["precision"] == "int8" else
                (prepass.FMT_FP4_VALUES, prepass.FMT_FP4_VALUES))
     assert configs.launch_config(90, 128, *formats).gluon
+    kw = dict(backend="triton", return_lse=True, fallback="error", **kw)
     out, lse = sage_kernels.sage_attention(q, k, v, **kw)
     assert launches == [1]
     configs.set_override(configs.LaunchConfig(8, 3, 128, tma=True))
