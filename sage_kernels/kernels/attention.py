@@ -20,7 +20,7 @@ The torch mirror is sage_kernels/reference/quantized.py.
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit
+from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit, tensor_scale_jit
 from ..formats.e4m3 import round_e4m3_jit
 from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
@@ -200,7 +200,7 @@ def _attn_blocks(
 
 @jit(lengths=("col_rows_b", "col_rows_h", "col_rows_g", "Lq", "Lk", "causal_offset", "t0", "t1"))
 def attention_kernel(
-    Q, QS, QSF, K, KS, KSF, V, VS, VSF, COL, O, LSE, SHIFT, VMEAN, GV,
+    Q, QS, QSF, K, KS, KSF, V, VS, VSF, COL, O, LSE, SHIFT, VMEAN, V_AMAX,
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     s_vb, s_vh, s_vr, s_vsblk,
@@ -222,7 +222,8 @@ def attention_kernel(
     COL: column-bias table (rows, Lk_pad) in log2 units, row b*col_rows_b + h*col_rows_h + (block - t0)*col_rows_g
     (col_rows_g = 0 when one row serves every query block); HAS_COL=False when it is all zero (no Q smoothing, no mask, no padded keys) and
     is skipped. O: output (B, H, L, D) view, unit stride along D. LSE (B, Hq, Lq) fp32.
-    SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). GV: fp32 (B*Hk,)."""
+    SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). V_AMAX: fp32 (B*Hk,),
+    whose tensor_scale is V's second-level scale (native NVFP4)."""
     # A 2-D grid (query blocks of a head, heads from the one holding block t0); programs outside blocks
     # t0 .. t1 - 1 exit. (common.program_coords' 1-D grid costs the sm_100a causal+LSE variant a spilled register.)
     blocks_per_head = Lq_pad // SMOOTH_BLOCK
@@ -289,7 +290,7 @@ def attention_kernel(
 
     g_v = 1.0
     if PV_FORMAT == C_FP4_CODES:
-        g_v = tl.load(GV + bhk)
+        g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
     vmean = 0.0
     if HAS_VMEAN:
         vmean = tl.load(VMEAN + bhk * DP + offs_d)[None, :]

@@ -136,7 +136,7 @@ def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, 
 def prep_v_kernel(
     V, svb, svh, svl,  # input (B, Hk, L, Dv) through strides, Dv contiguous
     VMEAN,  # fp32 (B, Hk, DP) channel means, subtracted when SUB_MEAN
-    GV,  # fp32 (B * Hk,) second-level scale (fp4 formats)
+    V_AMAX,  # fp32 (B * Hk,) |V|'s max (x2 with SUB_MEAN), whose tensor_scale is the second level (fp4 formats)
     OUT, OUT_SCALE, OUT_SF,
     H, L, L_pad, D,
     BN: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, SUB_MEAN: tl.constexpr, KEY_SLOTS: tl.constexpr,
@@ -166,7 +166,7 @@ def prep_v_kernel(
         tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], vals.to(OUT.dtype.element_ty))
         tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, amax * (1.0 / 448.0))
     else:
-        g = tl.load(GV + pid_bh)
+        g = tensor_scale_jit(tl.load(V_AMAX + pid_bh))
         g_inv = tl.math.div_rn(1.0, g)
         xt = tl.reshape(tl.trans(x), (DP, BN // 16, 16))  # channels x key groups of 16
         r, sc = nvfp4_block_jit(xt, g, g_inv)

@@ -15,7 +15,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .. import transforms as T
 from .._triton import interpreter_active, triton
 from ..capabilities import device_info
-from ..formats.e2m1 import tensor_scale
 from ..logs import log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
@@ -42,7 +41,7 @@ class Operands:
     v: torch.Tensor
     v_scale: torch.Tensor
     v_sf: torch.Tensor
-    g_v: torch.Tensor
+    v_amax: torch.Tensor  # fp4: fp32 (B*Hk,) |V|'s max, x2 with smooth_v; the kernels take V's scale from it
     v_mean: torch.Tensor | None
     shift: torch.Tensor | None
     q_means: torch.Tensor | None  # (B, Hq, G, DP) fp32 for the column bias, None when Q smoothing is off
@@ -157,12 +156,15 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                         _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad,
                         score_factor)
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
-    g_v = _empty(dev)
+    v_amax = _empty(dev)
     if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
-        # one reduction over V (amax and amin took two, plus an elementwise max): |V|'s max, NaN kept
-        amax = torch.linalg.vector_norm(p.v, float("inf"), dim=(2, 3), dtype=torch.float32) if lk else \
-            torch.zeros(b, hk, device=dev)
-        g_v = tensor_scale((2 if v_mean is not None else 1) * amax).reshape(-1).contiguous()
+        # one reduction over V (amax and amin took two, plus an elementwise max): |V|'s max, NaN kept. The kernels
+        # derive the power-of-two second-level scale from it (tensor_scale_jit): on the host that took ~15 small
+        # torch ops per call. A smoothed V spans up to twice |V|'s max.
+        v_amax = torch.linalg.vector_norm(p.v, float("inf"), dim=(2, 3), dtype=torch.float32).reshape(-1) if lk \
+            else torch.zeros(b * hk, device=dev)
+        if v_mean is not None:
+            v_amax = v_amax * 2
     if pv_fmt == FMT_INT8:
         v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.int8, device=dev)
     elif pv_fmt == FMT_FP8:
@@ -176,12 +178,12 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_sf = torch.empty(b, hk, dp, lk_pad // 16, dtype=torch.float8_e4m3fn, device=dev) \
         if pv_fmt == FMT_FP4_CODES else _unused(dev)
     prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
-        p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), g_v, v_buf, v_scale, v_sf,
+        p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
         hk, lk, lk_pad, p.head_dim_v,
         BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
         num_warps=prepass_warps(dp, pv_fmt),
     )
-    return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, g_v, v_mean,
+    return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
                     shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
                     key_slots)
 
@@ -297,7 +299,7 @@ def _launch_pointer(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, 
     attention_kernel[(per_head * (BLOCK_M // cfg.block_m), -(-(t0 + count) // per_head) - t0 // per_head)](
         ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
         out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
-        ops.v_mean if ops.v_mean is not None else dummy, ops.g_v,
+        ops.v_mean if ops.v_mean is not None else dummy, ops.v_amax,
         ops.q.stride(0), ops.q.stride(1), ops.q.stride(2),
         ops.k.stride(0), ops.k.stride(1), ops.k.stride(2),
         ops.v.stride(0), ops.v.stride(1), ops.v.stride(2),
