@@ -121,6 +121,15 @@ def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @jit
+def fp4_p(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr, KEY_SLOTS: tl.constexpr):
+    """One key block's P in NVFP4 from its scores in groups of 16 keys (keys_to_groups; level 1 folded into m,
+    level-2 E4M3 scales per group): (p [BM, BN] dequantized, exact in bf16, columns in the scores' order; alpha,
+    l_new, m_new). Shared by every emulation kernel, so they all quantize P alike."""
+    p2, unrounded, alpha, l_new, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
+    return groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, KEY_SLOTS), alpha, l_new, m_new
+
+
+@jit
 def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr, PV_FORMAT: tl.constexpr,
                KEY_SLOTS: tl.constexpr, INTERPRET: tl.constexpr):
     """Online-softmax update with one key block's scores s (log2 units) and its V tile: quantize P, P.V, rescale
@@ -131,9 +140,7 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
         acc = dot16_acc(e.to(v.dtype), v, acc * alpha[:, None], INTERPRET)
     elif PV_FORMAT == C_FP4_VALUES:  # dequantized FP4 P (exact in bf16) . V values
         # KEY_SLOTS: K and V in key_slots order, a group of 16 keys is one thread's (no shuffles, one scale)
-        sg = keys_to_groups(s, BM, BN, KEY_SLOTS)
-        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
-        p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, KEY_SLOTS)
+        p, alpha, l_i, m_new = fp4_p(keys_to_groups(s, BM, BN, KEY_SLOTS), m_i, l_i, BM, BN, KEY_SLOTS)
         # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
         # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
         acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))

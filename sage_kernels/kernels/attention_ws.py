@@ -3,7 +3,7 @@ warp specialisation.
 
 Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode), and with
 FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K, V decoded to exact bf16 values, K and V in key_slots order, P
-quantized to NVFP4 in registers: `attention.fp4_online_stats`, `e2m1.nvfp4_p_jit`); the torch mirror of both is
+quantized to NVFP4 in registers: `attention.fp4_p`, as the other kernels); the torch mirror of both is
 reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
   - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES
     stages of SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a
@@ -52,10 +52,9 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
-    from ..formats.e2m1 import nvfp4_p_jit
-    from .attention import fp4_online_stats, int8_scores_from_bits
+    from .attention import fp4_p, int8_scores_from_bits
     from .common import column_bias_row, magic_bits, program_coords
-    from .key_slots import groups_to_keys, keys_to_groups
+    from .key_slots import keys_to_groups
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
@@ -160,8 +159,7 @@ if HAS_GLUON:
             rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, sg.type.layout))
             m_i = gl.full([BM], float("-inf"), gl.float32, rows)
             l_i = gl.zeros([BM], gl.float32, rows)
-        p2, unrounded, alpha, l_i, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
-        p = groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, True)
+        p, alpha, l_i, m_new = fp4_p(sg, m_i, l_i, BM, BN, True)
         p = gl.convert_layout(p.to(gl.bfloat16), p_layout)
         acc = _pv(acc, p, alpha, v_bufs.index(slot), o_layout, FIRST)
         _release(empty, j, n_blocks, STAGES, SUB)
