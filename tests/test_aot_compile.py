@@ -5,22 +5,17 @@ globals, mismatched dot operand types, ...). This compiles the recorded launches
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from sage_kernels._triton import HAS_TRITON
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.compiled_python import ROOT, compiled_python
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
 def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     """Also within each GPU's shared memory per block (a kernel past it compiles, then fails at launch)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "sage_kernels.kernels.aot", "--arch", "90", "80", "89", "120", "--quick"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = compiled_python("-m", "sage_kernels.kernels.aot", "--arch", "90", "80", "89", "120", "--quick", timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert lines[-1].endswith(", 0 failures")
@@ -77,10 +72,7 @@ def test_offline_compile_specialises_like_the_launcher():
     """Triton's launcher turns an int argument equal to 1 into a constant; the offline source must carry the same
     specialisation (the SASS that docs/ cite is the kernel that runs), argument by argument as Triton's own
     specialisation routine decides. (Compiled kernels only: a subprocess without the interpreter.)"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-c", _SPECIALISATION_CHECK], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = compiled_python("-c", _SPECIALISATION_CHECK)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert int(proc.stdout.split()[-1]) >= 2  # kv_group and the unit strides at least
 
@@ -153,10 +145,7 @@ def test_a_new_sequence_length_reuses_the_compiled_kernels():
     count that is a multiple of 16 and one that is not (Q-smoothing table in chunks, so chunk starts too) need
     exactly the same compiled variants of every kernel, int8 and fp4, pointer and sm_90 kernels, and the training
     forward and backward; Triton's default would have split them."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-c", _LENGTH_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = compiled_python("-c", _LENGTH_CHECK)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert int(proc.stdout.split()[-1]) >= 8  # without `lengths` most launches would need another variant
 
@@ -188,9 +177,6 @@ def test_offline_compile_uses_the_pointer_kernels_launch_config():
     """On sm_90 the pointer kernel runs what the Gluon kernel does not take (causal, fp32 inputs) with the TMA
     config's warps and stages (configs.without_gluon); the offline compile must check that config, not the Gluon
     kernel's (4 warps)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-c", _POINTER_CONFIG_CHECK], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = compiled_python("-c", _POINTER_CONFIG_CHECK)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.split()[-1] == "2"

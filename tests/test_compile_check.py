@@ -1,10 +1,7 @@
 """The native NVFP4 kernels compiled ahead of time for Blackwell on the CPU (sage_kernels.compile_check), the
 checker's ability to fail, and the runtime probe that gates the native kernel on a real GPU (native_probe)."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,17 +9,14 @@ import torch
 from sage_kernels import compile_check as cc
 from sage_kernels.kernels import native_probe
 from sage_kernels.problem import build_problem
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.compiled_python import compiled_python
 SM100_NVFP4 = "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X"
 SM120_NVFP4 = "mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale.scale_vec::4X.f32.e2m1.e2m1.f32.ue4m3"
 ATTENTION_VARIANTS = {f"attention d{d}{c}{lse}" for d in (64, 128) for c in ("", " causal") for lse in ("", " lse")}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "sage_kernels.compile_check", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return compiled_python("-m", "sage_kernels.compile_check", *args, timeout=900)
 
 
 @pytest.fixture(scope="module")

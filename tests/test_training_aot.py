@@ -1,24 +1,15 @@
 """The training kernels compile for real GPUs, and some launch config of each fits the GPU's shared memory:
 Hopper (sm_90, 227 KB per block) and consumer Ada (sm_89, 99 KB, like sm_86 and sm_120). The interpreter accepts
 code the compiler rejects, and shared memory is only known after compilation (sage_kernels/training/aot.py)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from sage_kernels._triton import HAS_TRITON
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.compiled_python import compiled_python
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
 def test_training_kernels_compile_and_fit_hopper_and_consumer_gpus():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "sage_kernels.training.aot", "--arch", "90", "89", "--quick"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = compiled_python("-m", "sage_kernels.training.aot", "--arch", "90", "89", "--quick", timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert lines[-1].endswith(", 0 failures")
