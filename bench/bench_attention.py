@@ -2,6 +2,7 @@
 
     python bench/bench_attention.py                      # issue #3's shapes, int8 + fp4, all baselines
     python bench/bench_attention.py --shapes 1,24,4608,128 --precisions int8 --sweep
+    python bench/bench_attention.py --graph              # also each call replayed from a CUDA graph (no host time)
 
 TOPS = 4*B*H*Lq*Lk*D / median time (triton.testing.do_bench). All rows of one run share the card, so ratios hold.
 Accuracy columns: cos / rel-L1 vs a float64 reference on the first 2 heads. Peak memory: bytes allocated during
@@ -41,6 +42,21 @@ def timed(fn):
     fn()
     torch.cuda.synchronize()
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def graph_timed(fn):
+    """Median time of fn replayed from a CUDA graph: the GPU's time for the call without the host's (Python,
+    launches), which eager calls can be bound by on a slow host CPU at small sizes."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
 
 
 def peak_extra_mb(fn):
@@ -106,6 +122,7 @@ def main():
     ap.add_argument("--variants", action="store_true", help="also time pv=fp8 and smooth_q=off")
     ap.add_argument("--smooth-q", nargs="*", default=[], help="also time the int8 default with these smooth_q modes")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--graph", action="store_true", help="also time each call replayed from a CUDA graph")
     args = ap.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
@@ -129,13 +146,19 @@ def main():
         for name, fn in cands.items():
             try:
                 ms = timed(lambda: fn(q, k, v))
+                graph_ms = float("nan")
+                if args.graph:
+                    try:
+                        graph_ms = graph_timed(lambda: fn(q, k, v))
+                    except Exception as exc:  # noqa: BLE001 - a peer that cannot be captured keeps its eager row
+                        print(f"{shape_s:>16} {name:<28} not capturable: {type(exc).__name__}: {str(exc)[:160]}")
                 mem = peak_extra_mb(lambda: fn(q, k, v))
                 cos, l1 = accuracy(fn, q, k, v)
             except Exception as exc:  # noqa: BLE001 - report and continue with the other rows
                 print(f"{shape_s:>16} {name:<28} FAILED {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             rows.append({"shape": shape_s, "impl": name, "ms": ms, "tops": tops(shape, ms), "extra_mb": mem,
-                         "cos": cos, "rel_l1": l1})
+                         "cos": cos, "rel_l1": l1, "graph_ms": graph_ms})
         if args.sweep:
             for pv in args.sweep_pv:
                 for nw, ns, bm, kernel in SWEEP:
@@ -154,11 +177,17 @@ def main():
         del q, k, v
         torch.cuda.empty_cache()
     base = {r["shape"]: r["ms"] for r in rows if r["impl"] == "sdpa_default"}
-    print(f"\n{'shape':>16} {'impl':<34} {'ms':>8} {'TOPS':>7} {'xSDPA':>6} {'MB+':>7} {'cos':>9} {'relL1':>7}")
+    graph_base = {r["shape"]: r.get("graph_ms", float("nan")) for r in rows if r["impl"] == "sdpa_default"}
+    graph_cols = f" {'graph TOPS':>10} {'xSDPA':>6}" if args.graph else ""
+    print(f"\n{'shape':>16} {'impl':<34} {'ms':>8} {'TOPS':>7} {'xSDPA':>6} {'MB+':>7} {'cos':>9} {'relL1':>7}{graph_cols}")
     for r in rows:
         ratio = base.get(r["shape"], float("nan")) / r["ms"]
+        graph = ""
+        if args.graph and "graph_ms" in r:
+            graph = f" {tops(tuple(int(x) for x in r['shape'].split(',')), r['graph_ms']):10.0f} " \
+                    f"{graph_base.get(r['shape'], float('nan')) / r['graph_ms']:6.2f}"
         print(f"{r['shape']:>16} {r['impl']:<34} {r['ms']:8.3f} {r['tops']:7.0f} {ratio:6.2f} {r['extra_mb']:7.0f} "
-              f"{r['cos']:9.6f} {r['rel_l1']:7.4f}")
+              f"{r['cos']:9.6f} {r['rel_l1']:7.4f}{graph}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_attention.json").write_text(json.dumps(
             {"device": props.name, "torch": torch.__version__, "triton": triton.__version__, "rows": rows}, indent=1))

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from .capture import capturing, device_cache
+
 Q_BLOCK = 128  # query tokens per smoothing block == the kernels' BLOCK_M
 LOG2E = math.log2(math.e)
 
@@ -76,9 +78,20 @@ def _hadamard_cpu(n: int) -> torch.Tensor:
     return _sign_flips(n)[:, None] * h  # diag(signs) @ H: rows flipped, still orthogonal up to the factor n
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=None)
+def _hadamard_pinned(n: int) -> torch.Tensor:
+    """_hadamard_cpu(n) in page-locked memory, kept for the process: a graph captured with its copy re-reads it
+    on every replay."""
+    return _hadamard_cpu(n).pin_memory()
+
+
+@device_cache(maxsize=64)
 def rotation(n: int, device, dtype=torch.float32) -> torch.Tensor:
-    """[n, n] matrix R with entries ±1 and R R^T = n I (exact in every float dtype); cached per device."""
+    """[n, n] matrix R with entries ±1 and R R^T = n I (exact in every float dtype); cached per device (outside
+    CUDA graph capture, where only a copy from page-locked memory can be recorded, and without a dtype change:
+    torch would convert on the host first, into pageable memory)."""
+    if capturing():
+        return _hadamard_pinned(n).to(device=device, non_blocking=True).to(dtype)
     return _hadamard_cpu(n).to(device=device, dtype=dtype)
 
 

@@ -14,6 +14,9 @@ import threading
 
 import torch
 
+from ..capture import capturing
+from ..logs import log_once
+
 # Agreement bar: the one the emulated kernel meets against its torch mirror (tests/test_gpu_kernels.py). The two
 # kernels share the quantizer and differ only in accumulation order, which now and then moves a P code one step.
 COS_MIN = 0.9999
@@ -66,6 +69,12 @@ def failure_reason(arch: int, problem) -> str:
 
         dp = padded_head_dim(max(problem.head_dim, problem.head_dim_v))
         with _lock:
+            if (arch, dp) not in _cache and capturing():  # the probe runs kernels and reads their results
+                why = ("the native NVFP4 kernel is checked on its first call, which cannot run during CUDA graph "
+                       "capture: make one call outside capture first (warm-up)")
+                log_once(f"native fp4 probe in capture {arch} {dp}", f"sage_attention: {why}; this capture uses "
+                         "the emulated FP4 kernel")
+                return why
             if (arch, dp) not in _cache:
                 _cache[(arch, dp)] = _probe(arch, dp, problem.device)
             return _cache[(arch, dp)]

@@ -6,7 +6,6 @@ chunks of consecutive query blocks (across heads) so that it never exceeds the s
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .. import transforms as T
 from .._triton import interpreter_active, triton
 from ..capabilities import device_info
+from ..capture import device_cache
 from ..logs import log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
@@ -67,10 +67,11 @@ def _pad_cols(x: torch.Tensor, dp: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, dp - x.shape[-1])).contiguous()
 
 
-@functools.lru_cache(maxsize=32)
+@device_cache(maxsize=32)
 def _empty(dev, dtype=torch.float32):
     """Placeholder for an argument the launched variant never reads or writes (one per device and dtype: an
-    allocation per call costs host time at Flux's sizes)."""
+    allocation per call costs host time at Flux's sizes). Like every device constant here, cached only when made
+    outside CUDA graph capture (capture.device_cache)."""
     return torch.empty(1, dtype=dtype, device=dev)
 
 
@@ -193,7 +194,7 @@ def broadcast_strides(t: torch.Tensor):
     return tuple(t.stride(i) if t.shape[i] > 1 else 0 for i in range(3))
 
 
-@functools.lru_cache(maxsize=32)
+@device_cache(maxsize=32)
 def _padding_row(lk: int, lk_pad: int, device: torch.device) -> torch.Tensor:
     """(1, 1, 1, Lk_pad): 0 for real keys, -inf for padding (the whole column bias without smoothing or mask)."""
     row = torch.zeros(1, 1, 1, lk_pad, dtype=torch.float32, device=device)
@@ -336,7 +337,7 @@ def _tma_applies(p: AttentionProblem, ops: Operands) -> bool:
     return ops.pv_format != FMT_V16 or _tma_ok(ops.v)
 
 
-@functools.lru_cache(maxsize=8)
+@device_cache(maxsize=8)
 def _placeholder_desc(device: torch.device):
     """A valid descriptor for kernel arguments the launched variant never reads."""
     return _row_desc(torch.zeros(1, BLOCK_N, dtype=torch.float32, device=device), BLOCK_N)
@@ -407,7 +408,7 @@ def _try_launch_ws(*args) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=8)
+@device_cache(maxsize=8)
 def _gluon_placeholder(device: torch.device):
     """A valid Gluon descriptor for the row scales the FP4 variant never reads."""
     return gluon_desc(torch.zeros(BLOCK_N, dtype=torch.float32, device=device), [BLOCK_N])
