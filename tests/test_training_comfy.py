@@ -7,6 +7,8 @@ steps (a run whose q and k get no gradient through attention stays within 0.2%),
 cosine 0.83, hence the second check. SGD, not AdamW: Adam's first steps are ~lr * sign(grad), so near-zero
 gradient entries flip sign between any two runs and make the LoRA comparison noisy (AdamW: 0.91 vs 0.43).
 """
+import inspect
+
 import pytest
 import torch
 
@@ -33,11 +35,14 @@ def _train(precision: str):
     positive = [[tiny.inputs["context"], {"pooled_output": tiny.inputs["y"], "guidance": 3.5}]]
     torch.manual_seed(0)  # sigmas, noise and LoRA init come from the global generator
     logs.reset()
-    result = TrainLoraNode.execute(
+    inputs = dict(
         model=[model], latents=latents, positive=[positive], batch_size=[1], steps=[STEPS],
         grad_accumulation_steps=[1], learning_rate=[0.1], rank=[4], optimizer=["SGD"], loss_function=["MSE"],
         seed=[0], training_dtype=["bf16"], lora_dtype=["bf16"], algorithm=["LoRA"], gradient_checkpointing=[True],
         existing_lora=["[None]"])
+    if "bucket_mode" in inspect.signature(TrainLoraNode.execute).parameters:  # ComfyUI 0.8 (2026) added it
+        inputs["bucket_mode"] = [False]
+    result = TrainLoraNode.execute(**inputs)
     _, lora, loss_map, _ = result.args
     training_calls = logs.counts().get(f"train triton {qk_mode()}", 0)  # one per differentiable kernel call
     return loss_map["loss"], lora, training_calls, tiny.attention_calls

@@ -90,6 +90,23 @@ def _write_sparse(module: torch.nn.Module, path: Path, seed: int) -> Path:
     return _save(tensors, path)
 
 
+# Fields newer ComfyUI versions require that older ones lack, with what the detector sets for these models
+# (ComfyUI 0.8: Flux.1 has no text-id dims; HunyuanVideo 1.0 has no meanflow).
+_NEWER_FIELDS = {"flux": {"txt_ids_dims": []}, "hunyuan_video": {"meanflow_sum": False}}
+
+
+def _for_this_comfyui(config: dict) -> dict:
+    """`config` as the running ComfyUI's params dataclass spells it: newer fields added, unknown ones dropped."""
+    import comfy.ldm.flux.model
+    import comfy.ldm.hunyuan_video.model
+
+    from .tiny_models import _known_fields
+
+    params = {"flux": comfy.ldm.flux.model.FluxParams,
+              "hunyuan_video": comfy.ldm.hunyuan_video.model.HunyuanVideoParams}[config["image_model"]]
+    return _known_fields(params, {**_NEWER_FIELDS.get(config["image_model"], {}), **config})
+
+
 def _diffusion_module(config: dict) -> torch.nn.Module:
     import comfy.ldm.flux.model
     import comfy.ldm.hunyuan_video.model
@@ -111,6 +128,7 @@ def detected_config(module: torch.nn.Module) -> dict:
 
 
 def write_diffusion_model(config: dict, path: Path, dtype: torch.dtype, seed: int = 0) -> Path:
+    config = _for_this_comfyui(config)
     module = _diffusion_module(config)
     detected = detected_config(module)
     mismatched = {k: (v, detected.get(k)) for k, v in config.items() if detected.get(k) != v}
