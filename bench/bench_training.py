@@ -164,6 +164,8 @@ def sweep(kernels):
     candidates = {
         "forward": [launch.LaunchConfig(w, s, 128) for w, s in ((4, 2), (8, 2), (8, 3), (8, 4))],
         "dkdv": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
+        "dk": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
+        "dv": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
         "dq": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
     }
     print("\nLaunch-config sweep (fwd+bwd ms, qk 16bit; other kernels at their defaults)")
@@ -203,7 +205,7 @@ def profile():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", nargs="*", choices=("forward", "dkdv", "dq"), default=None,
+    parser.add_argument("--sweep", nargs="*", choices=("forward", "dkdv", "dk", "dv", "dq"), default=None,
                         help="also sweep the launch configs of these training kernels (all when none named)")
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one fwd+bwd")
     parser.add_argument("--no-accuracy", action="store_true")
@@ -220,7 +222,10 @@ def main():
     if args.profile:
         profile()
     if args.sweep is not None:
-        sweep(args.sweep or ("forward", "dkdv", "dq"))
+        from sage_kernels.training.config import dkdv_split
+
+        dkdv = ("dk", "dv") if dkdv_split(torch.device("cuda")) else ("dkdv",)  # the launches this GPU makes
+        sweep(args.sweep or ("forward", *dkdv, "dq"))
     print(f"\ntotal {time.time() - start:.0f} s")
 
 

@@ -17,3 +17,8 @@ def test_training_kernels_compile_and_fit_hopper_and_consumer_gpus():
     for arch in ("sm_90", "sm_89"):
         for kernel in ("quantize_kernel", "forward_kernel", "row_stats_kernel", "dkdv_kernel", "dq_kernel"):
             assert (arch, kernel) in compiled, (arch, kernel)
+    # dK/dV as each GPU launches it (config.dkdv_split): two one-gradient programs on sm_90, one program on sm_89
+    dkdv = {(line.split()[0], "'WANT_DK': True" in line, "'WANT_DV': True" in line)
+            for line in lines if " ok " in line and line.split()[1] == "dkdv_kernel"}
+    assert {forms[1:] for forms in dkdv if forms[0] == "sm_90"} == {(True, False), (False, True)}
+    assert {forms[1:] for forms in dkdv if forms[0] == "sm_89"} == {(True, True)}

@@ -155,3 +155,20 @@ def test_custom_ops_pass_opcheck():
     bargs = (torch.ones_like(out), None, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None,
              "HND", "HND", False, 0.125, "16bit", "triton")
     torch.library.opcheck(train_attention_backward, bargs, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("qk, is_causal", [("16bit", False), ("int8", True)])
+def test_dk_and_dv_in_two_launches_equal_one_launch(monkeypatch, qk, is_causal):
+    """config.dkdv_split: dK and dV from two launches of dkdv_kernel (one gradient each, as on sm_90) are the
+    gradients of the single launch that computes both, bit for bit (same operations in the same order)."""
+    from sage_kernels.training import backward
+
+    q, k, v = (t.bfloat16() for t in dist.make("biased_k", 1, 4, 150, 260, 64))
+    k, v = k[:, :2].contiguous(), v[:, :2].contiguous()  # GQA
+    dout = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(2)).bfloat16()
+    grads = {}
+    for split in (False, True):
+        monkeypatch.setattr(backward, "dkdv_split", lambda device, split=split: split)
+        grads[split] = sage_grads(q, k, v, dout, qk=qk, is_causal=is_causal)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "lse"), grads[False], grads[True]):
+        assert torch.equal(a, b), name

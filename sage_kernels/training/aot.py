@@ -20,6 +20,7 @@ from .._triton import interpreter_active, triton
 from ..capabilities import smem_limit
 from ..kernels.aot import Launch, distinct, source_of
 from . import launch
+from .config import DKDV_SPLIT_ARCHS
 
 _SITES = {  # module -> kernel names it launches
     "sage_kernels.kernels.means": ("key_sums_kernel", "key_mean_kernel"),
@@ -80,15 +81,36 @@ def variants(full: bool = True):
 
 
 def record(p, qk: str) -> list[Launch]:
-    """The launches of one training forward and backward (CPU tensors)."""
+    """The launches of one training forward and backward (CPU tensors), the backward in both dK/dV forms (one
+    launch, or one per gradient: config.dkdv_split; `main` compiles the form each GPU runs)."""
     from . import backward, forward  # (the recorded modules must be imported)
 
+    split = backward.dkdv_split
     with recording() as launches:
         out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
         lse = torch.zeros(p.batch, p.heads_q, p.len_q)
         forward.training_forward(p, qk)
-        backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+        for form in (False, True):
+            backward.dkdv_split = lambda device, form=form: form
+            try:
+                backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+            finally:
+                backward.dkdv_split = split
     return launches
+
+
+def config_name(rec: Launch) -> str | None:
+    """The launch.CANDIDATES list a recorded launch is tried with (None: a kernel without one)."""
+    if rec.name == "dkdv_kernel":
+        return launch.dkdv_launch_name(rec.kwargs["WANT_DK"], rec.kwargs["WANT_DV"])
+    return _LAUNCHED_AS.get(rec.name)
+
+
+def runs_on(rec: Launch, arch: int) -> bool:
+    """Whether sm_<arch> launches this: dK/dV as one launch, or as two where config.DKDV_SPLIT_ARCHS lists it."""
+    if rec.name != "dkdv_kernel":
+        return True
+    return (config_name(rec) != "dkdv") == (arch in DKDV_SPLIT_ARCHS)
 
 
 def record_all(full: bool = True) -> list[Launch]:
@@ -109,8 +131,10 @@ def main(argv=None) -> int:
     failures = 0
     for arch in args.arch:
         for rec in launches:
+            if not runs_on(rec, arch):
+                continue
             t0 = time.time()
-            kernel = _LAUNCHED_AS.get(rec.name)
+            kernel = config_name(rec)
             configs = launch.CANDIDATES[kernel] if kernel else (None,)
             status, tried = "", []
             for cfg in configs:

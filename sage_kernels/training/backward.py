@@ -8,8 +8,8 @@ import torch
 
 from .._triton import interpreter_active
 from ..problem import AttentionProblem
-from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype
-from .launch import launch
+from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, dkdv_split
+from .launch import dkdv_launch_name, launch
 from .backward_kernels import dkdv_kernel, dq_kernel
 from ..kernels.means import key_mean
 from ..kernels.run import broadcast_strides
@@ -58,12 +58,16 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     dv, dv_h = _grad_like(p.v, p.layout)
     sc = broadcast_strides(ops.col)[:2]
     common = dict(DP=dp, QK16=qk == "16bit", IS_CAUSAL=p.is_causal, INTERPRET=interp)
-    launch("dkdv", dkdv_kernel, lambda block: (lk_pad // block, b * hk), (
+    dkdv_args = (
         ops.q, ops.q_scale, ops.k, ops.k_scale, vt, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), do8, do_scale, qc, qc_scale,
         dk_h, *dk_h.stride(), dv_h, *dv_h.stride(), sc[0], sc[1],
         hq, hq // hk, lq, lq_pad, lk, lk_pad, lk - lq, p.head_dim, p.head_dim_v, p.scale,
-    ), dict(SQ=DKV_STEP_Q, **common), p.device)
+    )
+    parts = ((True, False), (False, True)) if dkdv_split(p.device) else ((True, True),)
+    for want_dk, want_dv in parts:
+        launch(dkdv_launch_name(want_dk, want_dv), dkdv_kernel, lambda block: (lk_pad // block, b * hk), dkdv_args,
+               dict(SQ=DKV_STEP_Q, WANT_DK=want_dk, WANT_DV=want_dv, **common), p.device)
     launch("dq", dq_kernel, lambda block: (lq_pad // block, b * hq), (
         ops.q, ops.q_scale, ops.k, ops.k_scale, vt, ops.col, m_rows, d_rows,
         dout_h, *dout_h.stride(), kc, kc_scale, kbar_pad, dlse_c,

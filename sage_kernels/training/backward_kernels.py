@@ -1,7 +1,8 @@
 """Backward kernels of the training path (math: sage_kernels/training/reference.py).
 
 dkdv_kernel        one program per (block of BN keys, batch * kv head); loops over the query heads of its
-                   group and over query steps of DKV_STEP_Q: dV += P^T.dO and dK += dS^T.Q in INT8
+                   group and over query steps of DKV_STEP_Q: dV += P^T.dO and dK += dS^T.Q in INT8 (both, or
+                   one of them per launch: config.dkdv_split)
 dq_kernel          one program per (block of BM queries, batch * query head); loops over key steps of
                    DQ_STEP_K: dQ += dS.K in INT8
 dQ has its own kernel (recomputing S and dP) instead of fp32 atomics from dkdv_kernel: deterministic results,
@@ -29,6 +30,7 @@ def _dkdv_steps(
     Q_base, QS_base, M_base, DD_base, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
     Lq, Lq_pad, causal_offset, DV, lo, hi,
     SQ: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
+    WANT_DK: tl.constexpr, WANT_DV: tl.constexpr,
 ):
     # Pointers advance by one step per iteration (cheap on the GPU, and the interpreter checks every integer op).
     offs_d = tl.arange(0, DP)
@@ -50,17 +52,18 @@ def _dkdv_steps(
         if MASKED:
             st = tl.where(keys[:, None] <= rows[None, :] + causal_offset, st, float("-inf"))
         pt = tl.math.exp2(st - tl.load(M_base + row_ptrs)[None, :])
-        # dV += P^T . dO: P per key over this step, dO per channel over this step
-        p8, p_scale = quantize_int8_jit(pt, 1)
-        do8 = tl.load(DO8_base + chan_rows)
-        dv = add_int32_scaled(dv, tl.dot(p8, do8), p_scale, tl.load(DOS_base + chan_scales))
-        # dS^T = P^T * (dP^T - D), dP^T = Ṽ . dO^T in 16 bits
-        do = tl.load(do_ptrs, mask=(rows[:, None] < Lq) & col_ok, other=0.0)
-        dst = pt * (dot16(vt, tl.trans(do), INTERPRET) - tl.load(DD_base + row_ptrs)[None, :])
-        # dK += dS^T . Q: dS per key over this step, Q per channel over this step
-        ds8, ds_scale = quantize_int8_jit(dst, 1)
-        qc = tl.load(QC_base + chan_rows)
-        dk = add_int32_scaled(dk, tl.dot(ds8, qc), ds_scale, tl.load(QCS_base + chan_scales))
+        if WANT_DV:  # dV += P^T . dO: P per key over this step, dO per channel over this step
+            p8, p_scale = quantize_int8_jit(pt, 1)
+            do8 = tl.load(DO8_base + chan_rows)
+            dv = add_int32_scaled(dv, tl.dot(p8, do8), p_scale, tl.load(DOS_base + chan_scales))
+        if WANT_DK:
+            # dS^T = P^T * (dP^T - D), dP^T = Ṽ . dO^T in 16 bits
+            do = tl.load(do_ptrs, mask=(rows[:, None] < Lq) & col_ok, other=0.0)
+            dst = pt * (dot16(vt, tl.trans(do), INTERPRET) - tl.load(DD_base + row_ptrs)[None, :])
+            # dK += dS^T . Q: dS per key over this step, Q per channel over this step
+            ds8, ds_scale = quantize_int8_jit(dst, 1)
+            qc = tl.load(QC_base + chan_rows)
+            dk = add_int32_scaled(dk, tl.dot(ds8, qc), ds_scale, tl.load(QCS_base + chan_scales))
         rows += SQ
         q_ptrs += SQ * DP
         qs_ptrs += SQ
@@ -81,9 +84,11 @@ def dkdv_kernel(
     s_cb, s_ch,
     Hq, kv_group, Lq, Lq_pad, Lk, Lk_pad, causal_offset, D, DV, sm_scale,
     BN: tl.constexpr, SQ: tl.constexpr, DP: tl.constexpr, QK16: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, WANT_DK: tl.constexpr, WANT_DV: tl.constexpr,
 ):
-    """Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). VT: the forward's
+    """WANT_DK / WANT_DV: which gradients this launch computes and writes (both, or one per launch: two lighter
+    programs, see config.dkdv_split).
+    Q, K: score operands (B, H, L_pad, DP) contiguous; QS/KS their scales (see ScoreOperands). VT: the forward's
     INT8 V dequantized to the 16-bit compute dtype, (B, Hk, Lk_pad, DP) (prepass.dequant_v_kernel).
     COL (B|1, Hq|1, 1, Lk_pad) log2. M, DD (B, Hq, Lq_pad).
     DO8/QC: per-channel INT8 dO and Q (B, Hq, DP, Lq_pad), scales DOS/QCS (B, Hq, Lq_pad / SQ, DP)."""
@@ -99,7 +104,10 @@ def dkdv_kernel(
         k_scale = tl.load(KS)
     else:
         k_scale = tl.load(KS + pid_bhk * Lk_pad + keys)
-    vt = tl.load(VT + (pid_bhk * Lk_pad + keys)[:, None] * DP + offs_d[None, :])  # Ṽ (BN, DP)
+    if WANT_DK:  # (only dP needs Ṽ)
+        vt = tl.load(VT + (pid_bhk * Lk_pad + keys)[:, None] * DP + offs_d[None, :])  # Ṽ (BN, DP)
+    else:
+        vt = k
     dk = tl.zeros((BN, DP), tl.float32)
     dv = tl.zeros((BN, DP), tl.float32)
     # Query steps: causal rows i see key j iff j <= i + causal_offset (bottom-right aligned).
@@ -125,15 +133,19 @@ def dkdv_kernel(
         if IS_CAUSAL:
             dk, dv = _dkdv_steps(dk, dv, k, k_scale, vt, col, keys, Q_base, QS_base, M + bh * Lq_pad,
                                  DD + bh * Lq_pad, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
-                                 Lq, Lq_pad, causal_offset, DV, lo, full, SQ, DP, QK16, True, INTERPRET)
+                                 Lq, Lq_pad, causal_offset, DV, lo, full, SQ, DP, QK16, True, INTERPRET,
+                                 WANT_DK, WANT_DV)
         dk, dv = _dkdv_steps(dk, dv, k, k_scale, vt, col, keys, Q_base, QS_base, M + bh * Lq_pad,
                              DD + bh * Lq_pad, DO_base, s_gl, s_gd, DO8_base, DOS_base, QC_base, QCS_base,
-                             Lq, Lq_pad, causal_offset, DV, full, hi, SQ, DP, QK16, False, INTERPRET)
+                             Lq, Lq_pad, causal_offset, DV, full, hi, SQ, DP, QK16, False, INTERPRET,
+                             WANT_DK, WANT_DV)
     live = keys[:, None] < Lk
-    tl.store(DK + b * s_dkb + hk * s_dkh + keys[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             cast(dk * sm_scale, DK.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < D))
-    tl.store(DVO + b * s_dvb + hk * s_dvh + keys[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-             cast(dv, DVO.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < DV))
+    if WANT_DK:
+        tl.store(DK + b * s_dkb + hk * s_dkh + keys[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+                 cast(dk * sm_scale, DK.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < D))
+    if WANT_DV:
+        tl.store(DVO + b * s_dvb + hk * s_dvh + keys[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+                 cast(dv, DVO.dtype.element_ty, INTERPRET), mask=live & (offs_d[None, :] < DV))
 
 
 @jit

@@ -48,3 +48,17 @@ def check_qk(qk: str) -> str:
     if qk not in QK_MODES:
         raise ValueError(f"training qk mode must be one of {QK_MODES}, got {qk!r}")
     return qk
+
+
+# GPUs where dK and dV are computed by two launches of dkdv_kernel (one gradient each) instead of one: each program
+# then holds one fp32 accumulator instead of two, at the cost of recomputing P once more (docs/TRAINING.md).
+DKDV_SPLIT_ARCHS: tuple[int, ...] = (90,)
+
+
+def dkdv_split(device: torch.device) -> bool:
+    """Whether this device runs dK and dV as two launches (DKDV_SPLIT_ARCHS). Not off the GPU: the interpreter
+    runs one launch (tests compare both forms, bit for bit)."""
+    if device.type != "cuda":
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor in DKDV_SPLIT_ARCHS

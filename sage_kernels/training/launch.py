@@ -25,22 +25,32 @@ class LaunchConfig:
 CANDIDATES = {
     "forward": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(4, 1, 64)),
     "dkdv": (LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64), LaunchConfig(4, 1, 64)),
+    # dkdv_kernel computing one of the two gradients (config.dkdv_split)
+    "dk": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
+           LaunchConfig(4, 1, 64)),
+    "dv": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
+           LaunchConfig(4, 1, 64)),
     "dq": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
            LaunchConfig(4, 1, 64)),
 }
-BLOCK_KWARG = {"forward": "BM", "dkdv": "BN", "dq": "BM"}
+BLOCK_KWARG = {"forward": "BM", "dkdv": "BN", "dk": "BN", "dv": "BN", "dq": "BM"}
 _overrides: dict[str, LaunchConfig] = {}
 _chosen: dict[tuple, LaunchConfig] = {}
 
 
 def set_override(kernel: str, config: LaunchConfig | None) -> None:
-    """Force one config for "forward", "dkdv" or "dq" (None restores the candidate list)."""
+    """Force one config for "forward", "dkdv", "dk", "dv" or "dq" (None restores the candidate list)."""
     if kernel not in CANDIDATES:
         raise ValueError(f"kernel must be one of {tuple(CANDIDATES)}, got {kernel!r}")
     if config is None:
         _overrides.pop(kernel, None)
     else:
         _overrides[kernel] = config
+
+
+def dkdv_launch_name(want_dk: bool, want_dv: bool) -> str:
+    """The config list of a dkdv_kernel launch: "dkdv" for both gradients, "dk" or "dv" for one."""
+    return "dkdv" if want_dk and want_dv else ("dk" if want_dk else "dv")
 
 
 def candidates(kernel: str) -> tuple[LaunchConfig, ...]:
