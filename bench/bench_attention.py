@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 
 import sage_kernels  # noqa: E402
+from profile_call import graph_ms as graph_of  # noqa: E402  (bench/ is the script's directory)
 from sage_kernels.kernels import configs  # noqa: E402
 
 DEFAULT_SHAPES = ["1,24,4608,128", "1,24,16384,128", "1,40,32768,128", "1,16,16384,64"]
@@ -42,21 +43,6 @@ def timed(fn):
     fn()
     torch.cuda.synchronize()
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def graph_timed(fn):
-    """Median time of fn replayed from a CUDA graph: the GPU's time for the call without the host's (Python,
-    launches), which eager calls can be bound by on a slow host CPU at small sizes."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
 
 
 def peak_extra_mb(fn):
@@ -149,7 +135,7 @@ def main():
                 graph_ms = float("nan")
                 if args.graph:
                     try:
-                        graph_ms = graph_timed(lambda: fn(q, k, v))
+                        graph_ms = graph_of(lambda: fn(q, k, v))
                     except Exception as exc:  # noqa: BLE001 - a peer that cannot be captured keeps its eager row
                         print(f"{shape_s:>16} {name:<28} not capturable: {type(exc).__name__}: {str(exc)[:160]}")
                 mem = peak_extra_mb(lambda: fn(q, k, v))
