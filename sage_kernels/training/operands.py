@@ -75,7 +75,8 @@ def score_operands(p: AttentionProblem, qk: str) -> ScoreOperands:
     v, v_scale, _ = quantize(p.v, lk_pad, dp, FWD_BLOCK_K, per_channel=True)
     c = p.scale * T.LOG2E
     if qk == "16bit":
-        q_scale = torch.tensor([c], dtype=torch.float32, device=p.device)
+        # (a fill, not a host-to-device copy: the training step stays capturable in a CUDA graph)
+        q_scale = torch.full((1,), c, dtype=torch.float32, device=p.device)
         shift = torch.zeros(p.batch, p.heads_q, lq_pad, dtype=torch.float32, device=p.device)
         cdt = compute_dtype(p.dtype)
         return ScoreOperands(qk, _pad16(p.q.to(cdt), lq_pad, dp), q_scale, _pad16(p.k.to(cdt), lk_pad, dp), q_scale,
