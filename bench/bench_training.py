@@ -161,12 +161,10 @@ def sweep(kernels):
     q, k, v, dout = (t.bfloat16() for t in inputs(SPEED_SHAPE))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     fn = sage("16bit")
+    blocked = [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))]
     candidates = {
         "forward": [launch.LaunchConfig(w, s, 128) for w, s in ((4, 2), (8, 2), (8, 3), (8, 4))],
-        "dkdv": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
-        "dk": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
-        "dv": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
-        "dq": [launch.LaunchConfig(w, s, b) for b in (64, 128) for w, s in ((4, 2), (8, 1), (8, 2), (8, 3))],
+        **{kernel: blocked for kernel in ("dkdv", "dk", "dv", "dq")},
     }
     print("\nLaunch-config sweep (fwd+bwd ms, qk 16bit; other kernels at their defaults)")
     for kernel, configs in candidates.items():

@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from .capture import capturing, device_cache
+from . import capture
+from .capture import device_cache
 
 Q_BLOCK = 128  # query tokens per smoothing block == the kernels' BLOCK_M
 LOG2E = math.log2(math.e)
@@ -90,7 +91,7 @@ def rotation(n: int, device, dtype=torch.float32) -> torch.Tensor:
     """[n, n] matrix R with entries ±1 and R R^T = n I (exact in every float dtype); cached per device (outside
     CUDA graph capture, where only a copy from page-locked memory can be recorded, and without a dtype change:
     torch would convert on the host first, into pageable memory)."""
-    if capturing():
+    if capture.capturing():
         return _hadamard_pinned(n).to(device=device, non_blocking=True).to(dtype)
     return _hadamard_cpu(n).to(device=device, dtype=dtype)
 

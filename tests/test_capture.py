@@ -15,9 +15,7 @@ from sage_kernels.problem import build_problem
 def recording(monkeypatch):
     """Pretend the current stream is capturing (the page-locked copy needs a GPU: the pageable one stands in)."""
     state = {"on": True}
-    monkeypatch.setattr(capture, "capturing", lambda: state["on"])
-    monkeypatch.setattr(transforms, "capturing", lambda: state["on"])
-    monkeypatch.setattr(native_probe, "capturing", lambda: state["on"])
+    monkeypatch.setattr(capture, "capturing", lambda: state["on"])  # every caller asks capture.capturing()
     monkeypatch.setattr(transforms, "_hadamard_pinned", transforms._hadamard_cpu)
     return state
 

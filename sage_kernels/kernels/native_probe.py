@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from ..capture import capturing
+from .. import capture
 from ..logs import log_once
 
 # Agreement bar: the one the emulated kernel meets against its torch mirror (tests/test_gpu_kernels.py). The two
@@ -69,7 +69,7 @@ def failure_reason(arch: int, problem) -> str:
 
         dp = padded_head_dim(max(problem.head_dim, problem.head_dim_v))
         with _lock:
-            if (arch, dp) not in _cache and capturing():  # the probe runs kernels and reads their results
+            if (arch, dp) not in _cache and capture.capturing():  # the probe runs kernels and reads their results
                 why = ("the native NVFP4 kernel is checked on its first call, which cannot run during CUDA graph "
                        "capture: make one call outside capture first (warm-up)")
                 log_once(f"native fp4 probe in capture {arch} {dp}", f"sage_attention: {why}; this capture uses "

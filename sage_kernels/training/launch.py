@@ -22,14 +22,14 @@ class LaunchConfig:
     block: int  # forward / dQ: queries per program; dK/dV: keys per program
 
 
+_ONE_GRADIENT = (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
+                 LaunchConfig(4, 1, 64))  # (measured best for both: docs/TRAINING.md)
 CANDIDATES = {
     "forward": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(4, 1, 64)),
     "dkdv": (LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64), LaunchConfig(4, 1, 64)),
     # dkdv_kernel computing one of the two gradients (config.dkdv_split)
-    "dk": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
-           LaunchConfig(4, 1, 64)),
-    "dv": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
-           LaunchConfig(4, 1, 64)),
+    "dk": _ONE_GRADIENT,
+    "dv": _ONE_GRADIENT,
     "dq": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
            LaunchConfig(4, 1, 64)),
 }
