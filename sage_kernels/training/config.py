@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import device_info
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 
 QK_MODES = ("16bit", "int8")
@@ -58,7 +59,5 @@ DKDV_SPLIT_ARCHS: tuple[int, ...] = (90,)
 def dkdv_split(device: torch.device) -> bool:
     """Whether this device runs dK and dV as two launches (DKDV_SPLIT_ARCHS). Not off the GPU: the interpreter
     runs one launch (tests compare both forms, bit for bit)."""
-    if device.type != "cuda":
-        return False
-    major, minor = torch.cuda.get_device_capability(device)
-    return major * 10 + minor in DKDV_SPLIT_ARCHS
+    info = device_info(device)
+    return info.kind == "cuda" and info.arch in DKDV_SPLIT_ARCHS
