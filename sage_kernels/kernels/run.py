@@ -15,6 +15,7 @@ from .. import transforms as T
 from .._triton import interpreter_active, triton
 from ..capabilities import device_info
 from ..capture import device_cache
+from ..device_guard import on_problem_device
 from ..logs import log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
@@ -253,6 +254,7 @@ def _last_dim_contiguous(p: AttentionProblem) -> AttentionProblem:
     return dataclasses.replace(p, **fixed) if fixed else p
 
 
+@on_problem_device
 def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool = False):
     """Returns (out in the caller's layout, lse (B, Hq, Lq) fp32 or None)."""
     p = _last_dim_contiguous(p)

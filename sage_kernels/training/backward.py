@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import interpreter_active
+from ..device_guard import on_problem_device
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, dkdv_split
 from .launch import dkdv_launch_name, launch
@@ -27,6 +28,7 @@ def _grad_like(x_hnd: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Te
     return buf, _hnd(buf, layout)
 
 
+@on_problem_device
 def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
                       dlse: torch.Tensor | None):
     """out, dout in p.out_layout; lse (B, Hq, Lq) fp32; dlse the same or None.

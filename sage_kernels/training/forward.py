@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import interpreter_active
+from ..device_guard import on_problem_device
 from ..problem import AttentionProblem
 from .config import FWD_BLOCK_K
 from .forward_kernel import forward_kernel
@@ -26,5 +27,6 @@ def launch_forward(p: AttentionProblem, ops: ScoreOperands):
     return out, lse
 
 
+@on_problem_device
 def training_forward(p: AttentionProblem, qk: str):
     return launch_forward(p, score_operands(p, qk))
