@@ -172,6 +172,29 @@ def test_triton_block_twins_are_bit_exact():
 
 
 @pytestmark_triton
+def test_tiny_rows_keep_their_magnitude_in_both_twins():
+    """Rows whose max is tiny but normal (down to ~1e-36) quantize as well as any other: the inverse scales once
+    floored the divisor at 1e-30, which shrank such rows (INT8, in both twins) or desynchronised the twins (NVFP4:
+    kernel V values 3x off the mirror's at |V| ~ 1e-30)."""
+    rows, cols = 8, 64
+    torch.manual_seed(4)
+    x = torch.randn(rows, cols) * torch.tensor([1.0, 1e-20, 1e-28, 1e-30, 1e-31, 1e-33, 1e-35, 1e-36])[:, None]
+    g = tensor_scale(x.abs().amax(dim=1))
+    out_r, out_s = torch.empty(rows, cols, device=DEV), torch.empty(rows, cols // 16, device=DEV)
+    out_c, out_cs = torch.empty(rows, cols, dtype=torch.int8, device=DEV), torch.empty(rows, device=DEV)
+    _blocks_kernel[(1,)](x.to(DEV), g.to(DEV), out_r, out_s, out_c, out_cs, R=rows, C=cols)
+    vals, _, scales = quantize_nvfp4(x, g[:, None])
+    codes, scale = quantize_int8(x)
+    assert torch.equal(out_s.cpu(), scales) and torch.equal(out_c.cpu(), codes)
+    assert torch.equal(out_r.cpu() * torch.repeat_interleave(scales, 16, dim=1) * g[:, None], vals)
+    amax = x.abs().amax(dim=1)
+    int8_err = (codes.float() * scale - x).abs().amax(dim=1) / amax
+    fp4_err = (vals - x).abs().amax(dim=1) / amax
+    assert int8_err.max() <= 0.5 / 127 * 1.001, int8_err  # half an INT8 step of the row's own max
+    assert fp4_err.max() < 0.2, fp4_err
+
+
+@pytestmark_triton
 def test_triton_int8_keeps_nan_and_inf_scales():
     """A NaN in a row makes its INT8 scale NaN and an inf makes it inf, as torch's amax does (the kernels rely on
     that to keep a bad input visible); the other rows' codes are untouched."""

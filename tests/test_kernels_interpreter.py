@@ -131,6 +131,20 @@ def test_reference_matches_kernel_lse():
         assert (lse - mirror_lse).abs().max() < 1e-3, precision
 
 
+@pytest.mark.parametrize("precision, pv", [("int8", "int8"), ("int8", "fp8"), ("fp4", "16bit")])
+def test_tiny_values_match_the_mirror_and_float64(precision, pv):
+    """V of magnitude 1e-30 (fp32 inputs): the kernel's pre-pass quantizes it as its mirror does (the FP4 one once
+    floored a divisor at 1e-30 and gave values 3x off) and the output is as accurate as at unit scale."""
+    q, k, v = (t.to(DEV) for t in dist.make("normal", 1, 2, 40, 70, 64))
+    errors = []
+    for s in (1.0, 1e-30):
+        out, mirror = _kernel_and_mirror(q, k, v * s, precision, pv)
+        want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double() * s)
+        assert dist.metrics(out, mirror)[1] < MIRROR_L1["fp4" if precision == "fp4" else pv]
+        errors.append(dist.metrics(out, want)[1])
+    assert errors[1] < errors[0] * 1.05 + 1e-3, errors
+
+
 def test_fp16_values_near_the_limit_stay_finite():
     """V's quantization may round 65000 up past fp16's 65504 (an E4M3 block scale rounds up by up to 2**-4): the
     output saturates instead of overflowing to inf, in the kernel and in the mirror."""

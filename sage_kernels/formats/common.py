@@ -25,11 +25,23 @@ def rne_jit(x):
     return (x + 12582912.0) - 12582912.0
 
 
+# A quantizer's inverse scale NUM / den floors den at NUM * 2**-126: the quotient stays finite (<= 2**126) for any
+# den > 0, including subnormal maxima, and is exact wherever it is a normal number. (A fixed floor of 1e-30 made
+# every row or block whose max lay below it quantize to values too small by max/1e-30, silently.)
+MIN_NORMAL = 2.0 ** -126
+
+
+def div_or_zero(num: float, den: torch.Tensor) -> torch.Tensor:
+    """Twin of `div_or_zero_jit`: num / den (an IEEE tensor / tensor division, den floored as above) where den > 0,
+    else 0 (NaN included)."""
+    return torch.where(den > 0, torch.full_like(den, num) / den.clamp_min(num * MIN_NORMAL), torch.zeros_like(den))
+
+
 @jit
 def div_or_zero_jit(NUM: tl.constexpr, den):
     """NUM / den as an IEEE division (div_rn, as torch's tensor / tensor), 0 where den is not positive: the inverse
     scale of every quantizer (a zero or NaN block scale gives 0, never inf)."""
-    return tl.where(den > 0, tl.math.div_rn(NUM, tl.maximum(den, 1e-30)), 0.0)
+    return tl.where(den > 0, tl.math.div_rn(NUM, tl.maximum(den, NUM * 1.1754943508222875e-38)), 0.0)
 
 
 @jit

@@ -16,8 +16,8 @@ import math
 import torch
 
 from .._triton import jit, tl
-from .common import (amax_keep_nan, div_or_zero_jit, exponent, exponent_jit, mul_rn_jit, pow2, pow2_floor_jit,
-                     pow2_jit, rne)
+from .common import (amax_keep_nan, div_or_zero, div_or_zero_jit, exponent, exponent_jit, mul_rn_jit, pow2,
+                     pow2_floor_jit, pow2_jit, rne)
 from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
 
 E2M1_MAX = 6.0
@@ -126,7 +126,7 @@ def quantize_nvfp4(x: torch.Tensor, g: torch.Tensor):
     gg = g.to(torch.float32).reshape(*g.shape[:-1], 1, 1) if g.dim() == x.dim() else g
     amax = xg.abs().amax(dim=-1, keepdim=True)
     scale = round_e4m3(amax * (1.0 / E2M1_MAX) * (1.0 / gg))  # e4m3 block scale relative to g (1/g is exact)
-    inv = torch.where(scale > 0, 1.0 / (scale * gg), torch.zeros_like(scale))
+    inv = div_or_zero(1.0, scale * gg)
     r = round_e2m1(xg * inv)
     values = (r * scale * gg).reshape(*lead, k)
     return values, e2m1_codes(r).reshape(*lead, k), scale.reshape(*lead, k // GROUP)
@@ -154,7 +154,7 @@ def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:
     (2688 * P); unrounded: [..., G], max16(p2) / 6. Returns the dequantized values E2M1(p2 / s) * s with
     s = E4M3(unrounded), 0 for a block whose scale rounds to 0 (exact in bf16: 2 x 4 significant bits)."""
     scale = round_e4m3(unrounded)[..., None]
-    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    inv = div_or_zero(1.0, scale)
     return round_e2m1(p2 * inv) * scale
 
 

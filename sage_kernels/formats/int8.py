@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl
-from .common import amax_keep_nan, div_or_zero_jit, rne
+from .common import amax_keep_nan, div_or_zero, div_or_zero_jit, rne
 
 INT8_MAX = 127.0
 
@@ -20,7 +20,7 @@ def quantize_int8(x: torch.Tensor, dim: int = -1):
     """Returns (codes int8, scale fp32 with `dim` kept as size 1)."""
     x = x.to(torch.float32)
     amax = x.abs().amax(dim=dim, keepdim=True)
-    inv = torch.where(amax > 0, torch.full_like(amax, INT8_MAX) / amax.clamp_min(1e-30), torch.zeros_like(amax))
+    inv = div_or_zero(INT8_MAX, amax)
     codes = rne(x * inv).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return codes, amax * (1.0 / INT8_MAX)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import transforms as T
+from ..formats.common import div_or_zero
 from ..formats.e2m1 import LOG2_FP4_RANGE, quantize_nvfp4, quantize_p_nvfp4, tensor_scale
 from ..formats.e4m3 import round_e4m3
 from ..formats.int8 import quantize_int8
@@ -73,7 +74,7 @@ def prepare_int8(p: AttentionProblem, o: QuantOptions, return_lse: bool) -> Prep
     if o.pv == "fp8":  # per-channel per-block scale mapping the block's amax to 448
         amax = vb.abs().amax(dim=3, keepdim=True)
         v_sc = amax * (1.0 / P_FP8_SCALE)
-        inv = torch.where(amax > 0, torch.full_like(amax, P_FP8_SCALE) / amax, torch.zeros_like(amax))
+        inv = div_or_zero(P_FP8_SCALE, amax)
         v_q = round_e4m3(vb * inv)
     else:
         v_q, v_sc = quantize_int8(vb, dim=3)

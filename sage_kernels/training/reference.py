@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import transforms as T
+from ..formats.common import div_or_zero
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, compute_dtype, rotates
 
@@ -35,7 +36,7 @@ def quantize_int8(x: torch.Tensor, dim):
     """Twin of formats.int8.quantize_int8_jit (including its guard against subnormal maxima): (codes as fp32, scale)."""
     x = x.to(torch.float32)
     amax = x.abs().amax(dim=dim, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax.clamp_min(1e-30), torch.zeros_like(amax))
+    inv = div_or_zero(127.0, amax)
     return torch.round(x * inv).clamp(-127.0, 127.0), amax * (1.0 / 127.0)
 
 
