@@ -24,6 +24,8 @@ SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 2
               120: 101376, 121: 101376}
 WIDE_HEAD_SMEM = 232448  # head dims above 128 (padded to 256) need this much: the pre-pass's 256x256 rotation alone
 # takes 128 KB of operand tiles (measured with the AOT compiler: 196 KB per pre-pass block, 161 KB per attention block)
+# The kernels put batch x heads on the second axis of their CUDA grid, whose limit is 65535 (the first allows 2**31).
+MAX_BATCH_HEADS = 65535
 
 
 def smem_limit(arch: int) -> int:
@@ -121,6 +123,9 @@ class KernelSpec:
                 and smem_limit(dev.arch) < WIDE_HEAD_SMEM:
             return (f"head dim {max(p.head_dim, p.head_dim_v)} > 128 needs {WIDE_HEAD_SMEM // 1024} KB of shared memory "
                     f"per block (sm_90/sm_100); sm_{dev.arch} has {smem_limit(dev.arch) // 1024} KB")
+        if self.triton and p.batch * p.heads_q > MAX_BATCH_HEADS:
+            return (f"batch x heads = {p.batch * p.heads_q} > {MAX_BATCH_HEADS} (the kernels' grid axis for them; "
+                    f"e.g. temporal attention over every pixel)")
         if p.mask_kind not in self.masks:
             return f"a {p.mask_kind.replace('_', '-')} attn_mask (varies along queries) is not supported by {self.name}"
         if self.probe:

@@ -217,3 +217,16 @@ def test_wide_heads_need_hopper_or_blackwell_datacenter_shared_memory():
             assert "shared memory" in why and f"sm_{arch}" in why, (name, arch, why)
             assert spec.check(narrow, capabilities.DeviceInfo("cuda", arch)) == "", (name, arch)
         assert spec.check(wide, capabilities.DeviceInfo("cuda", 90)) == ""
+
+
+def test_more_batch_heads_than_the_grid_takes_run_sdpa(monkeypatch):
+    """batch x heads beyond the CUDA grid's second axis (65535; temporal attention over every pixel reaches it)
+    goes to SDPA with the reason, instead of a launch error."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(32768, 2, 3, 16) for _ in range(3))
+    plan = sage_kernels.explain(q, k, v, precision="int8")
+    assert plan.fallback and "batch x heads = 65536 > 65535" in plan.reason
+    assert sage_kernels.explain(q[:-1], k[:-1], v[:-1], precision="int8").kernel == "triton.int8"
+    out = sage_kernels.sage_attention(q, k, v, precision="int8")
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))

@@ -158,3 +158,15 @@ def test_int8_extra_memory_within_the_quantized_copies(shape, pv):
     copy = b * h * (-(-l // 128) * 128) * dp  # one INT8 copy at the padded size the kernels use
     allowed = 3 * copy + (copy if pv != "16bit" else 0)
     assert extra <= 1.02 * allowed + (2 << 20), (extra / 2**20, allowed / 2**20)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp4"])
+def test_batch_heads_at_the_grid_limit(precision):
+    """65535 (batch x heads) still launches (the grid's second axis); one more runs SDPA (capabilities)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(65535, 1, 40, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out = sage_kernels.sage_attention(q, k, v, precision=precision, backend="triton", fallback="error")
+    cos, l1 = dist.metrics(out, torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float()))
+    assert cos > (0.9995 if precision == "int8" else 0.98), (cos, l1)
+    q1, k1, v1 = (torch.cat([t, t[:1]]) for t in (q, k, v))
+    assert sage_kernels.explain(q1, k1, v1, precision=precision, backend="triton").fallback
