@@ -68,11 +68,14 @@ def _cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> float:
 
 class Sage3Override:
     def __init__(self, settings: PatchSettings, policy: Policy | None = None, prior=None,
-                 log_book: LogBook | None = None):
+                 log_book: LogBook | None = None, failed: dict | None = None):
         self.settings = settings
         self.policy = policy  # None: the default fp4 hybrid
         self.prior = prior  # the override the input model had, called for the original path
         self.log_book = log_book or LogBook()
+        # Kernels that raised, by call signature (_signature), with the reason: such failures are deterministic (a
+        # compile error costs seconds per attempt), so later calls of the same kind fall back without retrying.
+        self.failed = failed if failed is not None else {}
         self.recorder = RunRecorder()
         self._steps = StepLocator()
         self._sites = SiteTracker()
@@ -82,7 +85,7 @@ class Sage3Override:
 
     def with_policy(self, policy: Policy) -> "Sage3Override":
         """A new override with the same settings, chain and log book, a new policy and fresh stats."""
-        return Sage3Override(self.settings, policy, self.prior, self.log_book)
+        return Sage3Override(self.settings, policy, self.prior, self.log_book, self.failed)
 
     @property
     def effective_policy(self) -> Policy:
@@ -139,6 +142,13 @@ class Sage3Override:
         stats.kernels[plan.label] += 1
         return call.to_comfy(out)
 
+    @staticmethod
+    def _signature(call: AttentionCall, plan: sage_kernels.Plan) -> tuple:
+        """What a kernel failure is remembered by: the kernel and everything that selects its compiled variant or
+        launch (shapes included, so one odd shape does not disable the kernel for the others)."""
+        return (plan.label, call.layout, call.q.dtype, call.q.device, tuple(call.q.shape), tuple(call.k.shape),
+                tuple(call.v.shape), None if call.mask is None else tuple(call.mask.shape))
+
     # ---- decisions -----------------------------------------------------------------------------------------------
 
     def _plan(self, call: AttentionCall, precision: str) -> sage_kernels.Plan:
@@ -162,6 +172,9 @@ class Sage3Override:
     # ---- actions -------------------------------------------------------------------------------------------------
 
     def _attend(self, call: AttentionCall, plan: sage_kernels.Plan) -> torch.Tensor:
+        signature = self._signature(call, plan)
+        if signature in self.failed:
+            raise _KernelFailed(self.failed[signature])
         try:
             return sage_kernels.sage_attention(
                 call.q, call.k, call.v, precision=plan.precision, smooth_q=self.settings.smooth_q,
@@ -172,7 +185,8 @@ class Sage3Override:
             if self.settings.fallback == "error":
                 raise
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise _KernelFailed(f"kernel {plan.kernel} raised {type(exc).__name__}: {first_line}") from exc
+            self.failed[signature] = f"kernel {plan.kernel} raised {type(exc).__name__}: {first_line}"
+            raise _KernelFailed(self.failed[signature]) from exc
 
     def _calibrate(self, call, plan, stats: SiteStats, site: SiteKey, policy: Policy, func, args, kwargs):
         try:

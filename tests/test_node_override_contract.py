@@ -204,6 +204,27 @@ def test_kernel_exception_becomes_a_fallback_or_propagates(monkeypatch, caplog):
         _override(_patched(precision="int8", fallback="error"))(FUNC, q, q, q, 2, **kwargs)
 
 
+def test_a_failing_kernel_is_not_retried_for_the_same_kind_of_call(monkeypatch):
+    """A kernel failure is deterministic (a compile error costs seconds per attempt): later calls with the same
+    signature fall back at once, counted under the same reason; another shape tries the kernel again."""
+    tried = []
+
+    def broken(q, *args, **kwargs):
+        tried.append(tuple(q.shape))
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(sage_kernels, "sage_attention", broken)
+    kwargs = dict(skip_reshape=True, transformer_options={}, _inside_attn_wrapper=True)
+    over = _override(_patched(precision="int8"))
+    q, q2 = _rand(1, 2, 8, 16, seed=31), _rand(1, 2, 12, 16, seed=32)
+    for x in (q, q, q, q2, q2):
+        torch.testing.assert_close(over(FUNC, x, x, x, 2, **kwargs), FUNC(x, x, x, 2, **kwargs))
+    assert tried == [(1, 2, 8, 16), (1, 2, 12, 16)]
+    (reason, count), = _run_stats(over).fallback_totals().items()
+    assert "compile failed" in reason and count == 5
+    assert over.with_policy(over.effective_policy).failed is over.failed  # the Quality node's copy shares it
+
+
 def test_unparseable_call_goes_to_the_original_path():
     over = _override(_patched(precision="int8"))
     func = Recorder()
