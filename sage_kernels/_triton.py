@@ -7,6 +7,7 @@ decorators are inert and the capability table reports every Triton kernel as una
 from __future__ import annotations
 
 import os
+import re
 
 try:  # pragma: no cover - exercised implicitly by every environment that has triton
     import triton
@@ -26,6 +27,24 @@ except Exception as exc:  # pragma: no cover - only on installs without triton
         float32 = int32 = int8 = uint8 = bfloat16 = float16 = None
 
     tl = _StubLanguage()
+
+
+# The Triton these kernels are tested with on GPUs. Ahead-of-time compiles with 3.5.1 and 3.4.0 (sm_80-sm_120)
+# pass too, except the sm_90 Gluon kernel under 3.5 (its API changed; the launcher falls back to the TMA kernel).
+# Older ones lack APIs the kernels use (3.3.1 has no host TMA descriptors): the capability table routes to SDPA.
+TESTED_TRITON = "3.6"
+MIN_TRITON = (3, 4)
+TRITON_TOO_OLD = ""
+if HAS_TRITON:
+    _version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    if _version < MIN_TRITON:
+        TRITON_TOO_OLD = (f"Triton {triton.__version__} is older than {MIN_TRITON[0]}.{MIN_TRITON[1]}, the oldest these "
+                          f"kernels support")
+UNTESTED_TRITON_NOTE = ""
+if HAS_TRITON and not TRITON_TOO_OLD and not triton.__version__.startswith(TESTED_TRITON + "."):
+    UNTESTED_TRITON_NOTE = (f"sage_attention: Triton {triton.__version__} is not the version these kernels are tested "
+                            f"with on GPUs ({TESTED_TRITON}.x); they compile ahead of time with 3.4 and 3.5, but "
+                            f"report problems with your version")
 
 
 def jit(fn=None, *, lengths=()):

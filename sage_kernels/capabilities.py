@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import _triton
 from ._triton import HAS_TRITON, IMPORT_ERROR, interpreter_active
 from .problem import AttentionProblem
 
@@ -105,6 +106,8 @@ class KernelSpec:
         if self.triton:
             if not HAS_TRITON:
                 return f"Triton is not importable ({IMPORT_ERROR})"
+            if _triton.TRITON_TOO_OLD:
+                return _triton.TRITON_TOO_OLD
             if dev.kind == "cuda":
                 if self.archs and dev.arch not in self.archs:
                     return f"{self.name} needs sm_{'/sm_'.join(map(str, self.archs))}, this GPU is sm_{dev.arch}"

@@ -230,3 +230,17 @@ def test_more_batch_heads_than_the_grid_takes_run_sdpa(monkeypatch):
     assert sage_kernels.explain(q[:-1], k[:-1], v[:-1], precision="int8").kernel == "triton.int8"
     out = sage_kernels.sage_attention(q, k, v, precision="int8")
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+def test_a_triton_older_than_the_kernels_support_runs_sdpa_with_the_reason(monkeypatch):
+    """Triton < 3.4 lacks APIs the kernels use (3.3.1: no host TMA descriptors): checked against 3.3.1; the
+    capability table says so instead of the call failing."""
+    from sage_kernels import _triton
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_triton, "TRITON_TOO_OLD", "Triton 3.3.1 is older than 3.4, the oldest these kernels support")
+    q, k, v = _qkv()
+    for precision in ("int8", "fp4"):
+        plan = sage_kernels.explain(q, k, v, precision=precision)
+        assert plan.fallback and "Triton 3.3.1 is older than 3.4" in plan.reason, plan
+    assert _triton.MIN_TRITON <= tuple(int(x) for x in _triton.triton.__version__.split(".")[:2])

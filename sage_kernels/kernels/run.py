@@ -6,13 +6,14 @@ chunks of consecutive query blocks (across heads) so that it never exceeds the s
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import transforms as T
-from .._triton import interpreter_active, triton
+from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, triton
 from ..capabilities import device_info
 from ..capture import device_cache
 from ..device_guard import on_problem_device
@@ -254,9 +255,15 @@ def _last_dim_contiguous(p: AttentionProblem) -> AttentionProblem:
     return dataclasses.replace(p, **fixed) if fixed else p
 
 
+_triton_noted = False
+
+
 @on_problem_device
 def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool = False):
     """Returns (out in the caller's layout, lse (B, Hq, Lq) fp32 or None)."""
+    global _triton_noted
+    if UNTESTED_TRITON_NOTE and not _triton_noted:
+        _triton_noted = log_once("untested triton", UNTESTED_TRITON_NOTE, level=logging.INFO)
     p = _last_dim_contiguous(p)
     out, out_hnd = p.new_output()
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device) if return_lse else None
