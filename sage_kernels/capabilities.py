@@ -83,6 +83,8 @@ def _cuda_info(index: int) -> DeviceInfo:
 
 def device_info(device: torch.device) -> DeviceInfo:
     if device.type == "cuda":
+        if getattr(torch.version, "hip", None):  # ROCm builds name AMD GPUs "cuda" and give gfx90a capability (9, 0)
+            return DeviceInfo("rocm", 0)
         return _cuda_info(device.index if device.index is not None else 0)
     return DeviceInfo(device.type, 0)
 
@@ -118,6 +120,8 @@ class KernelSpec:
                     return "tensors are on the CPU (Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1)"
                 if not self.interpretable:
                     return f"{self.name} cannot run in Triton's interpreter"
+            elif dev.kind == "rocm":
+                return "AMD GPUs (ROCm): these kernels are written and checked for NVIDIA GPUs only"
             else:
                 return f"Triton kernels do not run on {dev.kind} tensors"
         if max(p.head_dim, p.head_dim_v) > self.max_head_dim:

@@ -244,3 +244,15 @@ def test_a_triton_older_than_the_kernels_support_runs_sdpa_with_the_reason(monke
         plan = sage_kernels.explain(q, k, v, precision=precision)
         assert plan.fallback and "Triton 3.3.1 is older than 3.4" in plan.reason, plan
     assert _triton.MIN_TRITON <= tuple(int(x) for x in _triton.triton.__version__.split(".")[:2])
+
+
+def test_rocm_gpus_run_sdpa_with_the_reason(monkeypatch):
+    """ROCm torch calls AMD GPUs "cuda" and reports gfx90a as capability (9, 0): without a check the table would
+    pick Hopper's kernels for an MI200. They run SDPA (auto) or fall back with the reason; the reference runs."""
+    monkeypatch.setattr(torch.version, "hip", "6.2.0", raising=False)
+    dev = capabilities.device_info(torch.device("cuda", 0))
+    assert dev.kind == "rocm"
+    p = build_problem(*_qkv())
+    assert capabilities.resolve_auto_precision(p, dev)[0] == "sdpa"
+    assert "NVIDIA GPUs only" in capabilities.KERNELS["triton.int8"].check(p, dev)
+    assert capabilities.KERNELS["reference.int8"].check(p, dev) == ""
