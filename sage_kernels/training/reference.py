@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import transforms as T
-from ..formats.common import div_or_zero
+from ..formats import int8 as formats_int8
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, compute_dtype, rotates
 
@@ -33,11 +33,9 @@ LN2 = math.log(2.0)
 
 
 def quantize_int8(x: torch.Tensor, dim):
-    """Twin of formats.int8.quantize_int8_jit (including its guard against subnormal maxima): (codes as fp32, scale)."""
-    x = x.to(torch.float32)
-    amax = x.abs().amax(dim=dim, keepdim=True)
-    inv = div_or_zero(127.0, amax)
-    return torch.round(x * inv).clamp(-127.0, 127.0), amax * (1.0 / 127.0)
+    """formats.int8.quantize_int8 (the kernels' twin) with the codes as fp32: (codes, scale)."""
+    codes, scale = formats_int8.quantize_int8(x, dim)
+    return codes.to(torch.float32), scale
 
 
 @dataclass
