@@ -14,6 +14,7 @@ import torch
 from . import _triton
 from ._triton import HAS_TRITON, IMPORT_ERROR, interpreter_active
 from .problem import AttentionProblem
+from .transforms import padded_head_dim
 
 PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 BACKENDS = ("auto", "triton", "reference")
@@ -27,6 +28,20 @@ WIDE_HEAD_SMEM = 232448  # head dims above 128 (padded to 256) need this much: t
 # takes 128 KB of operand tiles (measured with the AOT compiler: 196 KB per pre-pass block, 161 KB per attention block)
 # The kernels put batch x heads on the second axis of their CUDA grid, whose limit is 65535 (the first allows 2**31).
 MAX_BATCH_HEADS = 65535
+# ... and index the inputs and their padded operand buffers with 32-bit element offsets: 2**31 elements ran correctly
+# on an H100, 2**31 + 2**27 faulted (illegal memory access, which ends the process's CUDA context).
+MAX_INDEX = 2 ** 31 - 1
+
+
+def largest_offset(p: AttentionProblem) -> int:
+    """The largest element offset a kernel computes: into q, k, v through their strides (views of a larger tensor
+    reach further than their size) or into the padded operand buffers (B, H, L rounded up to 128, padded head dim)."""
+    def reach(t: torch.Tensor) -> int:
+        return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+    dp = padded_head_dim(max(p.head_dim, p.head_dim_v))
+    padded = max(p.batch * p.heads_q * -(-p.len_q // 128) * 128, p.batch * p.heads_kv * -(-p.len_k // 128) * 128)
+    return max(reach(p.q), reach(p.k), reach(p.v), padded * dp - 1)
 
 
 def smem_limit(arch: int) -> int:
@@ -130,6 +145,9 @@ class KernelSpec:
                 and smem_limit(dev.arch) < WIDE_HEAD_SMEM:
             return (f"head dim {max(p.head_dim, p.head_dim_v)} > 128 needs {WIDE_HEAD_SMEM // 1024} KB of shared memory "
                     f"per block (sm_90/sm_100); sm_{dev.arch} has {smem_limit(dev.arch) // 1024} KB")
+        if self.triton and largest_offset(p) > MAX_INDEX:  # past it the kernels fault (H100: illegal address)
+            return (f"element offsets up to {largest_offset(p)} need 64-bit indexing; the kernels index in 32 bits "
+                    f"(at most 2**31 elements per tensor)")
         if self.triton and p.batch * p.heads_q > MAX_BATCH_HEADS:
             return (f"batch x heads = {p.batch * p.heads_q} > {MAX_BATCH_HEADS} (the kernels' grid axis for them; "
                     f"e.g. temporal attention over every pixel)")

@@ -256,3 +256,22 @@ def test_rocm_gpus_run_sdpa_with_the_reason(monkeypatch):
     assert capabilities.resolve_auto_precision(p, dev)[0] == "sdpa"
     assert "NVIDIA GPUs only" in capabilities.KERNELS["triton.int8"].check(p, dev)
     assert capabilities.KERNELS["reference.int8"].check(p, dev) == ""
+
+
+def test_tensors_past_32_bit_indexing_run_sdpa(monkeypatch):
+    """The kernels index with 32-bit element offsets: a call whose inputs (through their strides) or padded operand
+    buffers need offsets past 2**31 - 1 runs SDPA with the reason (on an H100 2**31 + 2**27 elements faulted with an
+    illegal memory access). Expanded views stand in for the huge tensors (explain allocates nothing)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    small = torch.randn(1, 1, 128, 128)
+    lq = 2 ** 31 // 128  # 2**31 elements at head dim 128: offsets up to 2**31 - 1 (ran on an H100)
+    for lq_, fits in ((lq, True), (lq + 1, False)):
+        q = torch.randn(1, 1, 1, 128).expand(1, 1, lq_, 128)
+        plan = sage_kernels.explain(q, small, small, precision="int8")
+        assert plan.fallback != fits, plan
+        if not fits:
+            assert "32 bits" in plan.reason
+    base = torch.randn(1, 64, 3, 128)  # a q view into a packed qkv tensor reaches 3x its own size
+    q = base[:, :, 0:1].transpose(1, 2)  # (1, 1, 64, 128) with a head stride over the packed dim
+    p = build_problem(q, small, small)
+    assert capabilities.largest_offset(p) == (64 - 1) * 3 * 128 + 127  # its reach: more than its 64 * 128 elements

@@ -170,3 +170,22 @@ def test_batch_heads_at_the_grid_limit(precision):
     assert cos > (0.9995 if precision == "int8" else 0.97), (cos, l1)
     q1, k1, v1 = (torch.cat([t, t[:1]]) for t in (q, k, v))
     assert sage_kernels.explain(q1, k1, v1, precision=precision, backend="triton").fallback
+
+
+def test_two_to_the_31_elements_still_run_and_one_row_more_runs_sdpa():
+    """32-bit element offsets reach exactly 2**31 elements (q of 2**24 tokens at head dim 128, 4.3 GB); the rows
+    at the end, where wrapped offsets would land, match SDPA. One more row would need 64-bit offsets (2**31 + 2**27
+    elements faulted with an illegal memory access when forced through the kernel): SDPA (capabilities)."""
+    torch.manual_seed(0)
+    lq = 2 ** 24
+    q = torch.randn(1, 1, lq, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = sage_kernels.sage_attention(q, k, v, precision="int8", backend="triton", fallback="error")
+    tail = slice(lq - (1 << 20), lq)
+    want = torch.nn.functional.scaled_dot_product_attention(q[:, :, tail], k, v)
+    cos, _ = dist.metrics(out[:, :, tail], want)
+    assert cos > 0.9995, cos
+    del out
+    longer = torch.cat([q, q[:, :, :1]], dim=2)
+    del q
+    assert "32 bits" in sage_kernels.explain(longer, k, v, precision="int8", backend="triton").reason
