@@ -11,7 +11,8 @@ from .api import SageAttentionUnsupported, explain, sage_attention, sageattn
 from .capabilities import Plan
 from .capabilities import table as capability_table
 from .problem import SageAttentionInputError
+from .varlen import sageattn_varlen
 
 __version__ = "0.1.0"
-__all__ = ["sage_attention", "sageattn", "explain", "Plan", "capability_table", "SageAttentionInputError",
+__all__ = ["sage_attention", "sageattn", "sageattn_varlen", "explain", "Plan", "capability_table", "SageAttentionInputError",
            "SageAttentionUnsupported", "__version__"]

@@ -175,6 +175,14 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
 _SAGE_TUNING_KWARGS = ("qk_quant_gran", "qk_quant_dtype", "pv_accum_dtype", "quantization_backend", "per_block_mean")
 
 
+def drop_tuning_kwargs(kwargs: dict) -> dict:
+    """kwargs without SageAttention's kernel-tuning knobs, which mean nothing here (each logged once)."""
+    for name in _SAGE_TUNING_KWARGS:
+        if name in kwargs:
+            log_once(f"sageattn ignores {name}", f"sageattn: ignoring SageAttention tuning argument {name!r}")
+    return {name: value for name, value in kwargs.items() if name not in _SAGE_TUNING_KWARGS}
+
+
 def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, **kwargs):
     """Drop-in for `sageattention.sageattn`: same positional/keyword names and return convention.
 
@@ -182,10 +190,7 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     (qk_quant_gran, pv_accum_dtype, ...) have no meaning here and are ignored (logged once)."""
     extra = {name: kwargs.pop(name) for name in ("attn_mask", "smooth_k", "smooth_v", "precision", "backend")
              if name in kwargs}
-    for name in _SAGE_TUNING_KWARGS:
-        if name in kwargs:
-            kwargs.pop(name)
-            log_once(f"sageattn ignores {name}", f"sageattn: ignoring SageAttention tuning argument {name!r}")
+    kwargs = drop_tuning_kwargs(kwargs)
     if kwargs:
         raise TypeError(f"sageattn() got unexpected keyword arguments {sorted(kwargs)}")
     return sage_attention(q, k, v, layout=tensor_layout, is_causal=is_causal, scale=sm_scale,
