@@ -38,8 +38,8 @@ TRITON_TOO_OLD = ""
 if HAS_TRITON:
     _version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
     if _version < MIN_TRITON:
-        TRITON_TOO_OLD = (f"Triton {triton.__version__} is older than {MIN_TRITON[0]}.{MIN_TRITON[1]}, the oldest these "
-                          f"kernels support")
+        TRITON_TOO_OLD = (f"Triton {triton.__version__} is older than {MIN_TRITON[0]}.{MIN_TRITON[1]}, the oldest "
+                          f"these kernels support")
 UNTESTED_TRITON_NOTE = ""
 if HAS_TRITON and not TRITON_TOO_OLD and not triton.__version__.startswith(TESTED_TRITON + "."):
     UNTESTED_TRITON_NOTE = (f"sage_attention: Triton {triton.__version__} is not the version these kernels are tested "
