@@ -36,8 +36,9 @@ MAX_INDEX = 2 ** 31 - 1
 def largest_offset(p: AttentionProblem) -> int:
     """The largest element offset a kernel computes: into q, k, v through their strides (views of a larger tensor
     reach further than their size) or into the padded operand buffers (B, H, L rounded up to 128, padded head dim)."""
-    def reach(t: torch.Tensor) -> int:
-        return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+    def reach(t: torch.Tensor) -> int:  # 4-D (B, H, L, D) views; torch strides are never negative
+        (b, h, l, d), (sb, sh, sl, sd) = t.shape, t.stride()
+        return (b - 1) * sb + (h - 1) * sh + (l - 1) * sl + (d - 1) * sd
 
     dp = padded_head_dim(max(p.head_dim, p.head_dim_v))
     padded = max(p.batch * p.heads_q * -(-p.len_q // 128) * 128, p.batch * p.heads_kv * -(-p.len_k // 128) * 128)
