@@ -14,5 +14,5 @@ from .problem import SageAttentionInputError
 from .varlen import sageattn_varlen
 
 __version__ = "0.1.0"
-__all__ = ["sage_attention", "sageattn", "sageattn_varlen", "explain", "Plan", "capability_table", "SageAttentionInputError",
-           "SageAttentionUnsupported", "__version__"]
+__all__ = ["sage_attention", "sageattn", "sageattn_varlen", "explain", "Plan", "capability_table",
+           "SageAttentionInputError", "SageAttentionUnsupported", "__version__"]
