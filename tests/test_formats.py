@@ -1,5 +1,7 @@
 """Quantizers: E2M1 grid and ties, E4M3 rounding/saturation/subnormals, NVFP4 blocks and second-level scale,
 INT8 rows; and the Triton twins agree with the torch versions bit for bit (run in Triton's interpreter on CPU)."""
+import math
+
 import pytest
 import torch
 
@@ -216,67 +218,76 @@ def test_triton_int8_keeps_nan_and_inf_scales():
 
 if HAS_TRITON:
     @triton.jit
-    def _nonneg_kernel(X, OUT_R, OUT_E4, OUT_B, N: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    def _nonneg_kernel(X, OUT_R, OUT_E4, N: tl.constexpr):
         offs = tl.arange(0, N)
         tl.store(OUT_R + offs, round_e2m1_nonneg_jit(tl.load(X + offs)))
         tl.store(OUT_E4 + offs, round_e4m3_nonneg_jit(tl.load(X + offs)))
-        rows = tl.arange(0, R)
-        cols = tl.arange(0, C)
-        x = tl.reshape(tl.load(X + rows[:, None] * C + cols[None, :]), (R, C // 16, 16))
-        tl.store(OUT_B + rows[:, None] * C + cols[None, :],
-                 tl.reshape(nvfp4_p_jit(x, tl.max(x, 2) * (1.0 / 6.0)), (R, C)))
 
 
 @pytestmark_triton
 def test_nonnegative_fp4_rounding_matches_the_general_one():
     """The attention kernels quantize P (>= 0) with the sign-free roundings (exponent bits instead of compares):
-    same grid values as round_e2m1 / round_e4m3, and nvfp4_p_jit's blocks (scales from their own max) the same
-    values as quantize_nvfp4; ties (0.25, 0.75, 2.5, 3.5, 5.0, ...; E4M3's 1.0625, 2**-10, subnormal midpoints),
-    saturation and fp32 subnormals included."""
-    n, rows, cols = 1024, 16, 64
+    same grid values as round_e2m1 / round_e4m3; ties (0.25, 0.75, 2.5, 3.5, 5.0, ...; E4M3's 1.0625, 2**-10,
+    subnormal midpoints), saturation and fp32 subnormals included."""
+    n = 1024
     x = _edge_values(n).abs()
     x[100:116] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5, 7.0, 2688.0, 0.0, 1e-30, 3.0, 4.0, 6.0,
                                1.999])
     x[116:128] = torch.tensor([2.0 ** -127, 2.0 ** -9 * 1.5, 2.0 ** -9 * 2.5, 2.0 ** -6 * 1.0625, 464.0, 465.0,
                                1e30, 8.0, 9.0, 15.99, 2.0 ** -7 * 1.0625, 0.015625])
-    out_r, out_e4, out_b = torch.empty(n, device=DEV), torch.empty(n, device=DEV), torch.empty(rows, cols, device=DEV)
-    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, out_b, N=n, R=rows, C=cols)
+    out_r, out_e4 = torch.empty(n, device=DEV), torch.empty(n, device=DEV)
+    _nonneg_kernel[(1,)](x.to(DEV), out_r, out_e4, N=n)
     assert torch.equal(out_r.cpu(), round_e2m1(x))
     assert torch.equal(out_e4.cpu(), round_e4m3(x))
-    vals, _, _ = quantize_nvfp4(x[: rows * cols].reshape(rows, cols), torch.tensor(1.0))
-    assert torch.equal(out_b.cpu(), vals)
 
 
 if HAS_TRITON:
     @triton.jit
-    def _p_level2_kernel(P2, U, OUT, R: tl.constexpr, G: tl.constexpr):
+    def _p_level2_kernel(X, S, OUT, R: tl.constexpr, G: tl.constexpr):
         rows = tl.arange(0, R)
         cols = tl.arange(0, G * 16)
-        p2 = tl.reshape(tl.load(P2 + rows[:, None] * (G * 16) + cols[None, :]), (R, G, 16))
-        u = tl.load(U + rows[:, None] * G + tl.arange(0, G)[None, :])
-        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(p2, u), (R, G * 16)))
+        x = tl.reshape(tl.load(X + rows[:, None] * (G * 16) + cols[None, :]), (R, G, 16))
+        scale = tl.load(S + rows[:, None] * G + tl.arange(0, G)[None, :])
+        tl.store(OUT + rows[:, None] * (G * 16) + cols[None, :], tl.reshape(nvfp4_p_jit(x, scale), (R, G * 16)))
+
+
+E2M1_TIES = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
 
 @pytestmark_triton
 def test_p_level2_twins_agree_and_follow_the_nvfp4_rule():
-    """P's level 2 (attention kernels: nvfp4_p_jit; mirror: quantize_p_nvfp4) from the unrounded scales max16 / 6
-    that the softmax hands over: bit-identical twins, and the same values as the Q/K/V quantizer (quantize_nvfp4,
-    g = 1) where the unrounded scale is the block's own max / 6. Blocks: P's range up to 2688, E2M1 ties, E4M3
-    subnormal scales, scales that round to 0, all-zero blocks. On the GPU the ties at scale 448 (an inexact
-    reciprocal) fail if the product fuses into the rounding's add."""
+    """P's level 2 (attention kernels: nvfp4_p_jit, on a GPU packed fp16 assembly, in the interpreter the fp32
+    roundings; mirror: quantize_p_nvfp4) from x = 2688 * P / scale and the E4M3-grid scales that the softmax hands
+    over: bit-identical twins (fp16 out), E2M1 ties to even, saturation at 6 (x up to 9: subnormal scales), zero
+    groups, E4M3 subnormal scales, and the fp16 step: the result differs from the E2M1 rounding of x itself only
+    where x lies within half an fp16 step of an E2M1 tie."""
     rows, groups = 8, 8
     torch.manual_seed(3)
-    p2 = torch.rand(rows, groups, 16) * torch.logspace(-9, 0, rows * groups).reshape(rows, groups, 1) * 2688.0
-    p2[0, 0] = torch.tensor([2688.0, 112.0, 336.0, 560.0, 1120.0, 2240.0] + [0.0] * 10)  # scale 448: x = 0.25 .. 5
-    p2[0, 1] = 0.0
-    p2[0, 2] = 6 * 2.0 ** -9 * 1.5  # scale at an E4M3 subnormal midpoint
-    p2[0, 3] = 6 * 2.0 ** -11  # scale rounds to 0: the block is 0
-    unrounded = p2.amax(dim=-1) * (1.0 / 6.0)
-    out = torch.empty(rows, groups * 16, device=DEV)
-    _p_level2_kernel[(1,)](p2.to(DEV).contiguous(), unrounded.to(DEV).contiguous(), out, R=rows, G=groups)
-    want = quantize_p_nvfp4(p2, unrounded)
-    assert torch.equal(out.cpu().reshape(rows, groups, 16), want)
-    vals, _, _ = quantize_nvfp4(p2.reshape(rows, groups * 16), torch.tensor(1.0))
-    assert torch.equal(want.reshape(rows, groups * 16), vals)
-    assert torch.equal(want[0, 0, :6], torch.tensor([2688.0, 0.0, 448.0, 448.0, 896.0, 1792.0]))
-    assert torch.equal(want[0, 3], torch.zeros(16)) and torch.equal(want[0, 1], torch.zeros(16))
+    x = torch.rand(rows, groups, 16) * 6.4
+    x[0, 0] = torch.tensor(E2M1_TIES + (6.0, 6.3, 7.0, 9.0, 0.0, 1e-30, 2.0 ** -14, 3.0, 4.0))
+    f16_half_step = lambda t: 2.0 ** (math.floor(math.log2(t)) - 11)  # noqa: E731
+    x[0, 1] = torch.tensor([t + f16_half_step(t) * 0.5 for t in E2M1_TIES] + [t - f16_half_step(t) * 0.5
+                                                                             for t in E2M1_TIES] + [1.0, 2.0])
+    x[0, 2] = torch.tensor([t + f16_half_step(t) * 3 for t in E2M1_TIES] + [t - f16_half_step(t) * 3
+                                                                           for t in E2M1_TIES] + [0.5, 1.5])
+    scale = round_e4m3(torch.rand(rows, groups) * 448.0)
+    scale[1] = round_e4m3(torch.tensor([2.0 ** -9, 2.0 ** -8 * 1.5, 2.0 ** -7, 0.001, 0.1, 1.0, 448.0, 0.0]))
+    x[1, 7] = 0.0  # a zero scale comes with x = 0 (attention.fp4_online_stats)
+    out = torch.empty(rows, groups * 16, dtype=torch.float16, device=DEV)
+    _p_level2_kernel[(1,)](x.to(DEV).contiguous(), scale.to(DEV).contiguous(), out, R=rows, G=groups)
+    want = quantize_p_nvfp4(x, scale)
+    assert torch.equal(out.cpu().float().reshape(rows, groups, 16), want)
+    assert torch.equal(want.half().float(), want)  # exact in fp16
+    r = want / torch.where(scale > 0, scale, 1.0)[..., None]
+    assert torch.equal(r[0, 0], torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 6.0, 6.0, 6.0, 6.0, 0.0, 0.0, 0.0,
+                                              3.0, 4.0]))
+    # within half an fp16 step of a tie, x rounds to the tie in fp16 and then to the even code ...
+    assert torch.equal(r[0, 1], torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0] * 2 + [1.0, 2.0]))
+    # ... and further away as the exact E2M1 rounding does
+    assert torch.equal(r[0, 2], round_e2m1(x[0, 2]))
+    differs = r != round_e2m1(x)
+    near_tie = torch.zeros_like(differs)
+    for t in E2M1_TIES:
+        near_tie |= (x - t).abs() <= f16_half_step(t)
+    assert not (differs & ~near_tie).any()
+    assert differs[0, 1].sum() == 7  # where the even code lies on the tie's other side

@@ -6,6 +6,7 @@ import torch
 
 import sage_kernels
 from sage_kernels.capabilities import device_info
+from sage_kernels.formats.e2m1 import tensor_scale
 from sage_kernels.kernels.key_slots import keys_in_order
 from sage_kernels.kernels.run import prepare
 from sage_kernels.options import QuantOptions
@@ -49,7 +50,10 @@ def test_prepass_quantizes_like_the_mirror():
     assert torch.allclose(kern.shift[:, :, :130], p.scale * mirror.lse_shift, atol=1e-4)
     fkern, fmirror = prepare(p, "fp4", QuantOptions(), False, False), prepare_fp4(p, QuantOptions(), False)
     in_order = (lambda x: keys_in_order(x, 2)) if fkern.key_slots else (lambda x: x)  # slot order on sm_90 only
-    for got, want in ((fkern.q[:, :, :130], fmirror.q), (in_order(fkern.k), fmirror.k), (in_order(fkern.v), fmirror.v)):
+    assert fkern.v.dtype == torch.float16  # V's values without their second-level scale, which the kernels apply
+    g_v = tensor_scale(fkern.v_amax).reshape(*fkern.v.shape[:2], 1, 1)
+    v_values = in_order(fkern.v).float() * g_v
+    for got, want in ((fkern.q[:, :, :130], fmirror.q), (in_order(fkern.k), fmirror.k), (v_values, fmirror.v)):
         assert got.shape == want.shape
         assert (got.float() != want).float().mean() < 5e-3  # exact values; rare tie flips only
 

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import HAS_TRITON, interpreter_active, jit, tl
-
-if HAS_TRITON:
-    from triton.language.extra.cuda import libdevice
+from .._triton import interpreter_active, jit, tl
 
 # Adding then subtracting 1.5 * 2**23 rounds an fp32 value with |x| < 2**22 to the nearest integer, ties to even
 # (fp32 addition itself rounds to nearest even). It works identically in torch, on the GPU and in Triton's
@@ -42,17 +39,6 @@ def div_or_zero_jit(NUM: tl.constexpr, den):
     """NUM / den as an IEEE division (div_rn, as torch's tensor / tensor), 0 where den is not positive: the inverse
     scale of every quantizer (a zero or NaN block scale gives 0, never inf)."""
     return tl.where(den > 0, tl.math.div_rn(NUM, tl.maximum(den, NUM * 1.1754943508222875e-38)), 0.0)
-
-
-@jit
-def mul_rn_jit(a, b):
-    """a * b rounded to fp32 before any use. Compiled, a product may be fused into the add that follows it (one
-    FFMA, no intermediate rounding), and the roundings below then break E2M1 ties differently from their torch twins
-    (e.g. 112 * fl(1/448) is 0.25 once rounded, a hair above unrounded). The interpreter (`INTERPRETING`) has no
-    libdevice and never fuses."""
-    if INTERPRETING:
-        return a * b
-    return libdevice.mul_rn(a, b)
 
 
 def pow2(e: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,9 @@ import math
 import torch
 
 from .._triton import jit, tl
-from .common import (amax_keep_nan, div_or_zero, div_or_zero_jit, exponent, exponent_jit, mul_rn_jit, pow2,
+from .common import (INTERPRETING, amax_keep_nan, div_or_zero, div_or_zero_jit, exponent, exponent_jit, pow2,
                      pow2_floor_jit, pow2_jit, rne)
-from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit, round_e4m3_nonneg_jit
+from .e4m3 import E4M3_MAX, round_e4m3, round_e4m3_jit
 
 E2M1_MAX = 6.0
 GROUP = 16
@@ -149,23 +149,43 @@ def nvfp4_block_jit(xg, g, g_inv):
     return round_e2m1_jit(xg * inv[:, :, None]), scale
 
 
-def quantize_p_nvfp4(p2: torch.Tensor, unrounded: torch.Tensor) -> torch.Tensor:
-    """Level 2 of P's two-level quantization (twin of `nvfp4_p_jit`). p2: fp32 >= 0 [..., G, 16], P after level 1
-    (2688 * P); unrounded: [..., G], max16(p2) / 6. Returns the dequantized values E2M1(p2 / s) * s with
-    s = E4M3(unrounded), 0 for a block whose scale rounds to 0 (exact in bf16: 2 x 4 significant bits)."""
-    scale = round_e4m3(unrounded)[..., None]
-    inv = div_or_zero(1.0, scale)
-    return round_e2m1(p2 * inv) * scale
+def quantize_p_nvfp4(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Level 2 of P's two-level quantization (twin of `nvfp4_p_jit`). x: fp32 >= 0 [..., G, 16], P after level 1
+    divided by its group's scale (2688 * P / scale, unrounded); scale: [..., G] on the E4M3 grid (0 for a group
+    whose scale rounded to 0, whose x is 0). Returns E2M1(fp16(x)) * scale, exact in fp16 (and bf16: 2 x 4
+    significant bits, 2**-10 ... 2688). x passes through fp16 (round to nearest even) before the E2M1 rounding:
+    that is what lets the kernels round two values per instruction (`nvfp4_p_jit`); it moves a value across an
+    E2M1 tie only when x lies within half an fp16 step of the tie (about 0.1% of values, by one grid step)."""
+    return round_e2m1(x.to(torch.float16).to(torch.float32)) * scale[..., None]
+
+
+# E2M1 rounding of two fp32 values as packed fp16 (elements 0 and 1 of Triton's pack in the low and high halves):
+# RNE to fp16, then round_e2m1_nonneg_jit's magic-constant addition in fp16 (c = 768 * max(2**floor(log2 h), 1)
+# = 1.5 * 2**10 * step: fp16 has 10 mantissa bits), saturate at 6, times the group scale $3 (fp16 pair, exact).
+_P_NVFP4_ASM = tl.constexpr("""{
+.reg .b32 h, t, c, k768, k6;
+cvt.rn.f16x2.f32 h, $2, $1;
+mov.b32 k768, 0x62006200;
+mov.b32 k6, 0x46004600;
+and.b32 t, h, 0x7C007C00;
+mul.rn.f16x2 c, t, k768;
+max.f16x2 c, c, k768;
+add.rn.f16x2 h, h, c;
+sub.rn.f16x2 h, h, c;
+min.f16x2 h, h, k6;
+mul.rn.f16x2 $0, h, $3;
+}""")
 
 
 @jit
-def nvfp4_p_jit(p2, unrounded):
-    """quantize_p_nvfp4 for [R, G, 16] tiles: the sign-free roundings (P >= 0), an IEEE reciprocal per block and a
-    product rounded before the E2M1 rounding adds to it (`mul_rn_jit`; it also needs the rounded value's exponent
-    bits, so this costs no instruction)."""
-    scale = round_e4m3_nonneg_jit(unrounded)
-    inv = div_or_zero_jit(1.0, scale)
-    return round_e2m1_nonneg_jit(mul_rn_jit(p2, inv[:, :, None])) * scale[:, :, None]
+def nvfp4_p_jit(x, scale):
+    """quantize_p_nvfp4 for [R, G, 16] tiles -> fp16 (the P.V operand): on a GPU seven packed fp16 instructions
+    per two values (fp32 throughout took ~8 per value); in Triton's interpreter, which has no inline assembly, the
+    same roundings through the fp32 twin (identical: the fp16 value is rounded exactly either way)."""
+    s16 = tl.broadcast_to(scale.to(tl.float16)[:, :, None], x.shape)
+    if INTERPRETING:
+        return (round_e2m1_nonneg_jit(x.to(tl.float16).to(tl.float32)) * s16.to(tl.float32)).to(tl.float16)
+    return tl.inline_asm_elementwise(_P_NVFP4_ASM, "=r,f,f,r", [x, s16], dtype=tl.float16, is_pure=True, pack=2)
 
 
 @jit

@@ -9,10 +9,11 @@ not change the math; BN is the P and V quantization block):
     acc = alpha * acc + beta * dequant(quant(e) . V)   a fresh MMA accumulator per key block
   FP4 P.V (`fp4_online_stats`, SageAttention3's kernel): level 1 is the constant 2688 folded into the exponent,
   m tracks rowmax - log2(2688):
-    p2  = exp2(t - m)                      2688 * P against the running max; level 2 scales max16(p2) / 6
-    l   = alpha * l + rowsum(p2)           (unquantized) and acc = alpha * acc + dequant(quant(p2)) . V
+    p2  = exp2(t - m)                      2688 * P against the running max; level 2 scales E4M3(max16(p2) / 6)
+    x   = exp2(t - m - log2(scale))        p2 / scale, the scale folded into the exponent
+    l   = alpha * l + rowsum(x * scale)    (unquantized) and acc = alpha * acc + (E2M1(fp16(x)) * scale) . V
     out = acc / l
-QK formats: INT8 codes (int32 accumulate, exact) | NVFP4 as exact bf16 values (emulation, any sm_80+) | NVFP4 codes
+QK formats: INT8 codes (int32 accumulate, exact) | NVFP4 as exact 16-bit values (emulation, any sm_80+) | NVFP4 codes
 through `tl.dot_scaled` (sm_100 / sm_120). PV formats: INT8 (P scale from the softmax statistics: 127 for the
 block max) | FP8 E4M3 (P*448) | NVFP4 two-level (2688*P, E4M3 scale per 16 keys).
 The torch mirror is sage_kernels/reference/quantized.py.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from .._triton import jit, tl
 from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit, tensor_scale_jit
-from ..formats.e4m3 import round_e4m3_jit
+from ..formats.e4m3 import round_e4m3_jit, round_e4m3_nonneg_jit
 from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
 from .fp4_native import native_pv, native_qk
 from .key_slots import groups_to_keys, key_of_slot_jit, keys_to_groups
@@ -104,29 +105,39 @@ _LOG2_FP4_RANGE = tl.constexpr(LOG2_FP4_RANGE)
 
 
 @jit
-def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
-    """The softmax step of FP4 P (see the module docstring) on scores sg [BM, BN/16, 16] in groups of 16 keys: m_i
-    holds rowmax - log2(2688), so p2 = exp2(s - m_i) is level 1's 2688 * P with no multiply. Returns (p2 [BM,
-    BN/16, 16], its level-2 scales before rounding max16(p2) / 6 [BM, BN/16] (from the group maxima of s: one
-    exp2 per 16 keys), alpha, l_new, m_new). The row max is the max of the group maxima. Relative to the running
-    max rather than the block's, a block far below it gets smaller E4M3 scales, which only loses precision where
-    they turn subnormal: P < 2**-6 / 448 of the row max."""
+def fp4_row_max(sg, m_i):
+    """The running row max of FP4 P's softmax from scores sg [BM, BN/16, 16] in groups of 16 keys: m holds
+    rowmax - log2(2688), so exp2(s - m) is level 1's 2688 * P with no multiply. Returns (group maxima [BM, BN/16],
+    m_new, m_safe (0 for rows with no visible key yet), alpha). The row max is the max of the group maxima."""
     gmax = tl.max(sg, 2)
     m_new = tl.maximum(m_i, tl.max(gmax, 1) - _LOG2_FP4_RANGE)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p2 = tl.math.exp2(sg - m_safe[:, None, None])
-    l_new = l_i * alpha + tl.sum(tl.sum(p2, 2), 1)
-    return p2, tl.math.exp2(gmax - m_safe[:, None]) * (1.0 / 6.0), alpha, l_new, m_new
+    return gmax, m_new, m_safe, tl.math.exp2(m_i - m_safe)
+
+
+@jit
+def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
+    """The softmax step of FP4 P (see the module docstring) on scores sg [BM, BN/16, 16] in groups of 16 keys.
+    Returns (x [BM, BN/16, 16], the level-2 scales [BM, BN/16] on the E4M3 grid, alpha, l_new, m_new), x = 2688 *
+    P / scale: the scale, E4M3(max16(2688 * P) / 6) from the group maxima of s (one exp2 per 16 keys), is folded
+    into the exponent (one log2 per 16 keys) instead of dividing every value by it; x = 0 in a group whose scale
+    rounds to 0. Relative to the running max rather than the block's, a block far below it gets smaller E4M3
+    scales, which only loses precision where they turn subnormal: P < 2**-6 / 448 of the row max."""
+    gmax, m_new, m_safe, alpha = fp4_row_max(sg, m_i)
+    scale = round_e4m3_nonneg_jit(tl.math.exp2(gmax - m_safe[:, None]) * (1.0 / 6.0))
+    m_group = tl.where(scale > 0, m_safe[:, None] + tl.math.log2(scale), float("inf"))
+    x = tl.math.exp2(sg - m_group[:, :, None])
+    l_new = l_i * alpha + tl.sum(tl.sum(x, 2) * scale, 1)
+    return x, scale, alpha, l_new, m_new
 
 
 @jit
 def fp4_p(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr, KEY_SLOTS: tl.constexpr):
     """One key block's P in NVFP4 from its scores in groups of 16 keys (keys_to_groups; level 1 folded into m,
-    level-2 E4M3 scales per group): (p [BM, BN] dequantized, exact in bf16, columns in the scores' order; alpha,
+    level-2 E4M3 scales per group): (p [BM, BN] fp16 dequantized (exact), columns in the scores' order; alpha,
     l_new, m_new). Shared by every emulation kernel, so they all quantize P alike."""
-    p2, unrounded, alpha, l_new, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
-    return groups_to_keys(nvfp4_p_jit(p2, unrounded), BM, BN, KEY_SLOTS), alpha, l_new, m_new
+    x, scale, alpha, l_new, m_new = fp4_online_stats(sg, m_i, l_i, BM, BN)
+    return groups_to_keys(nvfp4_p_jit(x, scale), BM, BN, KEY_SLOTS), alpha, l_new, m_new
 
 
 @jit
@@ -143,7 +154,7 @@ def softmax_pv(acc, l_i, m_i, s, v, v_scale, BM: tl.constexpr, BN: tl.constexpr,
         p, alpha, l_i, m_new = fp4_p(keys_to_groups(s, BM, BN, KEY_SLOTS), m_i, l_i, BM, BN, KEY_SLOTS)
         # A fresh accumulator and one FMA per element: accumulating in place (acc * alpha as the MMA's input) makes
         # ptxas serialise the sm_90 TMA kernel's wgmmas (C7515).
-        acc = tl.fma(acc, alpha[:, None], dot16(p.to(tl.bfloat16), v, INTERPRET))
+        acc = tl.fma(acc, alpha[:, None], dot16(p, v, INTERPRET))
     else:  # quantized P . V into a fresh accumulator
         e, alpha, beta, l_i, m_new = online_stats(s, m_i, l_i, True)
         if PV_FORMAT == C_INT8:
@@ -168,9 +179,14 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
     keys = start_n + tl.arange(0, BN)
     offs_d = tl.arange(0, DP)
     if PV_FORMAT == C_FP4_CODES:
-        p2, unrounded, alpha, l_i, m_i = fp4_online_stats(keys_to_groups(s, BM, BN, False), m_i, l_i, BM, BN)
-        acc = acc * alpha[:, None] + native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, l_i,
-                                               BM, BN, DP)
+        # The native kernel divides by the scales (hardware E4M3 rounding; as fp4_online_stats up to fp32 rounding
+        # of x): folding them into the exponent costs sm_120a's causal+LSE variant spilled registers.
+        sg = keys_to_groups(s, BM, BN, False)
+        gmax, m_i, m_safe, alpha = fp4_row_max(sg, m_i)
+        p2 = tl.math.exp2(sg - m_safe[:, None, None])
+        l_i = l_i * alpha + tl.sum(tl.sum(p2, 2), 1)
+        acc = acc * alpha[:, None] + native_pv(p2, tl.math.exp2(gmax - m_safe[:, None]) * (1.0 / 6.0), V_base,
+                                               VSF_base, s_vr, s_vsblk, start_n, l_i, BM, BN, DP)
     else:
         v_scale = tl.zeros((1, DP), tl.float32)
         if PV_FORMAT == C_V16:
@@ -230,7 +246,7 @@ def attention_kernel(
     (col_rows_g = 0 when one row serves every query block); HAS_COL=False when it is all zero (no Q smoothing, no mask, no padded keys) and
     is skipped. O: output (B, H, L, D) view, unit stride along D. LSE (B, Hq, Lq) fp32.
     SHIFT: sm_scale * per-row smoothing offset (B, Hq, Lq_pad). VMEAN: fp32 (B, Hk, DP). V_AMAX: fp32 (B*Hk,),
-    whose tensor_scale is V's second-level scale (native NVFP4)."""
+    whose tensor_scale is V's second-level scale (NVFP4 V, applied to the output)."""
     # A 2-D grid (query blocks of a head, heads from the one holding block t0); programs outside blocks
     # t0 .. t1 - 1 exit. (common.program_coords' 1-D grid costs the sm_100a causal+LSE variant a spilled register.)
     blocks_per_head = Lq_pad // SMOOTH_BLOCK
@@ -296,7 +312,7 @@ def attention_kernel(
                                      INTERPRET)
 
     g_v = 1.0
-    if PV_FORMAT == C_FP4_CODES:
+    if (PV_FORMAT == C_FP4_CODES) or (PV_FORMAT == C_FP4_VALUES):  # V's second level, left out of its operand
         g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
     vmean = 0.0
     if HAS_VMEAN:

@@ -20,6 +20,7 @@ dims above 128, and V tensors whose strides TMA cannot describe (16-byte alignme
 from __future__ import annotations
 
 from .._triton import jit, tl
+from ..formats.e2m1 import tensor_scale_jit
 from .attention import int8_scores, softmax_pv, store_output
 from .common import column_bias_row, dot16, program_coords
 from .key_slots import groups_to_keys, keys_to_groups
@@ -29,7 +30,7 @@ from .prepass import C_FP4_VALUES, C_V16
 @jit(lengths=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))
 def attention_tma_kernel(
     q_desc, qs_desc, k_desc, ks_desc, v_desc, vs_desc, col_desc, vmean_desc,
-    O, LSE,
+    O, LSE, V_AMAX,
     s_ob, s_oh, s_ol,
     Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, SMOOTH_BLOCK: tl.constexpr,
@@ -42,7 +43,8 @@ def attention_tma_kernel(
     (the caller's tensor, zero-filled past Lk and DV) or INT8/FP8 (B*Hk*DP, Lk_pad) [DP, BN]; vs (B*Hk*Lk_pad/BN,
     DP) [1, DP]; col: the column-bias table as (rows, Lk_pad) [1, BN], row = b*col_rows_b + h*col_rows_h +
     (block - t0)*col_rows_g (col_rows_g = 0 when one row serves every query block; grid: common.program_coords);
-    vmean (B*Hk, DP) [1, DP]. Unused descriptors may be any tensor's. LSE is stored without the smoothing shift
+    vmean (B*Hk, DP) [1, DP]; V_AMAX: fp32 (B*Hk,) for FP4's second-level V scale. Unused descriptors may be any
+    tensor's. LSE is stored without the smoothing shift
     (the host adds it: a second [1, BM] descriptor load makes Triton 3.6's warp-specialisation pass fail)."""
     pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
     col_row = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK)
@@ -55,7 +57,7 @@ def attention_tma_kernel(
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     for start_n in tl.range(0, Lk_pad, BN, warp_specialize=WARP_SPECIALIZE):
         k = k_desc.load([k_row + start_n, 0])
-        if PV_FORMAT == C_FP4_VALUES:  # the FP4 emulation: Q, K and V as exact bf16 values
+        if PV_FORMAT == C_FP4_VALUES:  # the FP4 emulation: Q, K and V as exact 16-bit values
             s = dot16(q, tl.trans(k), INTERPRET) * qk_factor  # keys in key_slots order (run._tma_applies)
             if HAS_COL:
                 s = s + groups_to_keys(keys_to_groups(col_desc.load([col_row, start_n]), 1, BN, False), 1, BN, True)
@@ -79,5 +81,8 @@ def attention_tma_kernel(
     vmean = 0.0
     if HAS_VMEAN:
         vmean = vmean_desc.load([bhk, 0])
-    store_output(acc, l_i, m_i, 1.0, vmean, 0.0, O + b * s_ob + h * s_oh, s_ol, LSE + pid_bh * Lq, offs_m, Lq, DV,
+    g_v = 1.0
+    if PV_FORMAT == C_FP4_VALUES:  # V's second level, left out of its fp16 operand
+        g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
+    store_output(acc, l_i, m_i, g_v, vmean, 0.0, O + b * s_ob + h * s_oh, s_ol, LSE + pid_bh * Lq, offs_m, Lq, DV,
                  DP, HAS_VMEAN, RETURN_LSE)

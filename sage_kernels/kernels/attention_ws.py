@@ -2,8 +2,8 @@
 warp specialisation.
 
 Same math as `attention.attention_kernel` with INT8 Q.K^T and 16-bit P.V (the API's default int8 mode), and with
-FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K, V decoded to exact bf16 values, K and V in key_slots order, P
-quantized to NVFP4 in registers: `attention.fp4_p`, as the other kernels); the torch mirror of both is
+FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K decoded to exact bf16 values, V to fp16, K and V in key_slots
+order, P quantized to NVFP4 in registers: `attention.fp4_p`, as the other kernels); the torch mirror of both is
 reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
   - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES
     stages of SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a
@@ -52,6 +52,7 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
+    from ..formats.e2m1 import tensor_scale_jit
     from .attention import fp4_p, int8_scores_from_bits
     from .common import column_bias_row, magic_bits, program_coords
     from .key_slots import keys_to_groups
@@ -141,26 +142,21 @@ if HAS_GLUON:
         return acc, m_new, l_i
 
     @gluon.jit
-    def _fp4_block(acc, m_i, l_i, s, qk_factor, j, n_blocks, v_bufs, col_bufs, empty,
-                   s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
-                   BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-                   FIRST: gl.constexpr):
-        """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the bf16 values' q.k (columns in
-        key_slots order, so a group of 16 keys is one thread's registers) * sm_scale*log2(e) + column bias, P in
+    def _fp4_block(acc, m_i, l_i, s, j, n_blocks, v_bufs, empty,
+                   p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
+                   BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr):
+        """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the scores (_scores_done; columns in
+        key_slots order, so a group of 16 keys is one thread's registers), P in
         NVFP4 (level 1 folded into m, level-2 E4M3 scales per 16 keys), acc = alpha * acc + P.V. The FIRST block
         makes m_i and l_i (their layout is the grouped scores' row layout, known only here)."""
         slot = j % (STAGES * SUB)
-        s = s * qk_factor
-        if HAS_COL:  # the table is in key order: read its tile in slot order (slot 8c + 2r + b <- key 16r + 2c + b)
-            col = col_bufs.index(slot).reshape([BN // 64, 4, 8, 2]).permute((0, 2, 1, 3)).reshape([BN])
-            s = s + col.load(gl.SliceLayout(0, s_layout))[None, :]
         sg = keys_to_groups(s, BM, BN, True)
         if FIRST:
             rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, sg.type.layout))
             m_i = gl.full([BM], float("-inf"), gl.float32, rows)
             l_i = gl.zeros([BM], gl.float32, rows)
         p, alpha, l_i, m_new = fp4_p(sg, m_i, l_i, BM, BN, True)
-        p = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        p = gl.convert_layout(p, p_layout)  # fp16, as V
         acc = _pv(acc, p, alpha, v_bufs.index(slot), o_layout, FIRST)
         _release(empty, j, n_blocks, STAGES, SUB)
         return acc, m_new, l_i
@@ -170,27 +166,34 @@ if HAS_GLUON:
               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
               FP4: gl.constexpr, FIRST: gl.constexpr):
-        """Key block j in the kernel's format (q_scale: INT8's row scales, FP4's scalar score factor)."""
+        """Key block j in the kernel's format (q_scale: INT8's row scales; FP4's scores come scaled)."""
         if FP4:
-            return _fp4_block(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, col_bufs, empty, s_layout,
-                              p_layout, o_layout, BM, BN, STAGES, SUB, HAS_COL, FIRST)
+            return _fp4_block(acc, m_i, l_i, scores, j, n_blocks, v_bufs, empty, p_layout, o_layout, BM, BN, STAGES,
+                              SUB, FIRST)
         else:
             return _block(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty, s_layout,
                           p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST)
 
     @gluon.jit
-    def _scores_done(token, FP4: gl.constexpr):
-        """Wait for a Q.K^T; INT8 adds the magic bits at once (that frees the accumulator's registers before the
-        next issue: else 64 MOVs per block copy them)."""
+    def _scores_done(token, j, col_bufs, qk_factor, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+                     SUB: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr):
+        """Wait for block j's Q.K^T and transform it at once, which frees the accumulator's registers before the
+        next issue (else 64 MOVs per block copy them): INT8 adds the magic bits; FP4 makes the scores in log2 units,
+        q.k * sm_scale*log2(e) + column bias (the table is in key order: its tile is read in slot order, slot
+        8c + 2r + b <- key 16r + 2c + b)."""
         s = warpgroup_mma_wait(0, deps=(token, ))
         if FP4:
+            s = s * qk_factor
+            if HAS_COL:
+                col = col_bufs.index(j % (STAGES * SUB)).reshape([BN // 64, 4, 8, 2]).permute((0, 2, 1, 3))
+                s = s + col.reshape([BN]).load(gl.SliceLayout(0, s_layout))[None, :]
             return s
         else:
             return magic_bits(s)
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                           QS, O, LSE, VMEAN_ROW, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
+                           QS, O, LSE, VMEAN_ROW, g_v, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
                            qk_factor,
                            BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr,
                            SUB: gl.constexpr, HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
@@ -216,22 +219,23 @@ if HAS_GLUON:
         mbarrier.wait(q_bar, 0)
         # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
         # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
-        qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), FP4)
+        qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), 0, col_bufs, qk_factor,
+                          s_layout, BN, STAGES, SUB, HAS_COL, FP4)
         qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES, SUB)
         acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, 0, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
                               s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, True)
         for j in range(1, n_blocks - 1):
-            qk = _scores_done(qk_next, FP4)
+            qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
                                   s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
-        qk = _scores_done(qk_next, FP4)
+        qk = _scores_done(qk_next, n_blocks - 1, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
         acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, n_blocks - 1, n_blocks, v_bufs, ks_bufs, col_bufs,
                               empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
 
         # the store, as attention.store_output
         live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
-        out = acc * gl.convert_layout(1.0 / gl.where(live, l_i, 1.0), row_o)[:, None]
+        out = acc * gl.convert_layout(g_v / gl.where(live, l_i, 1.0), row_o)[:, None]
         offs_d = gl.arange(0, DP, layout=gl.SliceLayout(0, o_layout))
         if HAS_VMEAN:
             out = out + gl.load(VMEAN_ROW + offs_d)[None, :]
@@ -249,7 +253,7 @@ if HAS_GLUON:
 
     @gluon.jit(do_not_specialize=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
-        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN,
+        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX,
         s_ob, s_oh, s_ol,
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
@@ -259,9 +263,10 @@ if HAS_GLUON:
         """INT8 descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks
         (B*Hk*Lk_pad,) fp32 [BN]; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and
         DV. QS: fp32 row scales (B*Hq*Lq_pad).
-        FP4 (the emulation's bf16 values, K and V rows in key_slots order): q (B*Hq*Lq_pad, DP) [BM, DP]; k and v
-        (B*Hk*Lk_pad, DP) [BN, DP]; the scores' factor qk_factor (sm_scale*log2(e)); ks and QS unused; VMEAN: fp32
-        (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v).
+        FP4 (the emulation's exact values: bf16 Q and K, fp16 V; K and V rows in key_slots order): q (B*Hq*Lq_pad,
+        DP) [BM, DP]; k and v (B*Hk*Lk_pad, DP) [BN, DP]; the scores' factor qk_factor (sm_scale*log2(e)); ks and QS unused; VMEAN: fp32
+        (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v); V_AMAX: fp32 (B*Hk,), whose tensor_scale (V's
+        second level, left out of its fp16 values) multiplies the output.
         col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
         + (block - t0)*col_rows_g (grid: common.program_coords). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32
         without the smoothing shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer
@@ -289,13 +294,16 @@ if HAS_GLUON:
 
         HALF: gl.constexpr = BM // 2
         vmean_row = VMEAN + bhk * DP
+        g_v = 1.0
+        if FP4:
+            g_v = tensor_scale_jit(gl.load(V_AMAX + bhk))
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, vmean_row, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV,
+                                  QS, O, LSE, vmean_row, g_v, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV,
                                   n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, FP4,
                                   HAS_VMEAN, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, vmean_row, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh,
+                                  QS, O, LSE, vmean_row, g_v, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh,
                                   pid_m * BM + HALF, Lq, DV, n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL,
                                   RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,

@@ -1,9 +1,13 @@
 """The tensor-core products of the native NVFP4 attention kernel (QK_FORMAT == PV_FORMAT == FMT_FP4_CODES).
 
-Same math as the emulated path: P arrives after level 1 (attention.fp4_online_stats: 2688 * P and its unrounded
-level-2 scales) and is quantized with the rule of formats.e2m1.quantize_p_nvfp4 (one E4M3 scale per 16 keys, E2M1
-codes, round to nearest even, saturating); Q/K/V arrive as the pre-pass's codes and scales. What
-differs per target is only how the products are issued, picked at compile time (`_tcgen05_target`):
+Same math as the emulated path, with one difference: P arrives after level 1 (2688 * P and its unrounded level-2
+scales, attention.fp4_row_max) and is quantized with one E4M3 scale per 16 keys and E2M1 codes of p2 / scale
+rounded to nearest even, saturating; the emulation and the mirror (formats.e2m1.quantize_p_nvfp4) pass p2 / scale
+through fp16 first, so that they round two values per instruction. That moves a value across an E2M1 tie only when
+it lies within half an fp16 step of the tie (~0.1% of P, by one grid step); here the extra conversion costs
+sm_120a's LSE variant a spilled register, so the native kernel rounds exactly. Q/K/V arrive as the pre-pass's
+codes and scales. What differs per target is only how the products are issued, picked at compile time
+(`_tcgen05_target`):
 
 * sm_100 / sm_103 (tcgen05, accumulator in tensor memory): one `dot_scaled` per product, started from an all-zero
   accumulator the compiler cannot prove zero. With a constant-zero accumulator inside a loop, Triton 3.6's
@@ -96,7 +100,7 @@ def native_qk(q, q_sf, K_base, KSF_base, s_kl, start_n, row, BN: tl.constexpr, D
 def native_pv(p2, unrounded, V_base, VSF_base, s_vr, s_vsblk, start_n, row,
               BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr):
     """quant(p2) . V for one key block, fp32 [BM, DP] (in p2's 2688 * P units, as the row sum).
-    p2: [BM, BN/16, 16], unrounded: its level-2 scales [BM, BN/16] (attention.fp4_online_stats); V codes
+    p2: [BM, BN/16, 16], unrounded: its level-2 scales before rounding [BM, BN/16]; V codes
     (DP, Lk_pad/2) and E4M3 scales (DP, Lk_pad/16) with row strides s_vr, s_vsblk."""
     d = tl.arange(0, DP)
     if _tcgen05_target():

@@ -17,7 +17,7 @@ from .key_slots import slot_of_key_jit
 # Operand formats: plain ints for host code, constexpr twins (C_*) for use inside kernels, which may only read
 # constexpr globals (Triton's interpreter accepts plain ones, the compiler does not).
 FMT_INT8 = 0  # int8 codes + fp32 scale per row
-FMT_FP4_VALUES = 1  # NVFP4 decoded to bf16 values (exact): the emulation kernel's operands
+FMT_FP4_VALUES = 1  # NVFP4 decoded to exact 16-bit values (Q, K bf16; V fp16 without g): the emulation's operands
 FMT_FP4_CODES = 2  # NVFP4 packed codes + E4M3 block scales (+ fp32 second level): the native kernel's operands
 FMT_FP8 = 3  # V only: E4M3 values + fp32 scale per channel and key block (FP8 P.V mode)
 FMT_V16 = 4  # V only: not quantized; the attention kernel reads the caller's 16-bit V directly
@@ -171,11 +171,13 @@ def prep_v_kernel(
         xt = tl.reshape(tl.trans(x), (DP, BN // 16, 16))  # channels x key groups of 16
         r, sc = nvfp4_block_jit(xt, g, g_inv)
         if FORMAT == C_FP4_VALUES:
-            vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN))) * g
+            # fp16 (P's type in P.V) without the second level g, which the attention kernels' epilogue applies:
+            # code value x block scale is exact in fp16 (2 x 4 significant bits, 2**-10 ... 2688)
+            vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN)))
             rows = toks
             if KEY_SLOTS:  # rows in key_slots order, as K's
                 rows = row0 + slot_of_key_jit(tl.arange(0, BN))
-            tl.store(OUT + (pid_bh * L_pad + rows[:, None]) * DP + cols[None, :], vals.to(tl.bfloat16))
+            tl.store(OUT + (pid_bh * L_pad + rows[:, None]) * DP + cols[None, :], vals.to(tl.float16))
         else:
             packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (DP, BN))), DP, BN)
             half = row0 // 2 + tl.arange(0, BN // 2)

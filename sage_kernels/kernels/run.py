@@ -172,8 +172,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.int8, device=dev)
     elif pv_fmt == FMT_FP8:
         v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.float8_e4m3fn, device=dev)
-    elif pv_fmt == FMT_FP4_VALUES:
-        v_buf = torch.empty(b, hk, lk_pad, dp, dtype=torch.bfloat16, device=dev)
+    elif pv_fmt == FMT_FP4_VALUES:  # fp16 without V's second-level scale (prep_v_kernel)
+        v_buf = torch.empty(b, hk, lk_pad, dp, dtype=torch.float16, device=dev)
     else:
         v_buf = torch.empty(b, hk, dp, lk_pad // 2, dtype=torch.uint8, device=dev)
     v_scale = torch.empty(b, hk, lk_pad // BLOCK_N, dp, dtype=torch.float32, device=dev) \
@@ -379,7 +379,7 @@ def _launch_tma(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_
         _rows_desc(ops.q, dp, bm), unused if fp4 else _row_desc(ops.q_scale, bm),
         _rows_desc(ops.k, dp, BLOCK_N), unused if fp4 else _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
         _rows_desc(ops.v_mean, dp, 1) if ops.v_mean is not None else unused,
-        out_hnd, lse if lse is not None else _empty(p.device),
+        out_hnd, lse if lse is not None else _empty(p.device), ops.v_amax,
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
         *col_rows, ops.score_factor,
@@ -434,7 +434,7 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
         v_desc, ks_desc, gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
-        ops.v_mean if ops.v_mean is not None else _empty(p.device),
+        ops.v_mean if ops.v_mean is not None else _empty(p.device), ops.v_amax,
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
         *col_rows, ops.score_factor,

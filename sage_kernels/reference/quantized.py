@@ -110,15 +110,18 @@ def _block_rows(col: torch.Tensor, lq: int, j0: int, j1: int) -> torch.Tensor:
 
 def _fp4_block(m, l, acc, t, vj):
     """One key block of FP4 P (attention.fp4_online_stats + softmax_pv): m holds rowmax - log2(2688), so
-    p2 = exp2(t - m) is 2688 * P (level 1); level 2 from the group maxima of t; acc = alpha * acc + P.V."""
+    exp2(t - m) is 2688 * P (level 1); level-2 scales from the group maxima of t, folded into the exponent
+    (x = 2688 * P / scale); acc = alpha * acc + P.V."""
     tg = t.reshape(*t.shape[:-1], t.shape[-1] // 16, 16)
     gmax = tg.amax(dim=-1)
     m_new = torch.maximum(m, gmax.amax(dim=-1) - LOG2_FP4_RANGE)
     m_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
     alpha = torch.exp2(m - m_safe)
-    p2 = torch.exp2(tg - m_safe[..., None, None])
-    l = l * alpha + p2.sum(dim=(-2, -1))
-    p = quantize_p_nvfp4(p2, torch.exp2(gmax - m_safe[..., None]) * (1.0 / 6.0)).flatten(-2)
+    scale = round_e4m3(torch.exp2(gmax - m_safe[..., None]) * (1.0 / 6.0))
+    m_group = torch.where(scale > 0, m_safe[..., None] + torch.log2(scale), float("inf"))
+    x = torch.exp2(tg - m_group[..., None])
+    l = l * alpha + (x.sum(dim=-1) * scale).sum(dim=-1)
+    p = quantize_p_nvfp4(x, scale).flatten(-2)
     return m_new, l, acc * alpha[..., None] + p @ vj
 
 
