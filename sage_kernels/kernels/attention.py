@@ -23,7 +23,8 @@ from __future__ import annotations
 from .._triton import jit, tl
 from ..formats.e2m1 import LOG2_FP4_RANGE, nvfp4_p_jit, tensor_scale_jit
 from ..formats.e4m3 import round_e4m3_jit, round_e4m3_nonneg_jit
-from .common import column_bias_row, dot16, dot16_acc, int32_scaled, magic_bits, magic_scaled, p_to_int8
+from .common import (column_bias_row, dot16, dot16_acc, int32_scaled, log2_approx, magic_bits, magic_scaled,
+                     p_to_int8)
 from .fp4_native import native_pv, native_qk
 from .key_slots import groups_to_keys, key_of_slot_jit, keys_to_groups
 from .prepass import C_FP4_CODES, C_FP4_VALUES, C_INT8, C_V16
@@ -125,7 +126,7 @@ def fp4_online_stats(sg, m_i, l_i, BM: tl.constexpr, BN: tl.constexpr):
     scales, which only loses precision where they turn subnormal: P < 2**-6 / 448 of the row max."""
     gmax, m_new, m_safe, alpha = fp4_row_max(sg, m_i)
     scale = round_e4m3_nonneg_jit(tl.math.exp2(gmax - m_safe[:, None]) * (1.0 / 6.0))
-    m_group = tl.where(scale > 0, m_safe[:, None] + tl.math.log2(scale), float("inf"))
+    m_group = tl.where(scale > 0, m_safe[:, None] + log2_approx(scale), float("inf"))
     x = tl.math.exp2(sg - m_group[:, :, None])
     l_new = l_i * alpha + tl.sum(tl.sum(x, 2) * scale, 1)
     return x, scale, alpha, l_new, m_new

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .._triton import jit, tl
+from ..formats.common import INTERPRETING
 
 
 @jit
@@ -21,6 +22,16 @@ def dot16_acc(a, b, acc, AS_F32: tl.constexpr):
     if AS_F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
+
+
+@jit
+def log2_approx(x):
+    """log2 on the special-function unit (`lg2.approx.f32`: one instruction, ~2**-22 absolute error), the
+    counterpart of tl.math.exp2's `ex2.approx`; tl.math.log2 compiles to a ~22-instruction polynomial. Triton's
+    interpreter has no inline assembly: numpy's log2 there."""
+    if INTERPRETING:
+        return tl.math.log2(x)
+    return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @jit
