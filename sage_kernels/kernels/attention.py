@@ -194,7 +194,7 @@ def _update(acc, l_i, m_i, s, start_n, V_base, VS_base, VSF_base, s_vr, s_vsblk,
             v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :],
                         mask=(keys[:, None] < Lk) & (offs_d[None, :] < DV), other=0.0)
         elif PV_FORMAT == C_FP4_VALUES:
-            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) bf16 values
+            v = tl.load(V_base + keys[:, None] * s_vr + offs_d[None, :])  # (BN, DP) fp16 values
         else:
             v = tl.load(V_base + offs_d[:, None] * s_vr + keys[None, :])  # (DP, BN), keys contiguous
             v_scale = tl.load(VS_base + (start_n // BN) * s_vsblk + offs_d)[None, :]

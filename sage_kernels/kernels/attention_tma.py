@@ -1,7 +1,7 @@
 """sm_90's TMA kernel: the attention kernel with every operand read through TMA tensor descriptors.
 
 Same math as `attention.attention_kernel` for INT8 Q.K^T with 16-bit, FP8 or INT8 P.V, and for the FP4 emulation
-(NVFP4 decoded to exact bf16 values; PV_FORMAT=FP4_VALUES then covers Q and K too) (it calls the same
+(NVFP4 decoded to exact 16-bit values; PV_FORMAT=FP4_VALUES then covers Q and K too) (it calls the same
 `int8_scores`, `softmax_pv` and `store_output`); the bulk-copy engine replaces the pointer arithmetic and vector
 loads of the K, V, scale and column-bias tiles, which frees issue slots in a loop that is ALU-issue bound.
 Measured on an H200 (docs/BENCHMARKS.md): +10..21% over the pointer kernel at the same launch config.
@@ -37,7 +37,7 @@ def attention_tma_kernel(
     PV_FORMAT: tl.constexpr, RETURN_LSE: tl.constexpr, HAS_VMEAN: tl.constexpr, HAS_COL: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Descriptors (all 2-D except V16's): q (B*Hq*Lq_pad, DP) int8 or bf16 values [BM, DP]; qs (1, B*Hq*Lq_pad)
+    """Descriptors (all 2-D except V16's): q (B*Hq*Lq_pad, DP) int8 or bf16 (FP4) values [BM, DP]; qs (1, B*Hq*Lq_pad)
     [1, BM]; k (B*Hk*Lk_pad, DP) [BN, DP]; ks (1, B*Hk*Lk_pad) [1, BN]; FP4 values: v (B*Hk*Lk_pad, DP) [BN, DP]
     and the scores' factor qk_factor (sm_scale*log2(e)); v: 16-bit (B, Hk, Lk, DV) [1, 1, BN, DP]
     (the caller's tensor, zero-filled past Lk and DV) or INT8/FP8 (B*Hk*DP, Lk_pad) [DP, BN]; vs (B*Hk*Lk_pad/BN,

@@ -264,9 +264,9 @@ if HAS_GLUON:
         (B*Hk*Lk_pad,) fp32 [BN]; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and
         DV. QS: fp32 row scales (B*Hq*Lq_pad).
         FP4 (the emulation's exact values: bf16 Q and K, fp16 V; K and V rows in key_slots order): q (B*Hq*Lq_pad,
-        DP) [BM, DP]; k and v (B*Hk*Lk_pad, DP) [BN, DP]; the scores' factor qk_factor (sm_scale*log2(e)); ks and QS unused; VMEAN: fp32
-        (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v); V_AMAX: fp32 (B*Hk,), whose tensor_scale (V's
-        second level, left out of its fp16 values) multiplies the output.
+        DP) [BM, DP]; k and v (B*Hk*Lk_pad, DP) [BN, DP]; the scores' factor qk_factor (sm_scale*log2(e)); ks and
+        QS unused; VMEAN: fp32 (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v); V_AMAX: fp32 (B*Hk,),
+        whose tensor_scale (V's second level, left out of its fp16 values) multiplies the output.
         col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
         + (block - t0)*col_rows_g (grid: common.program_coords). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32
         without the smoothing shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer

@@ -426,7 +426,7 @@ def _gluon_placeholder(device: torch.device):
 def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     dp, lk_pad = ops.dp, ops.lk_pad
     fp4 = ops.qk_format == FMT_FP4_VALUES
-    if fp4:  # the emulation's bf16 values, K's and V's rows in key_slots order
+    if fp4:  # the emulation's values (bf16 Q and K, fp16 V), K's and V's rows in key_slots order
         v_desc, ks_desc = gluon_desc(ops.v.view(-1, dp), [BLOCK_N, dp]), _gluon_placeholder(p.device)
     else:
         v_desc, ks_desc = gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N])
