@@ -13,6 +13,7 @@ import torch
 
 from . import _triton
 from ._triton import HAS_TRITON, IMPORT_ERROR, interpreter_active
+from .options import BLOCK_M, BLOCK_N
 from .problem import AttentionProblem
 from .transforms import padded_head_dim
 
@@ -41,7 +42,8 @@ def largest_offset(p: AttentionProblem) -> int:
         return (b - 1) * sb + (h - 1) * sh + (l - 1) * sl + (d - 1) * sd
 
     dp = padded_head_dim(max(p.head_dim, p.head_dim_v))
-    padded = max(p.batch * p.heads_q * -(-p.len_q // 128) * 128, p.batch * p.heads_kv * -(-p.len_k // 128) * 128)
+    padded = max(p.batch * p.heads_q * -(-p.len_q // BLOCK_M) * BLOCK_M,
+                 p.batch * p.heads_kv * -(-p.len_k // BLOCK_N) * BLOCK_N)
     return max(reach(p.q), reach(p.k), reach(p.v), padded * dp - 1)
 
 
@@ -146,8 +148,9 @@ class KernelSpec:
                 and smem_limit(dev.arch) < WIDE_HEAD_SMEM:
             return (f"head dim {max(p.head_dim, p.head_dim_v)} > 128 needs {WIDE_HEAD_SMEM // 1024} KB of shared memory "
                     f"per block (sm_90/sm_100); sm_{dev.arch} has {smem_limit(dev.arch) // 1024} KB")
-        if self.triton and largest_offset(p) > MAX_INDEX:  # past it the kernels fault (H100: illegal address)
-            return (f"element offsets up to {largest_offset(p)} need 64-bit indexing; the kernels index in 32 bits "
+        reach = largest_offset(p) if self.triton else 0
+        if reach > MAX_INDEX:  # past it the kernels fault (H100: illegal address)
+            return (f"element offsets up to {reach} need 64-bit indexing; the kernels index in 32 bits "
                     f"(at most 2**31 elements per tensor)")
         if self.triton and p.batch * p.heads_q > MAX_BATCH_HEADS:
             return (f"batch x heads = {p.batch * p.heads_q} > {MAX_BATCH_HEADS} (the kernels' grid axis for them; "

@@ -312,9 +312,7 @@ def attention_kernel(
                                      BM, BN, DP, QK_FORMAT, PV_FORMAT, False, HAS_COL, KEY_SLOTS,
                                      INTERPRET)
 
-    g_v = 1.0
-    if (PV_FORMAT == C_FP4_CODES) or (PV_FORMAT == C_FP4_VALUES):  # V's second level, left out of its operand
-        g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
+    g_v = v_second_level(V_AMAX, bhk, PV_FORMAT)
     vmean = 0.0
     if HAS_VMEAN:
         vmean = tl.load(VMEAN + bhk * DP + offs_d)[None, :]
@@ -323,6 +321,16 @@ def attention_kernel(
         shift = tl.load(SHIFT + pid_bh * Lq_pad + offs_m)
     store_output(acc, l_i, m_i, g_v, vmean, shift, O + b * s_ob + h * s_oh, s_ol, LSE + pid_bh * Lq, offs_m, Lq, DV,
                  DP, HAS_VMEAN, RETURN_LSE)
+
+
+@jit
+def v_second_level(V_AMAX, bhk, PV_FORMAT: tl.constexpr):
+    """V's power-of-two second-level scale (from |V|'s max of batch*head bhk) for the NVFP4 V formats, whose operands
+    leave it out and whose outputs it multiplies (store_output's g_v); 1 for the other formats."""
+    g_v = 1.0
+    if (PV_FORMAT == C_FP4_CODES) or (PV_FORMAT == C_FP4_VALUES):
+        g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
+    return g_v
 
 
 @jit

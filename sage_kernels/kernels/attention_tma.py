@@ -20,8 +20,7 @@ dims above 128, and V tensors whose strides TMA cannot describe (16-byte alignme
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..formats.e2m1 import tensor_scale_jit
-from .attention import int8_scores, softmax_pv, store_output
+from .attention import int8_scores, softmax_pv, store_output, v_second_level
 from .common import column_bias_row, dot16, program_coords
 from .key_slots import groups_to_keys, keys_to_groups
 from .prepass import C_FP4_VALUES, C_V16
@@ -81,8 +80,5 @@ def attention_tma_kernel(
     vmean = 0.0
     if HAS_VMEAN:
         vmean = vmean_desc.load([bhk, 0])
-    g_v = 1.0
-    if PV_FORMAT == C_FP4_VALUES:  # V's second level, left out of its fp16 operand
-        g_v = tensor_scale_jit(tl.load(V_AMAX + bhk))
-    store_output(acc, l_i, m_i, g_v, vmean, 0.0, O + b * s_ob + h * s_oh, s_ol, LSE + pid_bh * Lq, offs_m, Lq, DV,
-                 DP, HAS_VMEAN, RETURN_LSE)
+    store_output(acc, l_i, m_i, v_second_level(V_AMAX, bhk, PV_FORMAT), vmean, 0.0, O + b * s_ob + h * s_oh, s_ol,
+                 LSE + pid_bh * Lq, offs_m, Lq, DV, DP, HAS_VMEAN, RETURN_LSE)

@@ -22,16 +22,16 @@ class LaunchConfig:
     block: int  # forward / dQ: queries per program; dK/dV: keys per program
 
 
+# Kernels computing one gradient each: dQ, and dkdv_kernel for dK or dV alone (config.dkdv_split); one list,
+# measured for each (docs/TRAINING.md)
 _ONE_GRADIENT = (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
-                 LaunchConfig(4, 1, 64))  # (measured best for both: docs/TRAINING.md)
+                 LaunchConfig(4, 1, 64))
 CANDIDATES = {
     "forward": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(4, 1, 64)),
     "dkdv": (LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64), LaunchConfig(4, 1, 64)),
-    # dkdv_kernel computing one of the two gradients (config.dkdv_split)
     "dk": _ONE_GRADIENT,
     "dv": _ONE_GRADIENT,
-    "dq": (LaunchConfig(8, 3, 128), LaunchConfig(8, 2, 128), LaunchConfig(8, 1, 128), LaunchConfig(8, 2, 64),
-           LaunchConfig(4, 1, 64)),
+    "dq": _ONE_GRADIENT,
 }
 BLOCK_KWARG = {"forward": "BM", "dkdv": "BN", "dk": "BN", "dv": "BN", "dq": "BM"}
 _overrides: dict[str, LaunchConfig] = {}
