@@ -6,13 +6,15 @@ replayed from a CUDA graph (no host overhead). A script, not a test.
     python bench/profile_call.py --precision fp4                 # the FP4 emulation (or native FP4 on Blackwell)
 
 "wall" is triton.testing.do_bench's median of the eager call; "graph" the same call captured once and replayed;
-"kernels" the sum of the GPU kernel times torch.profiler saw per call. wall - graph is host overhead the GPU waited
+"kernels" the sum of the GPU kernel times torch.profiler saw per call; "host" the host time to issue one call
+(--host-profile adds a cProfile of it). wall - graph is host overhead the GPU waited
 for; graph - kernels is launch gaps between the kernels.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,6 +49,34 @@ def graph_ms(fn):
     return triton.testing.do_bench(g.replay, warmup=10, rep=100, return_mode="median")
 
 
+def host_us(fn, calls=30):
+    """Host microseconds per call to issue its work, the GPU left to run behind (nothing in the call syncs; 30
+    calls stay within the launch queue)."""
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return t / calls * 1e6
+
+
+def host_profile(fn, calls=50, top=25):
+    """cProfile of `calls` calls: where the host time goes (by own time, then by cumulative time)."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
+
+
 def kernel_times(fn, calls=20):
     """{kernel name: GPU ms per call} from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -70,6 +100,7 @@ def main():
     ap.add_argument("--precision", default="int8", choices=("int8", "fp4"))
     ap.add_argument("--pv", default="16bit")
     ap.add_argument("--smooth-q", default="block")
+    ap.add_argument("--host-profile", action="store_true", help="cProfile the host side of the sage call")
     ap.add_argument("--one-chunk", action="store_true", help="compute the column-bias table in one chunk")
     args = ap.parse_args()
     if args.one_chunk:
@@ -95,10 +126,13 @@ def main():
                 print(f"# {name}: no CUDA graph ({type(exc).__name__}: {str(exc)[:120]})")
                 graph = float("nan")
             kt = kernel_times(fn)
+            host = host_us(fn)
             print(f"{shape_s:>16} {name:<6} wall {wall:7.3f} ms ({tops(shape, wall):4.0f} TOPS)  graph {graph:7.3f} ms "
-                  f"({tops(shape, graph):4.0f})  kernels {sum(kt.values()):7.3f} ms")
+                  f"({tops(shape, graph):4.0f})  kernels {sum(kt.values()):7.3f} ms  host {host:5.0f} us/call")
             for kname, ms in kt.items():
                 print(f"{'':>24} {ms:8.3f} ms  {kname}")
+            if args.host_profile and name == "sage3":
+                host_profile(fn)
         del q, k, v
         torch.cuda.empty_cache()
 

@@ -142,8 +142,8 @@ def record_launches(cc: int, dps=HEAD_DIMS, native: bool = True) -> list[Launch]
                 for call in calls:
                     fn, args, kwargs = call.kernel, call.args, call.kwargs
                     fname = fn.__name__
-                    if fname in ("column_bias_kernel", "key_sums_kernel", "key_mean_kernel"):
-                        continue  # not fp4 kernels (bf16/fp32 dots, a column sum)
+                    if fname in ("column_bias_kernel", "tile_stats_kernel", "head_stats_kernel"):
+                        continue  # not fp4 kernels (bf16/fp32 dots, column sums and maxima)
                     sig, cst, aligned, nw, ns = _specialize(fn, args, kwargs)
                     if fname == "attention_kernel":
                         name = f"attention d{dp}" + (" causal" if causal else "") + (" lse" if lse else "")

@@ -21,7 +21,7 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     assert lines[-1].endswith(", 0 failures")
     compiled = [line for line in lines if line.startswith("sm_") and " ok " in line]
     kinds = {line.split()[1] for line in compiled}
-    assert kinds == {"key_sums_kernel", "key_mean_kernel", "prep_rows_kernel", "prep_v_kernel", "column_bias_kernel",
+    assert kinds == {"tile_stats_kernel", "head_stats_kernel", "prep_rows_kernel", "prep_v_kernel", "column_bias_kernel",
                      "attention_kernel", "attention_tma_kernel", "attention_ws_kernel"}
     for arch in ("sm_80", "sm_89", "sm_120"):
         assert any(line.startswith(f"{arch} attention_kernel") for line in compiled), arch

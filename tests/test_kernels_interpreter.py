@@ -53,9 +53,16 @@ def test_prepass_quantizes_like_the_mirror():
     assert fkern.v.dtype == torch.float16  # V's values without their second-level scale, which the kernels apply
     g_v = tensor_scale(fkern.v_amax).reshape(*fkern.v.shape[:2], 1, 1)
     v_values = in_order(fkern.v).float() * g_v
-    for got, want in ((fkern.q[:, :, :130], fmirror.q), (in_order(fkern.k), fmirror.k), (v_values, fmirror.v)):
+    for got, want in ((fkern.q[:, :, :130], fmirror.q), (in_order(fkern.k), fmirror.k)):
         assert got.shape == want.shape
         assert (got.float() != want).float().mean() < 5e-3  # exact values; rare tie flips only
+    # V's groups run along tokens, one max per channel and group: no summation order, so bit for bit (the padded
+    # tokens 200..255 included), with and without value smoothing
+    assert torch.equal(v_values, fmirror.v)
+    smooth = QuantOptions(smooth_v=True)
+    skern, smirror = prepare(p, "fp4", smooth, False, False), prepare_fp4(p, smooth, False)
+    g_v = tensor_scale(skern.v_amax).reshape(*skern.v.shape[:2], 1, 1)
+    assert torch.equal(in_order(skern.v).float() * g_v, smirror.v)
 
 
 CASES = {
@@ -334,6 +341,28 @@ def test_key_mean_kernel_matches_torch_and_repeats_bit_for_bit():
     nhd = torch.randn(2, 300, 3, 64, device=DEV).transpose(1, 2)
     torch.testing.assert_close(key_mean(nhd, True), T.key_mean(nhd, True), rtol=1e-6, atol=1e-6)
     assert not key_mean(nhd, False).any() and not key_mean(nhd[:, :, :0], True).any()
+
+
+def test_kv_stats_give_the_key_mean_and_v_max_in_one_pass():
+    """|V|'s max per head (the FP4 formats' second level of V) from the same launches as K's mean: exactly
+    torch's amax (times v_factor) on a V of another head dim and NHD strides, NaN and inf kept visible, zeros
+    without keys; K's mean unchanged by it, and skipped when not asked for."""
+    from sage_kernels.kernels.means import key_mean, kv_stats
+
+    k = (torch.randn(2, 3, 1000, 80) * 2 + 3).bfloat16().to(DEV)
+    v = (torch.randn(2, 1000, 3, 40) * 5).half().to(DEV).transpose(1, 2)  # NHD strides, head dim 40
+    v[1, 2, 999, 7] = -70000 / 2  # the max at the last (partial) tile, negative
+    want = v.abs().amax(dim=(2, 3)).float().reshape(-1)
+    mean, vmax = kv_stats(k, v, True)
+    assert torch.equal(mean, key_mean(k, True)) and torch.equal(vmax, want)
+    none, vmax2 = kv_stats(k, v, False, 2.0)
+    assert none is None and torch.equal(vmax2, 2 * want)
+    bad = v.clone()
+    bad[0, 1, 500, 3], bad[1, 0, 3, 0] = float("nan"), float("-inf")
+    got = kv_stats(k, bad, False)[1].reshape(2, 3)
+    assert got[0, 1].isnan() and got[1, 0] == float("inf") and torch.equal(got[0, 0], want.reshape(2, 3)[0, 0])
+    empty_mean, empty_max = kv_stats(k[:, :, :0], v[:, :, :0], True)
+    assert empty_mean.shape == (2, 3, 1, 80) and not empty_mean.any() and not empty_max.any()
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp4"])

@@ -29,7 +29,8 @@ if HAS_GLUON:
 
 _KERNEL_NAMES = ("prep_rows_kernel", "prep_v_kernel", "column_bias_kernel", "attention_kernel", "attention_tma_kernel",
                  "attention_ws_kernel")
-_SITES = ((run_module, _KERNEL_NAMES), (means_module, ("key_sums_kernel", "key_mean_kernel")))  # (module, kernels it launches)
+_SITES = ((run_module, _KERNEL_NAMES),  # (module, kernels it launches)
+          (means_module, ("tile_stats_kernel", "head_stats_kernel")))
 TMA_ARCHS = (90,)  # where the launcher may pick attention_tma_kernel / attention_ws_kernel (configs.launch_config)
 SM90_ONLY = ("attention_tma_kernel", "attention_ws_kernel")  # recorded with sm_90's configs
 

@@ -1,9 +1,11 @@
-"""The key mean (K smoothing) for the kernel paths: deterministic, no workspace beyond a small partial-sum table.
+"""Per-head statistics the pre-pass needs before it quantizes: K's mean over tokens (K smoothing, the LSE shift)
+and |V|'s max (the FP4 formats' second-level scale of V), from one pass over K and V.
 
-torch's `k.mean(dim=2, dtype=torch.float32)` on CUDA allocates a reduction workspace of 108-132 MB for a
-(1, 24, 4608..32768, 128) bf16 K (measured on an H200): the 4608-token call's peak memory was 108 MB above SDPA's
-instead of ~45 MB. Here every 128-key tile's column sums go to a (B*H, tiles, DP) fp32 table (1/64 of K's
-size for bf16), then one program per head adds its tiles in order and divides like torch (IEEE division).
+Deterministic, with no workspace beyond a small partial table: every 128-token tile's K column sums and |V| max go
+to a (B*H, tiles, ...) fp32 table (1/64 of K's size for bf16), then one program per head adds its tiles in order
+and divides like torch (IEEE division), and takes the max of its tiles (NaN kept, as torch's amax).
+torch's `k.mean(dim=2, dtype=torch.float32)` on CUDA allocated a reduction workspace of 108-132 MB for a
+(1, 24, 4608..32768, 128) bf16 K (measured on an H200), and V's max was one more torch reduction and launch.
 Fixed summation order: repeated calls give identical bits (the training backward's recomputation and chunked
 launches rely on it). The reference backend keeps `transforms.key_mean` (pure torch); the two agree to fp32
 summation-order rounding.
@@ -13,46 +15,96 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl, triton
+from ..formats.common import amax_keep_nan
 
-TILE = 128  # keys per partial sum: full 16-byte vector rows, enough programs to fill the GPU at 4608 keys
+TILE = 128  # tokens per partial result: full 16-byte vector rows, enough programs to fill the GPU at 4608 keys
 
 
 @jit(lengths=("L",))
-def key_sums_kernel(X, sxb, sxh, sxl, sxd, SUMS, H, L, D, BL: tl.constexpr, DP: tl.constexpr):
-    """fp32 column sums of one (BL, DP) key tile: SUMS[(b*H + h) * tiles + tile, :]."""
+def tile_stats_kernel(K, skb, skh, skl, skd, SUMS, V, svb, svh, svl, svd, VMAX, H, L, D, DV,
+                      BL: tl.constexpr, DP: tl.constexpr, DPV: tl.constexpr, SUM_K: tl.constexpr,
+                      MAX_V: tl.constexpr):
+    """One BL-token tile: fp32 column sums of K -> SUMS[(b*H + h) * tiles + tile, :] (SUM_K), and max |V| ->
+    VMAX[(b*H + h) * tiles + tile] (MAX_V)."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
     rows = pid_t * BL + tl.arange(0, BL)
-    cols = tl.arange(0, DP)
-    x = tl.load(X + (pid_bh // H) * sxb + (pid_bh % H) * sxh + rows[:, None] * sxl + cols[None, :] * sxd,
-                mask=(rows[:, None] < L) & (cols[None, :] < D), other=0.0)
-    tl.store(SUMS + (pid_bh * tl.num_programs(0) + pid_t) * DP + cols, tl.sum(x.to(tl.float32), axis=0))
+    slot = pid_bh * tl.num_programs(0) + pid_t
+    if SUM_K:
+        cols = tl.arange(0, DP)
+        x = tl.load(K + b * skb + h * skh + rows[:, None] * skl + cols[None, :] * skd,
+                    mask=(rows[:, None] < L) & (cols[None, :] < D), other=0.0)
+        tl.store(SUMS + slot * DP + cols, tl.sum(x.to(tl.float32), axis=0))
+    if MAX_V:
+        vcols = tl.arange(0, DPV)
+        y = tl.load(V + b * svb + h * svh + rows[:, None] * svl + vcols[None, :] * svd,
+                    mask=(rows[:, None] < L) & (vcols[None, :] < DV), other=0.0)
+        tl.store(VMAX + slot, amax_keep_nan(amax_keep_nan(y.to(tl.float32), 1), 0))
 
 
 @jit(lengths=("n_tiles", "L"))
-def key_mean_kernel(SUMS, OUT, n_tiles, L, D, BT: tl.constexpr, DP: tl.constexpr):
-    """OUT[bh, :D] = (sum of the head's tile sums, in tile order) / L."""
+def head_stats_kernel(SUMS, MEAN, VMAX, V_AMAX, n_tiles, L, D, v_factor, BT: tl.constexpr, DP: tl.constexpr,
+                      SUM_K: tl.constexpr, MAX_V: tl.constexpr):
+    """MEAN[bh, :D] = (sum of the head's tile sums, in tile order) / L; V_AMAX[bh] = v_factor * max of its tile
+    maxima."""
     pid_bh = tl.program_id(0)
-    cols = tl.arange(0, DP)
-    acc = tl.zeros((BT, DP), tl.float32)
-    for t0 in range(0, n_tiles, BT):
-        tiles = t0 + tl.arange(0, BT)
-        acc += tl.load(SUMS + (pid_bh * n_tiles + tiles[:, None]) * DP + cols[None, :],
-                       mask=tiles[:, None] < n_tiles, other=0.0)
-    mean = tl.math.div_rn(tl.sum(acc, axis=0), tl.full((DP,), 1.0, tl.float32) * L)
-    tl.store(OUT + pid_bh * D + cols, mean, mask=cols < D)
+    if SUM_K:
+        cols = tl.arange(0, DP)
+        acc = tl.zeros((BT, DP), tl.float32)
+        for t0 in range(0, n_tiles, BT):
+            tiles = t0 + tl.arange(0, BT)
+            acc += tl.load(SUMS + (pid_bh * n_tiles + tiles[:, None]) * DP + cols[None, :],
+                           mask=tiles[:, None] < n_tiles, other=0.0)
+        mean = tl.math.div_rn(tl.sum(acc, axis=0), tl.full((DP,), 1.0, tl.float32) * L)
+        tl.store(MEAN + pid_bh * D + cols, mean, mask=cols < D)
+    if MAX_V:
+        vmax = tl.zeros((BT,), tl.float32)
+        for t0 in range(0, n_tiles, BT):
+            tiles = t0 + tl.arange(0, BT)
+            m = tl.load(VMAX + pid_bh * n_tiles + tiles, mask=tiles < n_tiles, other=0.0)
+            vmax = tl.maximum(vmax, m, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(V_AMAX + pid_bh, v_factor * amax_keep_nan(vmax, 0))
+
+
+def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: float = 1.0):
+    """(K's mean, fp32 (B, Hk, 1, D), or None unless mean_k; v_factor * |V|'s max per head, fp32 (B*Hk,), or None
+    without v). K's mean is zeros and |V|'s max 0 where there are no keys. The kernel twin of transforms.key_mean
+    and of `v.abs().amax(dim=(2, 3))`."""
+    b, h, lk, d = k.shape
+    dv = v.shape[3] if v is not None else 0
+    empty = b * h * lk == 0
+    mean = torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device) if mean_k and (empty or d == 0) else None
+    v_amax = torch.zeros(b * h, dtype=torch.float32, device=k.device) if v is not None and (empty or dv == 0) \
+        else None
+    sum_k, max_v = mean_k and mean is None, v is not None and v_amax is None
+    if not (sum_k or max_v):
+        return mean, v_amax
+    n_tiles = triton.cdiv(lk, TILE)
+    unused = torch.empty(1, dtype=torch.float32, device=k.device)
+    dp, dpv = triton.next_power_of_2(d), triton.next_power_of_2(max(dv, 1))
+    if sum_k:
+        mean = torch.empty(b, h, 1, d, dtype=torch.float32, device=k.device)  # every column is written
+        sums = torch.empty(b * h, n_tiles, dp, dtype=torch.float32, device=k.device)
+    if max_v:
+        v_amax = torch.empty(b * h, dtype=torch.float32, device=k.device)
+        vmax = torch.empty(b * h, n_tiles, dtype=torch.float32, device=k.device)
+    vs = v.stride() if max_v else (0, 0, 0, 0)
+    tile_stats_kernel[(n_tiles, b * h)](
+        k, *k.stride(), sums if sum_k else unused, v if max_v else unused, *vs, vmax if max_v else unused,
+        h, lk, d, dv, BL=TILE, DP=dp, DPV=dpv, SUM_K=sum_k, MAX_V=max_v, num_warps=4)
+    head_stats_kernel[(b * h,)](
+        sums if sum_k else unused, mean if sum_k else unused, vmax if max_v else unused,
+        v_amax if max_v else unused, n_tiles, lk, d, v_factor, BT=32, DP=dp, SUM_K=sum_k, MAX_V=max_v,
+        num_warps=4)
+    return mean, v_amax
 
 
 def key_mean(k: torch.Tensor, smooth_k: bool) -> torch.Tensor:
     """fp32 (B, Hk, 1, D): mean over tokens (zeros when smoothing is off or there are no keys); the kernel twin of
     transforms.key_mean."""
-    b, h, lk, d = k.shape
-    if not smooth_k or lk == 0 or b * h * d == 0:
+    if not smooth_k:
+        b, h, _, d = k.shape
         return torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device)
-    out = torch.empty(b, h, 1, d, dtype=torch.float32, device=k.device)  # every column is written
-    dp = triton.next_power_of_2(d)
-    n_tiles = triton.cdiv(lk, TILE)
-    sums = torch.empty(b * h, n_tiles, dp, dtype=torch.float32, device=k.device)
-    key_sums_kernel[(n_tiles, b * h)](k, *k.stride(), sums, h, lk, d, BL=TILE, DP=dp, num_warps=4)
-    key_mean_kernel[(b * h,)](sums, out, n_tiles, lk, d, BT=32, DP=dp, num_warps=4)
-    return out
+    return kv_stats(k, None, True)[0]

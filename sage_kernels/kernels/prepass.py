@@ -148,6 +148,10 @@ def prep_v_kernel(
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_n * BN
+    if FORMAT == C_FP4_VALUES:
+        _prep_v_fp4_values(V + b * svb + h * svh, svl, VMEAN + pid_bh * DP, V_AMAX + pid_bh,
+                           OUT + pid_bh * L_pad * DP, row0, L, D, BN, DP, SUB_MEAN, KEY_SLOTS)
+        return
     x_raw, live = load_rows(V + b * svb + h * svh, svl, row0, L, D, BN, DP)
     x = x_raw.to(tl.float32)
     cols = tl.arange(0, DP)
@@ -165,26 +169,42 @@ def prep_v_kernel(
         vals = round_e4m3_jit(x * inv[None, :])
         tl.store(OUT + pid_bh * DP * L_pad + cols[None, :] * L_pad + toks[:, None], vals.to(OUT.dtype.element_ty))
         tl.store(OUT_SCALE + (pid_bh * (L_pad // BN) + pid_n) * DP + cols, amax * (1.0 / 448.0))
-    else:
+    else:  # NVFP4 codes for the native kernel: transposed, tokens packed two per byte
         g = tensor_scale_jit(tl.load(V_AMAX + pid_bh))
         g_inv = tl.math.div_rn(1.0, g)
         xt = tl.reshape(tl.trans(x), (DP, BN // 16, 16))  # channels x key groups of 16
         r, sc = nvfp4_block_jit(xt, g, g_inv)
-        if FORMAT == C_FP4_VALUES:
-            # fp16 (P's type in P.V) without the second level g, which the attention kernels' epilogue applies:
-            # code value x block scale is exact in fp16 (2 x 4 significant bits, 2**-10 ... 2688)
-            vals = tl.trans(tl.reshape(r * sc[:, :, None], (DP, BN)))
-            rows = toks
-            if KEY_SLOTS:  # rows in key_slots order, as K's
-                rows = row0 + slot_of_key_jit(tl.arange(0, BN))
-            tl.store(OUT + (pid_bh * L_pad + rows[:, None]) * DP + cols[None, :], vals.to(tl.float16))
-        else:
-            packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (DP, BN))), DP, BN)
-            half = row0 // 2 + tl.arange(0, BN // 2)
-            tl.store(OUT + pid_bh * DP * (L_pad // 2) + cols[:, None] * (L_pad // 2) + half[None, :], packed)
-            grp = row0 // 16 + tl.arange(0, BN // 16)
-            tl.store(OUT_SF + pid_bh * DP * (L_pad // 16) + cols[:, None] * (L_pad // 16) + grp[None, :],
-                     sc.to(OUT_SF.dtype.element_ty))
+        packed = pack_pairs(e2m1_codes_jit(tl.reshape(r, (DP, BN))), DP, BN)
+        half = row0 // 2 + tl.arange(0, BN // 2)
+        tl.store(OUT + pid_bh * DP * (L_pad // 2) + cols[:, None] * (L_pad // 2) + half[None, :], packed)
+        grp = row0 // 16 + tl.arange(0, BN // 16)
+        tl.store(OUT_SF + pid_bh * DP * (L_pad // 16) + cols[:, None] * (L_pad // 16) + grp[None, :],
+                 sc.to(OUT_SF.dtype.element_ty))
+
+
+@jit
+def _prep_v_fp4_values(V, svl, VMEAN, V_AMAX, OUT, row0, L, D, BN: tl.constexpr, DP: tl.constexpr,
+                       SUB_MEAN: tl.constexpr, KEY_SLOTS: tl.constexpr):
+    """prep_v_kernel's NVFP4 values for the emulation (one head's V, VMEAN, V_AMAX and OUT): fp16 code value x block
+    scale, without the second level g, which the attention kernels' epilogue applies (exact in fp16: 2 x 4
+    significant bits, 2**-10 ... 2688), token-major, rows in key_slots order when KEY_SLOTS (as K's).
+
+    The tile is indexed [(group, channel), token in group]: the channels are the contiguous axis, so Triton gives
+    each thread 8 channels x all 16 tokens of a group, and the group's max, its scale's rounding and reciprocal run
+    once per group in registers. (As a [tokens, channels] tile a group spanned 8 threads in 4 warps, each of which
+    computed all of its scales: ~40 instructions per value, with shared-memory reductions.)"""
+    gc = tl.arange(0, (BN // 16) * DP)
+    ch = gc % DP
+    tok = row0 + (gc // DP)[:, None] * 16 + tl.arange(0, 16)[None, :]
+    live = tok < L
+    x = tl.load(V + tok * svl + ch[:, None], mask=live & (ch[:, None] < D), other=0.0).to(tl.float32)
+    if SUB_MEAN:
+        x = tl.where(live, x - tl.load(VMEAN + ch)[:, None], 0.0)
+    g = tensor_scale_jit(tl.load(V_AMAX))
+    r, sc = nvfp4_block_jit(tl.reshape(x, ((BN // 16) * DP, 1, 16)), g, tl.math.div_rn(1.0, g))
+    vals = tl.reshape(r * sc[:, :, None], ((BN // 16) * DP, 16))
+    rows = slot_of_key_jit(tok) if KEY_SLOTS else tok  # (row0 is a multiple of 64, which slot_of_key keeps)
+    tl.store(OUT + rows * DP + ch[:, None], vals.to(tl.float16))
 
 
 @jit(lengths=("G", "t0", "t1", "bh0", "Lk"))

@@ -25,7 +25,7 @@ from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
 from .configs import (PREP_PROGRAMS_PER_SM, TMA_PV_FORMATS, fp4_key_slots, launch_config, prepass_stages, prepass_warps,
                       without_gluon)
-from .means import key_mean
+from .means import kv_stats
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
 
@@ -117,7 +117,13 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
     row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
-    kbar = _pad_cols(key_mean(p.k, opts.smooth_k).squeeze(2), dp) if (opts.smooth_k or return_lse) else _empty(dev)
+    # K's mean (K smoothing) and |V|'s max (the FP4 formats' second level of V) in one pass over K and V. A
+    # smoothed V spans up to twice |V|'s max.
+    k_mean, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None, opts.smooth_k,
+                              2.0 if opts.smooth_v else 1.0)
+    if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
+        k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
+    kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
     # --- Q ---
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
@@ -159,15 +165,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                         _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad,
                         score_factor)
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
-    v_amax = _empty(dev)
-    if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES):
-        # one reduction over V (amax and amin took two, plus an elementwise max): |V|'s max, NaN kept. The kernels
-        # derive the power-of-two second-level scale from it (tensor_scale_jit): on the host that took ~15 small
-        # torch ops per call. A smoothed V spans up to twice |V|'s max.
-        v_amax = torch.linalg.vector_norm(p.v, float("inf"), dim=(2, 3), dtype=torch.float32).reshape(-1) if lk \
-            else torch.zeros(b * hk, device=dev)
-        if v_mean is not None:
-            v_amax = v_amax * 2
+    if v_amax is None:  # not an FP4 format
+        v_amax = _empty(dev)
     if pv_fmt == FMT_INT8:
         v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.int8, device=dev)
     elif pv_fmt == FMT_FP8:

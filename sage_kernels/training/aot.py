@@ -23,7 +23,7 @@ from . import launch
 from .config import DKDV_SPLIT_ARCHS
 
 _SITES = {  # module -> kernel names it launches
-    "sage_kernels.kernels.means": ("key_sums_kernel", "key_mean_kernel"),
+    "sage_kernels.kernels.means": ("tile_stats_kernel", "head_stats_kernel"),
     "sage_kernels.training.operands": ("quantize_kernel",),
     "sage_kernels.training.forward": ("forward_kernel",),
     "sage_kernels.training.backward": ("row_stats_kernel", "dequant_v_kernel", "dkdv_kernel", "dq_kernel"),
