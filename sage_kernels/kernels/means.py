@@ -82,7 +82,6 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     if not (sum_k or max_v):
         return mean, v_amax
     n_tiles = triton.cdiv(lk, TILE)
-    unused = torch.empty(1, dtype=torch.float32, device=k.device)
     dp, dpv = triton.next_power_of_2(d), triton.next_power_of_2(max(dv, 1))
     if sum_k:
         mean = torch.empty(b, h, 1, d, dtype=torch.float32, device=k.device)  # every column is written
@@ -90,13 +89,15 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     if max_v:
         v_amax = torch.empty(b * h, dtype=torch.float32, device=k.device)
         vmax = torch.empty(b * h, n_tiles, dtype=torch.float32, device=k.device)
-    vs = v.stride() if max_v else (0, 0, 0, 0)
+    # A switched-off half gets the other half's fp32 buffers (and K for V) as pointers it never touches: no
+    # placeholder allocation per call.
+    sums_arg, mean_arg = (sums, mean) if sum_k else (vmax, v_amax)
+    v_arg, vmax_arg, v_amax_arg = (v, vmax, v_amax) if max_v else (k, sums_arg, mean_arg)
     tile_stats_kernel[(n_tiles, b * h)](
-        k, *k.stride(), sums if sum_k else unused, v if max_v else unused, *vs, vmax if max_v else unused,
-        h, lk, d, dv, BL=TILE, DP=dp, DPV=dpv, SUM_K=sum_k, MAX_V=max_v, num_warps=4)
+        k, *k.stride(), sums_arg, v_arg, *v_arg.stride(), vmax_arg, h, lk, d, dv, BL=TILE, DP=dp, DPV=dpv,
+        SUM_K=sum_k, MAX_V=max_v, num_warps=4)
     head_stats_kernel[(b * h,)](
-        sums if sum_k else unused, mean if sum_k else unused, vmax if max_v else unused,
-        v_amax if max_v else unused, n_tiles, lk, d, v_factor, BT=32, DP=dp, SUM_K=sum_k, MAX_V=max_v,
+        sums_arg, mean_arg, vmax_arg, v_amax_arg, n_tiles, lk, d, v_factor, BT=32, DP=dp, SUM_K=sum_k, MAX_V=max_v,
         num_warps=4)
     return mean, v_amax
 
