@@ -11,8 +11,11 @@ reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
     less often);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
-    softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and being separate
-    partitions, one warpgroup's softmax overlaps the other's MMAs.
+    softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and
+    being separate partitions, one warpgroup's softmax overlaps the other's MMAs;
+  - persistent: one program per SM takes 128-row tiles round-robin, the ring running on from tile to tile, so the
+    next tile's Q and first key blocks load during this tile's last block and its store (a program per tile
+    paid that start-up per tile: the FP4 emulation's kernel -2..3% at 4.6k-16k tokens, INT8 -1% at 4.6k).
 Triton 3.6's automatic warp specialisation hangs on this loop (docs/BENCHMARKS.md); Gluon states the partitions and
 barriers explicitly. sm_90 only (wgmma, setmaxnreg); configs.launch_config picks it, kernels/run.py launches it.
 """
@@ -54,45 +57,65 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 if HAS_GLUON:
     from ..formats.e2m1 import tensor_scale_jit
     from .attention import fp4_p, int8_scores_from_bits
-    from .common import column_bias_row, magic_bits, program_coords
+    from .common import column_bias_row, magic_bits, tile_coords
     from .key_slots import keys_to_groups
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
-                        q_bar, ready, empty, q_row, k_row, v_b, v_hk, col_off, n_blocks,
-                        BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-                        FP4: gl.constexpr):
-        """One warp: Q once, then K, K's scales (INT8), V and the column bias of every key block into the ring, SUB
-        key blocks per stage (an odd last stage also loads the block past the end: zero-filled or another head's
-        rows, never read). FP4: V is the emulation's (B*Hk*Lk_pad, DP) rows, K's; else the caller's
-        (B, Hk, Lk, DV)."""
-        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+                        q_bar, q_empty, ready, empty, Hq, kv_group, t0, Lq_pad, Lk_pad, col_rows_b, col_rows_h,
+                        col_rows_g, count, BM: gl.constexpr, BN: gl.constexpr, SMOOTH_BLOCK: gl.constexpr,
+                        STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr):
+        """One warp, for each of this program's tiles: Q (once both consumers are done with the previous tile's),
+        then K, K's scales (INT8), V and the column bias of every key block into the ring, SUB key blocks per
+        stage (an odd last stage also loads the block past the end: zero-filled or another head's rows, never
+        read). The ring runs on across tiles, so the next tile's first stages load during this tile's last blocks
+        and its store. FP4: V is the emulation's (B*Hk*Lk_pad, DP) rows, K's; else the caller's (B, Hk, Lk, DV)."""
         nbytes: gl.constexpr = SUB * (k_desc.block_type.nbytes + v_desc.block_type.nbytes
                                       + (0 if FP4 else ks_desc.block_type.nbytes)
                                       + (col_desc.block_type.nbytes if HAS_COL else 0))
-        for i in range(gl.cdiv(n_blocks, SUB)):
-            stage = i % STAGES
-            mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
-            bar = ready.index(stage)
-            mbarrier.expect(bar, nbytes)
-            for h in gl.static_range(SUB):
-                start = (i * SUB + h) * BN
-                buf = stage * SUB + h
-                tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
-                if FP4:
-                    tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
-                else:
-                    tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
-                    tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
-                if HAS_COL:
-                    tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
+        n_stages = gl.cdiv(Lk_pad // BN, SUB)
+        stage_base = 0  # stages of the ring filled for earlier tiles
+        n_done = 0  # earlier tiles of this program
+        for tile in range(gl.program_id(0), count, gl.num_programs(0)):
+            pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = tile_coords(tile, Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
+                                                                     SMOOTH_BLOCK)
+            col_off = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK) * Lk_pad
+            mbarrier.wait(q_empty, (n_done & 1) ^ 1)  # a fresh barrier counts as released
+            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+            for i in range(n_stages):
+                g = stage_base + i
+                stage = g % STAGES
+                mbarrier.wait(empty.index(stage), ((g // STAGES) & 1) ^ 1)
+                bar = ready.index(stage)
+                mbarrier.expect(bar, nbytes)
+                for hh in gl.static_range(SUB):
+                    start = (i * SUB + hh) * BN
+                    buf = stage * SUB + hh
+                    _load_block(k_desc, v_desc, ks_desc, col_desc, k_bufs, v_bufs, ks_bufs, col_bufs, bar, buf,
+                                k_row, start, b, hk, col_off, HAS_COL, FP4)
+            stage_base += n_stages
+            n_done += 1
+
+    @gluon.jit
+    def _load_block(k_desc, v_desc, ks_desc, col_desc, k_bufs, v_bufs, ks_bufs, col_bufs, bar, buf, k_row, start,
+                    v_b, v_hk, col_off, HAS_COL: gl.constexpr, FP4: gl.constexpr):
+        """The TMA loads of one key block (keys start.. of the KV head at k_row) into ring buffer buf."""
+        tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
+        if FP4:
+            tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
+        else:
+            tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
+            tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
+        if HAS_COL:
+            tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
 
     @gluon.jit
     def _qk_issue(q_smem, k_bufs, ready, j, unused_acc, STAGES: gl.constexpr, SUB: gl.constexpr):
-        """Start S = Q.K^T of key block j (once its tiles have landed) on the tensor cores; returns the token.
+        """Start S = Q.K^T of key block j (numbered along the ring, across this program's tiles: each tile starts at
+        a stage) once its tiles have landed, on the tensor cores; returns the token.
         use_acc=False: no instruction may write or read the accumulator's registers while a wgmma is in flight, or
         ptxas serialises every wgmma of the kernel (warning C7514); so no register init, and the magic-number offset
         that makes int -> float a bitcast is one integer add after the wait."""
@@ -102,9 +125,9 @@ if HAS_GLUON:
                              use_acc=False)
 
     @gluon.jit
-    def _release(empty, j, n_blocks, STAGES: gl.constexpr, SUB: gl.constexpr):
-        """After the last block of its stage (or the last block of all) the stage goes back to the producer."""
-        if (j % SUB == SUB - 1) | (j == n_blocks - 1):
+    def _release(empty, j, j_last, STAGES: gl.constexpr, SUB: gl.constexpr):
+        """After the last block of its stage (or the tile's last block, j_last) the stage goes back to the producer."""
+        if (j % SUB == SUB - 1) | (j == j_last):
             mbarrier.arrive(empty.index((j // SUB) % STAGES), count=1)
 
     @gluon.jit
@@ -119,7 +142,7 @@ if HAS_GLUON:
         return warpgroup_mma_wait(0, deps=(acc, ))
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk_bits, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
                DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
                FIRST: gl.constexpr):
@@ -138,11 +161,11 @@ if HAS_GLUON:
         l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
         acc = _pv(acc, p, alpha, v_bufs.index(slot).reshape([BN, DP]), o_layout, FIRST)
-        _release(empty, j, n_blocks, STAGES, SUB)
+        _release(empty, j, j_last, STAGES, SUB)
         return acc, m_new, l_i
 
     @gluon.jit
-    def _fp4_block(acc, m_i, l_i, s, j, n_blocks, v_bufs, empty,
+    def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, empty,
                    p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
                    BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr):
         """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the scores (_scores_done; columns in
@@ -158,20 +181,20 @@ if HAS_GLUON:
         p, alpha, l_i, m_new = fp4_p(sg, m_i, l_i, BM, BN, True)
         p = gl.convert_layout(p, p_layout)  # fp16, as V
         acc = _pv(acc, p, alpha, v_bufs.index(slot), o_layout, FIRST)
-        _release(empty, j, n_blocks, STAGES, SUB)
+        _release(empty, j, j_last, STAGES, SUB)
         return acc, m_new, l_i
 
     @gluon.jit
-    def _step(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
+    def _step(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
               FP4: gl.constexpr, FIRST: gl.constexpr):
         """Key block j in the kernel's format (q_scale: INT8's row scales; FP4's scores come scaled)."""
         if FP4:
-            return _fp4_block(acc, m_i, l_i, scores, j, n_blocks, v_bufs, empty, p_layout, o_layout, BM, BN, STAGES,
+            return _fp4_block(acc, m_i, l_i, scores, j, j_last, v_bufs, empty, p_layout, o_layout, BM, BN, STAGES,
                               SUB, FIRST)
         else:
-            return _block(acc, m_i, l_i, scores, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty, s_layout,
+            return _block(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty, s_layout,
                           p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST)
 
     @gluon.jit
@@ -192,13 +215,16 @@ if HAS_GLUON:
             return magic_bits(s)
 
     @gluon.jit
-    def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                           QS, O, LSE, VMEAN_ROW, g_v, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV, n_blocks,
-                           qk_factor,
-                           BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr,
-                           SUB: gl.constexpr, HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
+    def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready, empty,
+                           QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV,
+                           count, qk_factor,
+                           ROW0: gl.constexpr, BM: gl.constexpr, TILE_M: gl.constexpr, BN: gl.constexpr,
+                           DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr,
+                           HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
                            HAS_VMEAN: gl.constexpr, num_warps: gl.constexpr):
-        """One warpgroup: BM query rows (from q_row / output row m0) against every key block, then the store."""
+        """One warpgroup: rows ROW0 .. ROW0 + BM of each of this program's TILE_M-row tiles against every key
+        block, then their store. Q's buffer goes back to the producer as soon as the tile's last Q.K^T is done, so
+        the next tile's Q loads during the last block's softmax and the store."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, BN, 16 if FP4 else 32])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -206,34 +232,54 @@ if HAS_GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        n_blocks = Lk_pad // BN
+        j0 = 0  # the tile's first key block along the ring (each tile starts at a stage)
+        n_done = 0
+        for tile in range(gl.program_id(0), count, gl.num_programs(0)):
+            pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = tile_coords(tile, Hq, kv_group, t0, Lq_pad, Lk_pad,
+                                                                     TILE_M, SMOOTH_BLOCK)
+            if FP4:
+                q_scale = qk_factor
+                s_unused = gl.zeros([BM, BN], gl.float32, s_layout)  # accumulators that use_acc=False never reads
+            else:
+                q_scale = gl.load(QS + q_row + ROW0 + gl.arange(0, BM, layout=row_s))
+                s_unused = gl.zeros([BM, BN], gl.int32, s_layout)
+            acc = gl.zeros([BM, DP], gl.float32, o_layout)
+            m_i = gl.full([BM], float("-inf"), gl.float32, row_s)  # (FP4's first block makes its own)
+            l_i = gl.zeros([BM], gl.float32, row_s)
+            j_last = j0 + n_blocks - 1
+            mbarrier.wait(q_bar, n_done & 1)
+            # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled
+            # so that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
+            qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, j0, s_unused, STAGES, SUB), j0, col_bufs, qk_factor,
+                              s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+            qk_next = _qk_issue(q_smem, k_bufs, ready, j0 + 1, s_unused, STAGES, SUB)
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, empty,
+                                  s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, True)
+            for j in range(j0 + 1, j_last):
+                qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+                qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
+                acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
+                                      s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
+            qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+            mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs,
+                                  empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
+            g_v = 1.0
+            if FP4:
+                g_v = tensor_scale_jit(gl.load(V_AMAX + bhk))
+            _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
+                        pid_m * TILE_M + ROW0, Lq, DV, s_layout, o_layout, BM, DP, RETURN_LSE, HAS_VMEAN)
+            j0 += gl.cdiv(n_blocks, SUB) * SUB
+            n_done += 1
 
-        if FP4:
-            q_scale = qk_factor
-            s_unused = gl.zeros([BM, BN], gl.float32, s_layout)  # accumulators that use_acc=False never reads
-        else:
-            q_scale = gl.load(QS + q_row + gl.arange(0, BM, layout=row_s))
-            s_unused = gl.zeros([BM, BN], gl.int32, s_layout)
-        acc = gl.zeros([BM, DP], gl.float32, o_layout)
-        m_i = gl.full([BM], float("-inf"), gl.float32, row_s)  # (FP4's first block makes its own)
-        l_i = gl.zeros([BM], gl.float32, row_s)
-        mbarrier.wait(q_bar, 0)
-        # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled so
-        # that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
-        qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, 0, s_unused, STAGES, SUB), 0, col_bufs, qk_factor,
-                          s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-        qk_next = _qk_issue(q_smem, k_bufs, ready, 1, s_unused, STAGES, SUB)
-        acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, 0, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
-                              s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, True)
-        for j in range(1, n_blocks - 1):
-            qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-            qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
-            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, n_blocks, v_bufs, ks_bufs, col_bufs, empty,
-                                  s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
-        qk = _scores_done(qk_next, n_blocks - 1, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-        acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, n_blocks - 1, n_blocks, v_bufs, ks_bufs, col_bufs,
-                              empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
-
-        # the store, as attention.store_output
+    @gluon.jit
+    def _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN_ROW, s_ob, s_oh, s_ol, b, h, pid_bh, m0, Lq, DV,
+                    s_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr, DP: gl.constexpr,
+                    RETURN_LSE: gl.constexpr, HAS_VMEAN: gl.constexpr):
+        """Normalise and store output rows m0 .. m0 + BM (and their LSE), as attention.store_output."""
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         live = l_i != 0  # 0 only when no key was visible; NaN inputs must stay visible
         out = acc * gl.convert_layout(g_v / gl.where(live, l_i, 1.0), row_o)[:, None]
         offs_d = gl.arange(0, DP, layout=gl.SliceLayout(0, o_layout))
@@ -251,16 +297,18 @@ if HAS_GLUON:
             lse = gl.convert_layout(gl.where(live, lse, float("-inf")), row_s)
             gl.store(LSE + pid_bh * Lq + rows, lse, mask=rows < Lq)
 
-    @gluon.jit(do_not_specialize=("Lq", "t0", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
+    @gluon.jit(do_not_specialize=("Lq", "t0", "count", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
         q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX,
         s_ob, s_oh, s_ol,
-        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, col_rows_b, col_rows_h, col_rows_g, qk_factor,
+        Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
         SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
         HAS_VMEAN: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
-        """INT8 descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks
+        """Persistent: the launch's `count` BM-row tiles (common.tile_coords: from 128-row block t0 on, numbered
+        across heads) are shared round-robin by the programs (one per SM, or fewer).
+        INT8 descriptors: q (B*Hq*Lq_pad, DP) int8 [BM, DP]; k (B*Hk*Lk_pad, DP) int8 [BN, DP]; ks
         (B*Hk*Lk_pad,) fp32 [BN]; v: the caller's 16-bit V (B, Hk, Lk, DV) [1, 1, BN, DP], zero-filled past Lk and
         DV. QS: fp32 row scales (B*Hq*Lq_pad).
         FP4 (the emulation's exact values: bf16 Q and K, fp16 V; K and V rows in key_slots order): q (B*Hq*Lq_pad,
@@ -268,14 +316,8 @@ if HAS_GLUON:
         QS unused; VMEAN: fp32 (B*Hk, DP), added to the output when HAS_VMEAN (smooth_v); V_AMAX: fp32 (B*Hk,),
         whose tensor_scale (V's second level, left out of its fp16 values) multiplies the output.
         col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
-        + (block - t0)*col_rows_g (grid: common.program_coords). O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32
-        without the smoothing shift. num_warps: one consumer warpgroup's (4); the second consumer and the producer
-        are worker partitions."""
-        pid_bh, pid_m, b, h, hk, bhk, q_row, k_row = program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM,
-                                                                    SMOOTH_BLOCK)
-        col_off = column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, BM, SMOOTH_BLOCK) * Lk_pad
-        n_blocks = Lk_pad // BN
-
+        + (block - t0)*col_rows_g. O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing shift.
+        num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
         NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF] + k_desc.block_type.shape, k_desc.layout)
@@ -285,30 +327,28 @@ if HAS_GLUON:
         col_bufs = gl.allocate_shared_memory(col_desc.dtype, [NBUF if HAS_COL else 1] + col_desc.block_type.shape,
                                              col_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
+        mbarrier.init(q_empty, count=2)  # both consumer warpgroups are done with Q
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)  # both consumer warpgroups release every slot
 
         HALF: gl.constexpr = BM // 2
-        vmean_row = VMEAN + bhk * DP
-        g_v = 1.0
-        if FP4:
-            g_v = tensor_scale_jit(gl.load(V_AMAX + bhk))
         gl.warp_specialize([
-            (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, vmean_row, g_v, q_row, s_ob, s_oh, s_ol, b, h, pid_bh, pid_m * BM, Lq, DV,
-                                  n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL, RETURN_LSE, FP4,
-                                  HAS_VMEAN, num_warps)),
-            (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, ready, empty,
-                                  QS, O, LSE, vmean_row, g_v, q_row + HALF, s_ob, s_oh, s_ol, b, h, pid_bh,
-                                  pid_m * BM + HALF, Lq, DV, n_blocks, qk_factor, HALF, BN, DP, STAGES, SUB, HAS_COL,
-                                  RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
+            (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready,
+                                  empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
+                                  Lk_pad, DV, count, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK, STAGES, SUB,
+                                  HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
+            (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready,
+                                  empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
+                                  Lk_pad, DV, count, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK, STAGES, SUB,
+                                  HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
-                               q_bar, ready, empty, q_row, k_row, b, hk, col_off, n_blocks,
-                               BN, STAGES, SUB, HAS_COL, FP4)),
+                               q_bar, q_empty, ready, empty, Hq, kv_group, t0, Lq_pad, Lk_pad, col_rows_b,
+                               col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, SUB, HAS_COL, FP4)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover
     attention_ws_kernel = None

@@ -95,8 +95,14 @@ def program_coords(Hq, kv_group, t0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BL
     order; t0: the launch's first) -> (pid_bh, pid_m, b, h, hk, bhk, q_row, k_row): the row-major operand rows of
     this program's BM query rows and of its KV head's keys. A launch may start or end inside a head, so that a
     column-bias chunk can take any number of blocks (run.chunk_rows)."""
+    return tile_coords(tl.program_id(0), Hq, kv_group, t0, Lq_pad, Lk_pad, BM, SMOOTH_BLOCK)
+
+
+@jit
+def tile_coords(tile, Hq, kv_group, t0, Lq_pad, Lk_pad, BM: tl.constexpr, SMOOTH_BLOCK: tl.constexpr):
+    """program_coords of the launch's BM-row tile number `tile` (a persistent kernel's programs take several)."""
     per_block: tl.constexpr = SMOOTH_BLOCK // BM
-    u = t0 * per_block + tl.program_id(0)
+    u = t0 * per_block + tile
     blocks_per_head = Lq_pad // BM
     pid_bh = u // blocks_per_head
     pid_m = u % blocks_per_head

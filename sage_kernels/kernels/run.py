@@ -429,13 +429,14 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         v_desc, ks_desc = gluon_desc(ops.v.view(-1, dp), [BLOCK_N, dp]), _gluon_placeholder(p.device)
     else:
         v_desc, ks_desc = gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N])
-    attention_ws_kernel[(count,)](
+    sms = device_info(p.device).sms  # persistent: at most one program per SM, each taking tiles round-robin
+    attention_ws_kernel[(min(count, sms) if sms else count,)](
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
         v_desc, ks_desc, gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
         ops.v_mean if ops.v_mean is not None else _empty(p.device), ops.v_amax,
         *out_hnd.stride()[:3],
-        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0,
+        p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0, count,
         *col_rows, ops.score_factor,
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, FP4=fp4, HAS_VMEAN=ops.v_mean is not None,
