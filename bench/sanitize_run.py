@@ -1,7 +1,7 @@
 """A small representative run of every Triton path, for `compute-sanitizer --tool memcheck` (issue #3).
 
 Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD;
-then one longer call (several pre-pass tiles per program); then the training kernels (forward and backward, both
+then longer calls (several pre-pass and attention tiles per program); then the training kernels (forward and backward, both
 QK modes) on odd sizes.
 """
 import sys
@@ -26,12 +26,14 @@ for prec, pv in (("int8", "16bit"), ("int8", "int8"), ("int8", "fp8"), ("fp4", "
                                                    smooth_q=smooth_q, smooth_v=causal, fallback="error")
             torch.cuda.synchronize()
             assert torch.isfinite(out).all(), (prec, pv, causal, smooth_q)
-# Enough rows for several tiles per program of the persistent pre-pass on sm_90 (2 programs per SM), odd length.
-q, k, v = (torch.randn(1, 8, 9001, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-for prec in ("int8", "fp4"):
-    out = sage_kernels.sage_attention(q, k, v, precision=prec, backend="triton", fallback="error")
-    torch.cuda.synchronize()
-    assert torch.isfinite(out).all(), prec
+# Enough rows for several tiles per program of the persistent pre-pass (2 programs per SM) and of the persistent
+# Gluon kernel (one per SM) on sm_90, odd length; head dim 64 runs the Gluon kernel for fp4 there.
+for d in (128, 64):
+    q, k, v = (torch.randn(1, 8, 9001, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for prec in ("int8", "fp4"):
+        out = sage_kernels.sage_attention(q, k, v, precision=prec, backend="triton", fallback="error")
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), (prec, d)
 # Training: fwd + bwd through the int8 training kernels, odd sizes, GQA, key padding, causal, NHD, LSE gradient.
 from sage_kernels.training import set_qk_mode  # noqa: E402
 

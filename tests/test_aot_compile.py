@@ -119,11 +119,15 @@ for mod, names in sites:  # every declared length names a parameter (Triton igno
 seen = set()
 differs = 0
 # a multiple of 16 and not; long enough that the Q-smoothing table comes in chunks (its budget is the quantized
-# Q's size: twice as large for the FP4 emulation's bf16 values); sm_90 runs the Gluon kernel at head dim 128
-for precision, sm90, d, lengths in (("int8", False, 64, (2304, 2250)), ("int8", True, 128, (4352, 4300)),
-                                    ("fp4", False, 64, (4352, 4300)), ("fp4", True, 64, (4352, 4300)),
-                                    ("fp4", True, 128, (8448, 8450))):  # (bf16 Q: the table chunks past 8192 keys)
-    a, b = (aot.record(build_problem(*qkv(n, n, d)), precision, QuantOptions(), True, sm90) for n in lengths)
+# Q's size: twice as large for the FP4 emulation's bf16 values); sm_90 runs the Gluon kernel (int8 at head dim
+# 128, fp4 at 64 and 128) and the TMA kernel (8-bit P.V)
+for precision, sm90, d, lengths, pv in (("int8", False, 64, (2304, 2250), "16bit"),
+                                        ("int8", True, 128, (4352, 4300), "16bit"),
+                                        ("int8", True, 128, (4352, 4300), "fp8"),
+                                        ("fp4", False, 64, (4352, 4300), "16bit"),
+                                        ("fp4", True, 64, (4352, 4300), "16bit"),
+                                        ("fp4", True, 128, (8448, 8450), "16bit")):  # (bf16 Q: chunks past 8192 keys)
+    a, b = (aot.record(build_problem(*qkv(n, n, d)), precision, QuantOptions(pv=pv), True, sm90) for n in lengths)
     names = {x.name for x in a}
     assert "column_bias_kernel" in names and sum(x.name.startswith("attention") for x in a) >= 2, names  # chunked
     differs += same_variants(a, b, (precision, sm90))

@@ -109,16 +109,21 @@ def test_gluon_kernel_edge_shapes(monkeypatch, precision, lk, dv):
     _assert_gluon_matches_tma(monkeypatch, q, k, v, precision=precision)
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp4"])
-def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision):
+@pytest.mark.parametrize("precision, d", [("int8", 128), ("fp4", 128), ("fp4", 64)])
+def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d):
     """The Gluon kernel is persistent (one program per SM, tiles round-robin, its shared-memory ring and Q buffer
     running on from tile to tile): three or more tiles per program, an odd number of key blocks (the last stage
-    of each tile half used with int8's two blocks per stage), GQA, key padding and LSE, against the TMA kernel."""
+    of each tile half used with two blocks per stage: int8, and fp4 at head dim 64), GQA, key padding and LSE,
+    against the TMA kernel."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernel is sm_90's")
-    q = torch.randn(3, 16, 1100, 128, device="cuda", dtype=torch.bfloat16)  # 9 tiles per head, 432 in all
-    k = torch.randn(3, 8, 1100, 128, device="cuda", dtype=torch.bfloat16) + 0.5  # 9 key blocks
-    v = torch.randn(3, 8, 1100, 128, device="cuda", dtype=torch.bfloat16)
+    from sage_kernels.kernels import configs, prepass
+
+    if d == 64:
+        assert configs.launch_config(90, 64, prepass.FMT_FP4_VALUES, prepass.FMT_FP4_VALUES).gluon
+    q = torch.randn(3, 16, 1100, d, device="cuda", dtype=torch.bfloat16)  # 9 tiles per head, 432 in all
+    k = torch.randn(3, 8, 1100, d, device="cuda", dtype=torch.bfloat16) + 0.5  # 9 key blocks
+    v = torch.randn(3, 8, 1100, d, device="cuda", dtype=torch.bfloat16)
     assert 3 * 16 * 9 >= 3 * torch.cuda.get_device_properties(0).multi_processor_count
     mask = torch.ones(3, 1, 1, 1100, dtype=torch.bool, device="cuda")
     mask[2, ..., 900:] = False

@@ -22,6 +22,7 @@ class LaunchConfig:
     warp_specialize: bool = False  # its loop through Triton's Hopper warp specialisation (experimental: hangs in 3.6)
     gluon: bool = False  # attention_ws_kernel (Gluon: a TMA producer warp, two consumer warpgroups) where it applies
     blocks_per_stage: int = 1  # key blocks per pipeline stage (attention_ws_kernel; one wait and release each)
+    fallback: LaunchConfig | None = None  # a Gluon config's TMA-kernel config (without_gluon), if not _TMA_V16
 
 
 _override: LaunchConfig | None = None
@@ -30,13 +31,20 @@ _TMA_V16 = LaunchConfig(8, 3, 128, tma=True)
 # The FP4 emulation at head dim 128 on sm_90 through the Gluon kernel: bf16 K and V tiles (64 KB per key block),
 # 3 stages of one block (224 KB): +34..40% over 2 stages at 16k-35k tokens (H200, docs/BENCHMARKS.md)
 _FP4_GLUON = LaunchConfig(4, 3, 128, tma=True, gluon=True, blocks_per_stage=1)
+# ... and at head dim 64 (16 KB tiles): 3 stages of 2 key blocks (214 KB), -8..9% kernel time against the TMA
+# kernel's 4 warps x 64 rows, 3 stages, which stays its fallback (H200, persistent Gluon kernel; 2 stages of 2:
+# +1%, 3 or 4 stages of 1: +3..4%)
+_FP4_GLUON_64 = LaunchConfig(4, 3, 128, tma=True, gluon=True, blocks_per_stage=2,
+                             fallback=LaunchConfig(4, 3, 64, tma=True))
 
 
 def without_gluon(cfg: LaunchConfig) -> LaunchConfig:
-    """The TMA kernel's config for a problem the Gluon config was picked for (16-bit P.V or the FP4 emulation at
-    head dim 128), for when attention_ws_kernel does not run: 8 warps over the same 128 rows, 3 stages of one key
-    block, as measured for both."""
-    return _TMA_V16 if cfg.gluon else cfg
+    """The TMA kernel's config for a problem the Gluon config was picked for, for when attention_ws_kernel does not
+    run: its `fallback`, else (16-bit P.V or the FP4 emulation at head dim 128) 8 warps over the same 128 rows, 3
+    stages of one key block, as measured for both."""
+    if not cfg.gluon:
+        return cfg
+    return cfg.fallback or _TMA_V16
 
 
 def set_override(config: LaunchConfig | None) -> None:
@@ -65,8 +73,7 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
     if qk_format == FMT_FP4_VALUES and arch == 90:
         if dp == 128:  # the Gluon kernel, +15..25% over the TMA kernel (its num_warps: one consumer warpgroup's)
             return _FP4_GLUON
-        # FP4 emulation on an H200, TMA kernel (faster than the Gluon kernel at head dim 64): 3 stages +8..10% over 2
-        return LaunchConfig(4, 3, 64, tma=True) if dp <= 64 else LaunchConfig(8, 3, 128, tma=True)
+        return _FP4_GLUON_64 if dp <= 64 else LaunchConfig(8, 3, 128, tma=True)
     if qk_format == FMT_INT8 and arch == 90 and pv_format in TMA_PV_FORMATS and dp <= 128:
         # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the
         # pointer kernel; FP8/INT8 P.V 4 warps x 64 rows (two programs per SM), +9..20%
