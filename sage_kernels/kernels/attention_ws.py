@@ -55,10 +55,10 @@ def _smem_layout(block: tuple, dtype: torch.dtype):
 
 
 if HAS_GLUON:
-    from ..formats.e2m1 import tensor_scale_jit
-    from .attention import fp4_p, int8_scores_from_bits
+    from .attention import fp4_p, int8_scores_from_bits, v_second_level
     from .common import column_bias_row, magic_bits, tile_coords
     from .key_slots import keys_to_groups
+    from .prepass import C_FP4_VALUES, C_V16
 
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
@@ -265,9 +265,7 @@ if HAS_GLUON:
             mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs,
                                   empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
-            g_v = 1.0
-            if FP4:
-                g_v = tensor_scale_jit(gl.load(V_AMAX + bhk))
+            g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
                         pid_m * TILE_M + ROW0, Lq, DV, s_layout, o_layout, BM, DP, RETURN_LSE, HAS_VMEAN)
             j0 += gl.cdiv(n_blocks, SUB) * SUB

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._triton import jit, tl, triton
-from ..formats.common import amax_keep_nan
+from ..formats.common import amax_keep_nan, max_keep_nan
 
 TILE = 128  # tokens per partial result: full 16-byte vector rows, enough programs to fill the GPU at 4608 keys
 
@@ -64,7 +64,7 @@ def head_stats_kernel(SUMS, MEAN, VMAX, V_AMAX, n_tiles, L, D, v_factor, BT: tl.
         for t0 in range(0, n_tiles, BT):
             tiles = t0 + tl.arange(0, BT)
             m = tl.load(VMAX + pid_bh * n_tiles + tiles, mask=tiles < n_tiles, other=0.0)
-            vmax = tl.maximum(vmax, m, propagate_nan=tl.PropagateNan.ALL)
+            vmax = max_keep_nan(vmax, m)
         tl.store(V_AMAX + pid_bh, v_factor * amax_keep_nan(vmax, 0))
 
 
