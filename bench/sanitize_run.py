@@ -1,7 +1,7 @@
 """A small representative run of every Triton path, for `compute-sanitizer --tool memcheck` (issue #3).
 
 Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD;
-then longer calls (several pre-pass and attention tiles per program); then the training kernels (forward and backward, both
+then longer calls (many pre-pass tiles, several attention tiles per program); then the training kernels (forward and backward, both
 QK modes) on odd sizes.
 """
 import sys
@@ -26,8 +26,8 @@ for prec, pv in (("int8", "16bit"), ("int8", "int8"), ("int8", "fp8"), ("fp4", "
                                                    smooth_q=smooth_q, smooth_v=causal, fallback="error")
             torch.cuda.synchronize()
             assert torch.isfinite(out).all(), (prec, pv, causal, smooth_q)
-# Enough rows for several tiles per program of the persistent pre-pass (2 programs per SM) and of the persistent
-# Gluon kernel (one per SM) on sm_90, odd length; head dim 64 runs the Gluon kernel for fp4 there.
+# Enough rows for many pre-pass tiles (each in 64-row chunks, the last one partial) and several tiles per program
+# of the persistent Gluon kernel (one per SM) on sm_90, odd length; head dim 64 runs the Gluon kernel for fp4 there.
 for d in (128, 64):
     q, k, v = (torch.randn(1, 8, 9001, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for prec in ("int8", "fp4"):

@@ -141,7 +141,12 @@ def nvfp4_block_jit(xg, g, g_inv):
     negative, has its own `nvfp4_p_jit`.)
     """
     # NaN-keeping max: a NaN block scale keeps NaN inputs visible downstream, as torch's amax does.
-    amax = amax_keep_nan(xg, 2)
+    return nvfp4_block_amax_jit(xg, amax_keep_nan(xg, 2), g, g_inv)
+
+
+@jit
+def nvfp4_block_amax_jit(xg, amax, g, g_inv):
+    """nvfp4_block_jit with the groups' NaN-keeping max |x| (amax, [R, G]) already taken."""
     nan_block = amax != amax
     scale = tl.where(nan_block, float("nan"), round_e4m3_jit(amax * (1.0 / 6.0) * g_inv))
     sg = scale * g

@@ -21,7 +21,7 @@ from ..capabilities import WIDE_HEAD_SMEM, smem_limit
 from . import means as means_module
 from . import run as run_module
 from .attention_ws import HAS_GLUON
-from .configs import fp4_key_slots, launch_config, prepass_stages, without_gluon
+from .configs import fp4_key_slots, launch_config, without_gluon
 from .run import TensorDescriptor
 
 if HAS_GLUON:
@@ -138,10 +138,6 @@ def compile_launch(launch: Launch, arch: int):
 
     if launch.kwargs.get("KEY_SLOTS"):  # recorded as on sm_90 (CPU tensors); the FP4 emulation's key order is the GPU's
         launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, "KEY_SLOTS": fp4_key_slots(arch)})
-    if launch.name == "prep_rows_kernel":  # its pipeline depth depends on the GPU's shared memory, as launched
-        kw = launch.kwargs
-        stages = prepass_stages(arch, kw["DP"], launch.args[0].element_size())
-        launch = Launch(launch.kernel, launch.grid, launch.args, {**kw, "STAGES": stages})
     src, options = source_of(launch)
     if launch.name == "attention_kernel":  # (SM90_ONLY kernels were recorded with sm_90's config: as launched)
         kw = launch.kwargs

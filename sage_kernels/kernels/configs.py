@@ -105,16 +105,12 @@ def fp4_key_slots(arch: int) -> bool:
 
 
 def prepass_warps(dp: int, fmt: int) -> int:
-    """Warps of the pre-pass kernels (a (128, DP) fp32 tile per program): NVFP4 codes at DP >= 128 spill at 4."""
+    """Warps of the pre-pass kernels (prep_rows: (PREP_CHUNK_ROWS, DP) chunks of a 128-row tile; prep_v: a
+    (128, DP) tile): NVFP4 codes at DP >= 128 spill at 4."""
     return 8 if fmt == FMT_FP4_CODES and dp >= 128 else 4
 
 
-PREP_PROGRAMS_PER_SM = 2  # prep_rows_kernel: 251 registers x 128 threads, two programs per SM
-
-
-def prepass_stages(arch: int, dp: int, x_bytes: int) -> int:
-    """prep_rows_kernel's STAGES: 2 (persistent, the next tile's load in flight) on sm_90 for 16-bit inputs at
-    head dim 128, where it measured faster (two programs of 73-107 KB per SM: 0.080 -> 0.073 ms at 4608 tokens,
-    0.86 -> 0.69 ms at 32k, H200); else 1, one tile per program (at head dim 64 the loop was slower, 0.063 ->
-    0.072 ms at 16k)."""
-    return 2 if arch == 90 and dp == 128 and x_bytes <= 2 else 1
+PREP_CHUNK_ROWS = 64  # prep_rows_kernel: rows per chunk of a 128-row tile (one wgmma tile of 4 warps on sm_90)
+# prep_rows_kernel's chunk loops are not software-pipelined: with 2 or 3 stages Triton 3.6 summed the rotated rows
+# of Q's first pass wrongly (a race: different wrong Q codes run to run, H200), and 1 needs the least shared memory
+PREP_NUM_STAGES = 1

@@ -7,12 +7,12 @@ operand buffers the attention kernel reads without bounds checks. The math is th
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_jit, tensor_scale_jit
+from ..formats.e2m1 import e2m1_codes_jit, nvfp4_block_amax_jit, nvfp4_block_jit, tensor_scale_jit
 from ..formats.common import amax_keep_nan, div_or_zero_jit
 from ..formats.e4m3 import round_e4m3_jit
 from ..formats.int8 import quantize_int8_jit
-from .common import dot16, pack_pairs
-from .key_slots import slot_of_key_jit
+from .common import dot16, dot16_acc, pack_pairs
+from .key_slots import groups_to_keys, keys_to_groups, slot_of_key_jit
 
 # Operand formats: plain ints for host code, constexpr twins (C_*) for use inside kernels, which may only read
 # constexpr globals (Triton's interpreter accepts plain ones, the compiler does not).
@@ -39,44 +39,32 @@ def load_rows(X, sxl, row0, L, D, BT: tl.constexpr, DP: tl.constexpr):
     return x, live
 
 
-@jit(lengths=("L", "n_tiles"))
+@jit(lengths=("L",))
 def prep_rows_kernel(
     X, sxb, sxh, sxl,  # input (B, H, L, D) through strides, D contiguous
     MEAN, smb, smh, smg,  # fp32 means: read (MEAN_MODE 1) or written per tile (MEAN_MODE 2)
+    MEAN_R,  # fp32 (B, H, DP): the mean times ROT (MEAN_MODE 1 with ROTATE), same strides as MEAN's
     KBAR, skb, skh,  # fp32 key means (B, Hk, D) for the LSE shift (Q only)
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
-    ROT,  # (DP, DP) ±1 rotation, input dtype (int8 format only)
+    ROT,  # (DP, DP) ±1 rotation, input dtype; its columns in key_slots order when COL_SLOTS
     OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
-    H, L, L_pad, D, kv_group, row_factor, sm_scale, n_tiles,
+    H, L, L_pad, D, kv_group, row_factor, sm_scale,
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
     ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
-    STAGES: tl.constexpr, INTERPRET: tl.constexpr,
+    COL_SLOTS: tl.constexpr, SUB: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Q or K rows: subtract the mean (K smoothing / Q smoothing), optionally rotate (Hadamard), quantize per row
-    (INT8, or NVFP4 along the head dim with a per-row power-of-two second level). KEY_SLOTS: K's FP4 values
-    stored in key_slots order (the sm_90 emulation kernel's).
+    """Q or K rows, one BT-row tile per program (head-major): subtract the mean (K smoothing / Q smoothing),
+    optionally rotate (Hadamard), quantize per row (INT8, or NVFP4 along the head dim with a per-row power-of-two
+    second level). KEY_SLOTS: K's FP4 values stored with their rows in key_slots order (the sm_90 emulation's).
+    COL_SLOTS (FP4 values, ROTATE): ROT's columns, and so the stored Q and K columns, are in key_slots order: in
+    the tensor-core accumulator a group of 16 columns is then one thread's registers (one max and one scale per
+    group, no shuffles; the attention's dot products do not depend on the order of the columns).
 
-    STAGES=1: one tile per program (grid = the B*H*(L_pad/BT) tiles, head-major). STAGES>=2: persistent, program
-    i takes tiles i, i + grid, ... with the next tile's load in flight while this one is computed (sm_90: -11% at
-    4608 tokens, -20% at 16k-32k); not elsewhere, where the loop's extra live registers spill (NVFP4 codes)."""
-    if STAGES == 1:
-        _prep_tile(tl.program_id(0), X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT,
-                   OUT_SCALE, OUT_SF, H, L, L_pad, D, kv_group, row_factor, sm_scale,
-                   BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, KEY_SLOTS, INTERPRET)
-    else:
-        for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
-            _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT,
-                       OUT_SCALE, OUT_SF, H, L, L_pad, D, kv_group, row_factor, sm_scale,
-                       BT, DP, FORMAT, MEAN_MODE, ROTATE, WRITE_SHIFT, X_FP32, KEY_SLOTS, INTERPRET)
-
-
-@jit
-def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, ROT, OUT, OUT_SCALE, OUT_SF,
-               H, L, L_pad, D, kv_group, row_factor, sm_scale,
-               BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
-               ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
-               INTERPRET: tl.constexpr):
-    """Tile t (head-major) of prep_rows_kernel."""
+    The tile goes in chunks of SUB rows (a few values per thread live: more programs per SM, and one chunk's code
+    in the instruction cache, not the tile's). With ROTATE the mean's rotation comes for free: with Q smoothing
+    per tile, from the tensor cores' sums of the rotated rows (sum_i x_i R = (sum_i x_i) R) in a first pass over
+    the chunks; with a mean per head (MEAN_MODE 1), precomputed (MEAN_R)."""
+    t = tl.program_id(0)
     cols = tl.arange(0, DP)
     tiles_per_head = L_pad // BT
     pid_t = t % tiles_per_head
@@ -84,52 +72,83 @@ def _prep_tile(t, X, sxb, sxh, sxl, MEAN, smb, smh, smg, KBAR, skb, skh, SHIFT, 
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_t * BT
-    x_raw, live = load_rows(X + b * sxb + h * sxh, sxl, row0, L, D, BT, DP)
-    x = x_raw.to(tl.float32)
+    X_head = X + b * sxb + h * sxh
+    if ROTATE:
+        r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
+    mean_r = tl.zeros((DP,), tl.float32)
     if MEAN_MODE == 1:
         mean = tl.load(MEAN + b * smb + h * smh + cols)
-    elif MEAN_MODE == 2:  # mean of this tile's real rows: one Q smoothing block
-        n_live = tl.sum(live.to(tl.float32), axis=0)
-        mean = tl.math.div_rn(tl.sum(x, axis=0), tl.full((DP,), 1.0, tl.float32) * tl.maximum(n_live, 1.0))
+        if ROTATE:
+            mean_r = tl.load(MEAN_R + b * smb + h * smh + cols)
+    elif MEAN_MODE == 2:  # the mean of this tile's real rows: one Q smoothing block
+        sums = tl.zeros((SUB, DP), tl.float32)
+        sums_r = tl.zeros((SUB, DP), tl.float32)
+        for c in range(0, BT, SUB):
+            x_raw, _ = load_rows(X_head, sxl, row0 + c, L, D, SUB, DP)
+            sums += x_raw.to(tl.float32)
+            if ROTATE:
+                sums_r = _rotate(x_raw, r, sums_r, X_FP32, INTERPRET)
+        # x (1 / n): the division for whole tiles (n = 128), within an ulp of it for a last partial one
+        inv_n = tl.math.div_rn(1.0, tl.minimum(tl.maximum(L - row0, 1), BT).to(tl.float32))
+        mean = tl.sum(sums, axis=0) * inv_n
         tl.store(MEAN + b * smb + h * smh + pid_t * smg + cols, mean)
+        if ROTATE:
+            mean_r = tl.sum(sums_r, axis=0) * inv_n
     else:
         mean = tl.zeros((DP,), tl.float32)
-    xs = tl.where(live[:, None], x - mean[None, :], 0.0)
-    out_rows = (pid_bh * L_pad + row0 + tl.arange(0, BT))
     if WRITE_SHIFT:
         kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
-        tl.store(SHIFT + out_rows, sm_scale * tl.sum(xs * kbar[None, :], axis=1))
-    if ROTATE:  # R is reloaded per tile (from L2): held across the loop it would take 64 registers
-        r = tl.load(ROT + cols[:, None] * DP + cols[None, :])
-        # (x - mean) R == x R - mean R: x R is exact from the raw inputs, mean R is fp32.
-        if X_FP32:  # two bf16 terms carry fp32 inputs to ~2**-17, far below the quantizers' steps
-            x_hi = x.to(tl.bfloat16)
-            xr = dot16(x_hi, r, INTERPRET) + dot16((x - x_hi.to(tl.float32)).to(tl.bfloat16), r, INTERPRET)
-        else:
-            xr = dot16(x_raw, r, INTERPRET)
-        mr = tl.sum(mean[:, None] * r.to(tl.float32), axis=0)
-        xs = tl.where(live[:, None], xr - mr[None, :], 0.0)
-    if FORMAT == C_INT8:
-        codes, scale = quantize_int8_jit(xs, 1)
-        tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
-        tl.store(OUT_SCALE + out_rows, scale * row_factor)
-    else:
-        amax = tl.max(tl.abs(xs), axis=1)
-        g = tensor_scale_jit(amax)
-        g_inv = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), g)
-        rq, sc = nvfp4_block_jit(tl.reshape(xs, (BT, DP // 16, 16)), g[:, None], g_inv[:, None])
-        if FORMAT == C_FP4_VALUES:
-            vals = tl.reshape(rq * sc[:, :, None], (BT, DP)) * g[:, None]
+    for c in range(0, BT, SUB):
+        x_raw, live = load_rows(X_head, sxl, row0 + c, L, D, SUB, DP)
+        out_rows = pid_bh * L_pad + row0 + c + tl.arange(0, SUB)
+        if WRITE_SHIFT or not ROTATE:
+            xs = tl.where(live[:, None], x_raw.to(tl.float32) - mean[None, :], 0.0)
+        if WRITE_SHIFT:
+            tl.store(SHIFT + out_rows, sm_scale * tl.sum(xs * kbar[None, :], axis=1))
+        if ROTATE:  # (x - mean) R == x R - mean R: x R is exact from the raw inputs
+            xr = _rotate(x_raw, r, tl.zeros((SUB, DP), tl.float32), X_FP32, INTERPRET)
+            # padded rows (x = 0) stay 0: one FMA, x R - mean R exactly on real rows (mean R x 1 is exact)
+            xs = xr - mean_r[None, :] * live.to(tl.float32)[:, None]
+        if FORMAT == C_INT8:
+            codes, scale = quantize_int8_jit(xs, 1)
+            tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
+            tl.store(OUT_SCALE + out_rows, scale * row_factor)
+        elif FORMAT == C_FP4_VALUES:
+            xg = keys_to_groups(xs, SUB, DP, COL_SLOTS)
+            amax = amax_keep_nan(xg, 2)
+            g = tensor_scale_jit(tl.max(amax, axis=1))
+            g_inv = tl.math.div_rn(tl.full((SUB,), 1.0, tl.float32), g)
+            rq, sc = nvfp4_block_amax_jit(xg, amax, g[:, None], g_inv[:, None])
+            # code value x (scale x g): exact, as (code value x scale) x g (scale x g >= 2**-129: a normal or
+            # exact subnormal fp32)
+            vals = groups_to_keys(rq * (sc * g[:, None])[:, :, None], SUB, DP, COL_SLOTS)
             if KEY_SLOTS:  # K for the emulation kernel on sm_90: rows in key_slots order
-                out_rows = pid_bh * L_pad + row0 + slot_of_key_jit(tl.arange(0, BT))
+                out_rows = pid_bh * L_pad + row0 + slot_of_key_jit(c + tl.arange(0, SUB))
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], vals.to(tl.bfloat16))
         else:
-            packed = pack_pairs(e2m1_codes_jit(tl.reshape(rq, (BT, DP))), BT, DP)
+            amax = tl.max(tl.abs(xs), axis=1)
+            g = tensor_scale_jit(amax)
+            g_inv = tl.math.div_rn(tl.full((SUB,), 1.0, tl.float32), g)
+            rq, sc = nvfp4_block_jit(tl.reshape(xs, (SUB, DP // 16, 16)), g[:, None], g_inv[:, None])
+            packed = pack_pairs(e2m1_codes_jit(tl.reshape(rq, (SUB, DP))), SUB, DP)
             half = tl.arange(0, DP // 2)
             tl.store(OUT + out_rows[:, None] * (DP // 2) + half[None, :], packed)
             sfc = tl.arange(0, DP // 16)
             tl.store(OUT_SF + out_rows[:, None] * (DP // 16) + sfc[None, :], sc.to(OUT_SF.dtype.element_ty))
             tl.store(OUT_SCALE + out_rows, g * row_factor)
+
+
+@jit
+def _rotate(x_raw, r, acc, X_FP32: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc + x R on the tensor cores (fp32 accumulation): exact products for 16-bit x and ±1 R; fp32 x as two
+    bf16 terms, which carry it to ~2**-17, far below the quantizers' steps."""
+    if X_FP32:
+        x_hi = x_raw.to(tl.bfloat16)
+        acc = dot16_acc(x_hi, r, acc, INTERPRET)
+        acc = dot16_acc((x_raw - x_hi.to(tl.float32)).to(tl.bfloat16), r, acc, INTERPRET)
+    else:
+        acc = dot16_acc(x_raw, r, acc, INTERPRET)
+    return acc
 
 
 @jit(lengths=("L",))

@@ -23,8 +23,9 @@ from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import (PREP_PROGRAMS_PER_SM, TMA_PV_FORMATS, fp4_key_slots, launch_config, prepass_stages, prepass_warps,
+from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, fp4_key_slots, launch_config, prepass_warps,
                       without_gluon)
+from .key_slots import key_of_slot
 from .means import kv_stats
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
@@ -54,6 +55,7 @@ class Operands:
     lk_pad: int
     score_factor: float  # sm_scale * log2(e) / (rotation's dp): what the fp4-values kernel multiplies scores by
     key_slots: bool = False  # FP4 values: K's and V's rows in key_slots order (configs.fp4_key_slots)
+    column_slots: bool = False  # FP4 values, rotated: Q's and K's columns in key_slots order (prep_rows_kernel)
 
 
 def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
@@ -77,6 +79,15 @@ def _empty(dev, dtype=torch.float32):
     return torch.empty(1, dtype=dtype, device=dev)
 
 
+@device_cache(maxsize=16)
+def _rotation(dp: int, dev: torch.device, dtype: torch.dtype, column_slots: bool) -> torch.Tensor:
+    """The pre-pass's rotation (transforms.rotation); with column_slots its column s is R's column key_of_slot(s),
+    so that x R leaves the tensor cores with each NVFP4 group of 16 columns of the reference's x R in one thread's
+    registers (prep_rows_kernel's COL_SLOTS)."""
+    r = T.rotation(dp, dev, dtype)
+    return r[:, key_of_slot(torch.arange(dp, device=dev))] if column_slots else r
+
+
 def _unused(dev):
     """Placeholder for a buffer the launched variant never touches (uint8: fp8 pointers do not compile on sm_80)."""
     return _empty(dev, torch.uint8)
@@ -94,15 +105,6 @@ def _row_buffers(b, h, l_pad, dp, fmt, dev):
             torch.empty(b, h, l_pad, dp // 16, dtype=torch.float8_e4m3fn, device=dev))
 
 
-def prep_programs(n_tiles: int, stages: int, dev: torch.device) -> int:
-    """Programs of prep_rows_kernel: one per tile, or when it is persistent (stages > 1) enough to fill every SM
-    (one per tile under the interpreter and where the SM count is unknown)."""
-    sms = device_info(dev).sms
-    if stages == 1 or interpreter_active() or sms == 0:
-        return n_tiles
-    return max(1, min(n_tiles, PREP_PROGRAMS_PER_SM * sms))
-
-
 def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool) -> Operands:
     dev = p.device
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
@@ -112,58 +114,61 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     qk_fmt, pv_fmt = _formats(precision, opts, native_fp4)
     x_fp32 = p.dtype == torch.float32
     rotate = opts.rotate
+    arch = device_info(dev).arch
+    key_slots = qk_fmt == FMT_FP4_VALUES and fp4_key_slots(arch)
+    column_slots = key_slots and rotate
     # ±1 entries are exact in 16 bits; fp32 inputs are split into two bf16 terms in the kernel
-    rot = T.rotation(dp, dev, torch.float16 if p.dtype == torch.float16 else torch.bfloat16) if rotate else _empty(dev)
+    rot = _rotation(dp, dev, torch.float16 if p.dtype == torch.float16 else torch.bfloat16, column_slots) \
+        if rotate else _empty(dev)
     score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
     row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
-    # K's mean (K smoothing) and |V|'s max (the FP4 formats' second level of V) in one pass over K and V. A
-    # smoothed V spans up to twice |V|'s max.
-    k_mean, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None, opts.smooth_k,
-                              2.0 if opts.smooth_v else 1.0)
+    # K's mean (K smoothing; rotated too when Q and K are) and |V|'s max (the FP4 formats' second level of V) in
+    # one pass over K and V. A smoothed V spans up to twice |V|'s max.
+    k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
+                                        opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
     if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
         k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
     kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
     # --- Q ---
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
+    q_mean_r = _empty(dev)
     if opts.smooth_q == "block":
         q_means = torch.empty(b, hq, lq_pad // BLOCK_M, dp, dtype=torch.float32, device=dev)
         mean_mode = 2
     elif opts.smooth_q == "global":
         q_means = _pad_cols(T.query_means(p.q, "global"), dp)
         mean_mode = 1
+        if rotate:  # (rare: a torch matmul in float64, rounded once)
+            q_mean_r = (q_means[:, :, 0].double() @ rot.double()).float()
     else:
         q_means, mean_mode = None, 0
     qm = q_means if q_means is not None else _empty(dev)
     sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
-    arch = device_info(dev).arch
-    stages = prepass_stages(arch, dp, p.q.element_size())
-    key_slots = qk_fmt == FMT_FP4_VALUES and fp4_key_slots(arch)
-    n_tiles = b * hq * (lq_pad // BLOCK_M)
-    prep_rows_kernel[(prep_programs(n_tiles, stages, dev),)](
-        p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], kbar,
+    prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
+        p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
-        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale, n_tiles,
+        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        KEY_SLOTS=False, STAGES=stages, INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt),
+        KEY_SLOTS=False, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
+        num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
-    n_tiles = b * hk * (lk_pad // BLOCK_N)
-    prep_rows_kernel[(prep_programs(n_tiles, stages, dev),)](
+    prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
         p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
-        _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale, k_sf,
-        hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0, n_tiles,
+        k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
+        k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, KEY_SLOTS=key_slots, STAGES=stages, INTERPRET=interpreter_active(),
-        num_warps=prepass_warps(dp, qk_fmt),
+        X_FP32=x_fp32, KEY_SLOTS=key_slots, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS,
+        INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
         return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, p.v, _empty(dev), _unused(dev),
                         _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad,
-                        score_factor)
+                        score_factor, key_slots, column_slots)
     v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
     if v_amax is None:  # not an FP4 format
         v_amax = _empty(dev)
@@ -187,7 +192,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     )
     return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
                     shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                    key_slots)
+                    key_slots, column_slots)
 
 
 def broadcast_strides(t: torch.Tensor):
