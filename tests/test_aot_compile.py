@@ -34,6 +34,26 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     assert all("wgmma async" in line for line in ws), ws  # ptxas would otherwise wait after every wgmma
 
 
+def test_recorded_fp4_launches_take_each_gpus_key_and_column_order():
+    """Launches are recorded with CPU tensors, as on sm_90: the AOT check must compile the FP4 emulation's pre-pass
+    with the key and column orders the host code picks on each GPU (slot orders on sm_90 only)."""
+    import torch
+
+    from sage_kernels.kernels import aot
+    from sage_kernels.options import QuantOptions
+    from sage_kernels.problem import build_problem
+
+    q, k, v = (torch.randn(1, 2, 200, 64, dtype=torch.bfloat16) for _ in range(3))
+    rows = [x for x in aot.record(build_problem(q, k, v), "fp4", QuantOptions(), False, False)
+            if x.name == "prep_rows_kernel"]
+    assert [x.kwargs["COL_SLOTS"] for x in rows] == [True, True]  # Q and K
+    assert [x.kwargs["KEY_SLOTS"] for x in rows] == [False, True]  # K's rows only
+    for arch, slots in ((90, True), (80, False), (89, False), (120, False)):
+        for x in rows:
+            launched = aot.as_launched(x, arch).kwargs
+            assert launched["COL_SLOTS"] == slots and launched["KEY_SLOTS"] == (slots and x.kwargs["KEY_SLOTS"])
+
+
 def test_aot_refuses_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "sage_kernels.kernels.aot", "--quick"], cwd=ROOT, env=env,

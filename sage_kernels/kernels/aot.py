@@ -131,13 +131,21 @@ def source_of(launch: Launch):
     return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
 
 
+def as_launched(launch: Launch, arch: int) -> Launch:
+    """A launch recorded with CPU tensors (as on sm_90) with the FP4 emulation's key and column orders that the host
+    code picks on sm_<arch> (configs.fp4_key_slots)."""
+    for slots in ("KEY_SLOTS", "COL_SLOTS"):
+        if launch.kwargs.get(slots):
+            launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, slots: fp4_key_slots(arch)})
+    return launch
+
+
 def compile_launch(launch: Launch, arch: int):
     """Compile one launch for sm_<arch> (e.g. 90, 100, 120) with the launch config the host code would pick on
     that GPU; returns triton's CompiledKernel (PTX in .asm["ptx"])."""
     from triton.backends.compiler import GPUTarget
 
-    if launch.kwargs.get("KEY_SLOTS"):  # recorded as on sm_90 (CPU tensors); the FP4 emulation's key order is the GPU's
-        launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, "KEY_SLOTS": fp4_key_slots(arch)})
+    launch = as_launched(launch, arch)
     src, options = source_of(launch)
     if launch.name == "attention_kernel":  # (SM90_ONLY kernels were recorded with sm_90's config: as launched)
         kw = launch.kwargs
@@ -284,7 +292,7 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - report every failing variant
                 failures += 1
                 status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            consts = {k: v for k, v in launch.kwargs.items() if k.isupper()}
+            consts = {k: v for k, v in as_launched(launch, arch).kwargs.items() if k.isupper()}
             print(f"sm_{arch} {launch.name:<20} {time.time() - t0:5.1f}s {status}  {consts}")
     print(f"{len(launches)} launches x {len(args.arch)} archs, {failures} failures")
     return 1 if failures else 0
