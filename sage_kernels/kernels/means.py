@@ -1,5 +1,6 @@
-"""Per-head statistics the pre-pass needs before it quantizes: K's mean over tokens (K smoothing, the LSE shift)
-and |V|'s max (the FP4 formats' second-level scale of V), from one pass over K and V.
+"""Per-head statistics the pre-pass needs before it quantizes: K's mean over tokens (K smoothing, the LSE shift;
+also times the rotation, which the pre-pass subtracts from the rotated keys) and |V|'s max (the FP4 formats'
+second-level scale of V), from one pass over K and V.
 
 Deterministic, with no workspace beyond a small partial table: every 128-token tile's K column sums and |V| max go
 to a (B*H, tiles, ...) fp32 table (1/64 of K's size for bf16), then one program per head adds its tiles in order
