@@ -36,7 +36,8 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
 
 def test_recorded_fp4_launches_take_each_gpus_key_and_column_order():
     """Launches are recorded with CPU tensors, as on sm_90: the AOT check must compile the FP4 emulation's pre-pass
-    with the key and column orders the host code picks on each GPU (slot orders on sm_90 only)."""
+    with the key and column orders the host code picks on each GPU (slot orders on sm_90 only), and with its
+    register cap (sm_90, 16-bit inputs only)."""
     import torch
 
     from sage_kernels.kernels import aot
@@ -52,6 +53,11 @@ def test_recorded_fp4_launches_take_each_gpus_key_and_column_order():
         for x in rows:
             launched = aot.as_launched(x, arch).kwargs
             assert launched["COL_SLOTS"] == slots and launched["KEY_SLOTS"] == (slots and x.kwargs["KEY_SLOTS"])
+            assert launched["maxnreg"] == (168 if arch == 90 else None)
+    q32, k32, v32 = (x.float() for x in (q, k, v))
+    rows32 = [x for x in aot.record(build_problem(q32, k32, v32), "fp4", QuantOptions(), False, False)
+              if x.name == "prep_rows_kernel"]
+    assert [aot.as_launched(x, 90).kwargs["maxnreg"] for x in rows32] == [None, None]
 
 
 def test_aot_refuses_the_interpreter():

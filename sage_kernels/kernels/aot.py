@@ -21,7 +21,7 @@ from ..capabilities import WIDE_HEAD_SMEM, smem_limit
 from . import means as means_module
 from . import run as run_module
 from .attention_ws import HAS_GLUON
-from .configs import fp4_key_slots, launch_config, without_gluon
+from .configs import fp4_key_slots, launch_config, prepass_maxnreg, without_gluon
 from .run import TensorDescriptor
 
 if HAS_GLUON:
@@ -132,11 +132,14 @@ def source_of(launch: Launch):
 
 
 def as_launched(launch: Launch, arch: int) -> Launch:
-    """A launch recorded with CPU tensors (as on sm_90) with the FP4 emulation's key and column orders that the host
-    code picks on sm_<arch> (configs.fp4_key_slots)."""
+    """A launch recorded with CPU tensors (as on sm_90) with the choices the host code makes on sm_<arch>: the FP4
+    emulation's key and column orders (configs.fp4_key_slots) and the pre-pass's register cap."""
     for slots in ("KEY_SLOTS", "COL_SLOTS"):
         if launch.kwargs.get(slots):
             launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, slots: fp4_key_slots(arch)})
+    if launch.kernel is run_module.prep_rows_kernel:
+        cap = prepass_maxnreg(arch, launch.args[0].element_size())
+        launch = Launch(launch.kernel, launch.grid, launch.args, {**launch.kwargs, "maxnreg": cap})
     return launch
 
 

@@ -114,3 +114,12 @@ PREP_CHUNK_ROWS = 64  # prep_rows_kernel: rows per chunk of a 128-row tile (one 
 # prep_rows_kernel's chunk loops are not software-pipelined: with 2 or 3 stages Triton 3.6 summed the rotated rows
 # of Q's first pass wrongly (a race: different wrong Q codes run to run, H200), and 1 needs the least shared memory
 PREP_NUM_STAGES = 1
+
+
+def prepass_maxnreg(arch: int, x_bytes: int) -> int | None:
+    """prep_rows_kernel's register cap: 168 on sm_90 for 16-bit inputs, where Q's first pass (the block means)
+    takes 201-211 registers uncapped, two programs of 4 warps per SM, and three fit with it (a few spills in that
+    pass; prep_rows -8% / -7% for int8 at 4608 / 16k tokens, -5% for fp4 at 16k, equal at 4608, bit-identical
+    operands, H200); none for fp32 inputs (two bf16 terms per value: 140-190 spills under the cap) and on other
+    GPUs (not measured there; sm_100/sm_120's NVFP4-codes variants take 179-194 registers at 8 warps)."""
+    return 168 if arch == 90 and x_bytes <= 2 else None

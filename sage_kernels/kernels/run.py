@@ -23,8 +23,8 @@ from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, fp4_key_slots, launch_config, prepass_warps,
-                      without_gluon)
+from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, fp4_key_slots, launch_config,
+                      prepass_maxnreg, prepass_warps, without_gluon)
 from .key_slots import key_of_slot
 from .means import kv_stats
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
@@ -153,6 +153,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
         KEY_SLOTS=False, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
         num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
+        maxnreg=prepass_maxnreg(arch, p.q.element_size()),
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
@@ -163,6 +164,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
         X_FP32=x_fp32, KEY_SLOTS=key_slots, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS,
         INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
+        maxnreg=prepass_maxnreg(arch, p.q.element_size()),
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
