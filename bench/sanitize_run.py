@@ -1,8 +1,8 @@
 """A small representative run of every Triton path, for `compute-sanitizer --tool memcheck` (issue #3).
 
 Odd sizes on purpose: Lq != Lk not multiples of 128, head dim 80 (padded), GQA, key padding, causal, LSE, NHD;
-then longer calls (many pre-pass tiles, several attention tiles per program); then the training kernels (forward and backward, both
-QK modes) on odd sizes.
+then longer calls (many pre-pass tiles, several attention tiles per program); then the training kernels (forward
+and backward, both QK modes) on odd sizes.
 """
 import sys
 from pathlib import Path

@@ -74,6 +74,26 @@ def test_prepass_quantizes_like_the_mirror(name, heads, lq, lk, d):
     assert torch.equal(in_order(skern.v).float() * g_v, smirror.v)
 
 
+def test_native_fp4_codes_decode_to_the_emulations_values():
+    """The native kernels' Q and K operands (packed E2M1 codes, E4M3 block scales, a power-of-two second level per
+    row folded with the row factor) decode to exactly the emulation's values: one quantizer, two storage formats
+    (the emulation's in key_slots row and column order where it uses them)."""
+    from sage_kernels.formats.e2m1 import decode_e2m1, unpack_nibbles
+
+    q, k, v = (t.bfloat16().to(DEV) for t in dist.make("outlier_channels", 1, 2, 130, 200, 80))
+    p = build_problem(q, k, v)
+    emulated, native = prepare(p, "fp4", QuantOptions(), False, False), prepare(p, "fp4", QuantOptions(), False, True)
+    columns = (lambda x: keys_in_order(x, 3)) if emulated.column_slots else (lambda x: x)
+    rows = (lambda x: keys_in_order(x, 2)) if emulated.key_slots else (lambda x: x)
+    for name, order, row_factor in (("q", columns, emulated.score_factor), ("k", lambda x: columns(rows(x)), 1.0)):
+        packed, block_scales = getattr(native, name), getattr(native, name + "_sf").float()
+        g = getattr(native, name + "_scale") / row_factor
+        values = decode_e2m1(unpack_nibbles(packed)) * block_scales.repeat_interleave(16, dim=-1) * g[..., None]
+        want = order(getattr(emulated, name)).float()
+        n = 130 if name == "q" else 200
+        torch.testing.assert_close(values[:, :, :n], want[:, :, :n], rtol=1e-6, atol=0)
+
+
 CASES = {
     "gqa+causal(Lq<Lk)+mask+lse+nhd": dict(b=2, hq=4, hk=2, lq=150, lk=300, d=80, causal=True, mask=True,
                                            layout="NHD", dtype=torch.float16),

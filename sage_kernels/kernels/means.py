@@ -88,7 +88,7 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     mean = torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device) if mean_k and (empty or d == 0) else None
     mean_r = None
     if rotation is not None and mean is not None:  # zero mean
-        mean_r = torch.zeros(b, h, rotation.shape[0], dtype=torch.float32, device=k.device)
+        mean_r = torch.zeros(b, h, dp, dtype=torch.float32, device=k.device)
     v_amax = torch.zeros(b * h, dtype=torch.float32, device=k.device) if v is not None and (empty or dv == 0) \
         else None
     sum_k, max_v = mean_k and mean is None, v is not None and v_amax is None

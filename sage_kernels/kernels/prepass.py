@@ -113,23 +113,20 @@ def prep_rows_kernel(
             codes, scale = quantize_int8_jit(xs, 1)
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
             tl.store(OUT_SCALE + out_rows, scale * row_factor)
-        elif FORMAT == C_FP4_VALUES:
+        else:  # NVFP4 along the head dim, the row's second level from its groups' maxima
             xg = keys_to_groups(xs, SUB, DP, COL_SLOTS)
             amax = amax_keep_nan(xg, 2)
             g = tensor_scale_jit(tl.max(amax, axis=1))
             g_inv = tl.math.div_rn(tl.full((SUB,), 1.0, tl.float32), g)
             rq, sc = nvfp4_block_amax_jit(xg, amax, g[:, None], g_inv[:, None])
+        if FORMAT == C_FP4_VALUES:
             # code value x (scale x g): exact, as (code value x scale) x g (scale x g >= 2**-129: a normal or
             # exact subnormal fp32)
             vals = groups_to_keys(rq * (sc * g[:, None])[:, :, None], SUB, DP, COL_SLOTS)
             if KEY_SLOTS:  # K for the emulation kernel on sm_90: rows in key_slots order
                 out_rows = pid_bh * L_pad + row0 + slot_of_key_jit(c + tl.arange(0, SUB))
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], vals.to(tl.bfloat16))
-        else:
-            amax = tl.max(tl.abs(xs), axis=1)
-            g = tensor_scale_jit(amax)
-            g_inv = tl.math.div_rn(tl.full((SUB,), 1.0, tl.float32), g)
-            rq, sc = nvfp4_block_jit(tl.reshape(xs, (SUB, DP // 16, 16)), g[:, None], g_inv[:, None])
+        elif FORMAT == C_FP4_CODES:  # (natural column order: COL_SLOTS is the emulation's)
             packed = pack_pairs(e2m1_codes_jit(tl.reshape(rq, (SUB, DP))), SUB, DP)
             half = tl.arange(0, DP // 2)
             tl.store(OUT + out_rows[:, None] * (DP // 2) + half[None, :], packed)

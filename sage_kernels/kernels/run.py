@@ -146,14 +146,16 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         q_means, mean_mode = None, 0
     qm = q_means if q_means is not None else _empty(dev)
     sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
+    rows_launch = dict(  # prep_rows_kernel's launch options, Q's and K's alike
+        COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
+        num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
+        maxnreg=prepass_maxnreg(arch, p.q.element_size()))
     prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
         p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
         hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        KEY_SLOTS=False, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
-        num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
-        maxnreg=prepass_maxnreg(arch, p.q.element_size()),
+        KEY_SLOTS=False, **rows_launch,
     )
     # --- K ---
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
@@ -162,9 +164,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
         k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
         BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, KEY_SLOTS=key_slots, COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS,
-        INTERPRET=interpreter_active(), num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
-        maxnreg=prepass_maxnreg(arch, p.q.element_size()),
+        X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
     )
     # --- V ---
     if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
