@@ -29,6 +29,7 @@ from .key_slots import key_of_slot
 from .means import kv_stats
 from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
                       prep_v_kernel)
+from .streams import PrepassFork
 
 _BIAS_ROWS = 64  # query blocks per column-bias program
 
@@ -56,6 +57,12 @@ class Operands:
     score_factor: float  # sm_scale * log2(e) / (rotation's dp): what the fp4-values kernel multiplies scores by
     key_slots: bool = False  # FP4 values: K's and V's rows in key_slots order (configs.fp4_key_slots)
     column_slots: bool = False  # FP4 values, rotated: Q's and K's columns in key_slots order (prep_rows_kernel)
+    fork: PrepassFork | None = None  # the side stream K's and V's operands are made on until join()
+
+    def join(self) -> None:
+        """The current stream waits for K's and V's pre-pass (a no-op once done or without a side stream)."""
+        if self.fork is not None:
+            self.fork.join()
 
 
 def _formats(precision: str, opts: QuantOptions, native_fp4: bool) -> tuple[int, int]:
@@ -105,7 +112,10 @@ def _row_buffers(b, h, l_pad, dp, fmt, dev):
             torch.empty(b, h, l_pad, dp // 16, dtype=torch.float8_e4m3fn, device=dev))
 
 
-def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool) -> Operands:
+def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: bool, native_fp4: bool,
+            join: bool = True) -> Operands:
+    """The attention kernel's operands. K's and V's pre-pass may run on a side stream (streams.py): with join=False
+    the caller must call `ops.join()` before it launches anything that reads them."""
     dev = p.device
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
     dp = T.padded_head_dim(max(p.head_dim, p.head_dim_v))
@@ -123,15 +133,23 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
     row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
-    # K's mean (K smoothing; rotated too when Q and K are) and |V|'s max (the FP4 formats' second level of V) in
-    # one pass over K and V. A smoothed V spans up to twice |V|'s max.
-    k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
-                                        opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
-    if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
-        k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
-    kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
-    # --- Q ---
+    # The operand buffers, before the fork: a block this stream freed may still be read by work it queued, which
+    # only the fork orders before the side stream's kernels (streams.py).
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
+    k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
+    v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
+    # K's and V's chain on a side stream: K's mean (K smoothing; rotated too when Q and K are) and |V|'s max (the
+    # FP4 formats' second level of V) in one pass over K and V, then K's and V's pre-pass. A smoothed V spans up to
+    # twice |V|'s max.
+    fork = PrepassFork(dev)
+    with fork.on_side():
+        k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
+                                            opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
+        if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
+            k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
+        kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
+    kbar_ready = fork.side_event() if return_lse else None  # only Q's LSE shift reads K's mean
+    # --- Q ---
     shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
     q_mean_r = _empty(dev)
     if opts.smooth_q == "block":
@@ -150,6 +168,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
         num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
         maxnreg=prepass_maxnreg(arch, p.q.element_size()))
+    fork.wait(kbar_ready)
     prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
         p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
         *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
@@ -157,23 +176,42 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
         KEY_SLOTS=False, **rows_launch,
     )
-    # --- K ---
-    k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
-    prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
-        p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
-        k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
-        k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
-        BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate, WRITE_SHIFT=False,
-        X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
-    )
-    # --- V ---
-    if pv_fmt == FMT_V16:  # read by the attention kernel as it is (smooth_v has nothing to do without quantization)
-        return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, p.v, _empty(dev), _unused(dev),
-                        _empty(dev), None, shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad,
-                        score_factor, key_slots, column_slots)
-    v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
-    if v_amax is None:  # not an FP4 format
-        v_amax = _empty(dev)
+    with fork.on_side():  # --- K and V ---
+        prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
+            p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
+            k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
+            k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
+            BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate,
+            WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
+        )
+        v_mean = None
+        if pv_fmt != FMT_V16:
+            v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
+            if v_amax is None:  # not an FP4 format
+                v_amax = _empty(dev)
+            prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
+                p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
+                hk, lk, lk_pad, p.head_dim_v,
+                BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
+                num_warps=prepass_warps(dp, pv_fmt),
+            )
+        else:  # V is read by the attention kernel as it is (smooth_v has nothing to do without quantization)
+            v_amax = _empty(dev)
+    ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
+                   shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
+                   key_slots, column_slots, fork)
+    if join:
+        ops.join()
+    return ops
+
+
+def _v_buffers(p: AttentionProblem, pv_fmt: int, dp: int, lk_pad: int):
+    """V's operand buffers in the P.V format: (values, per-channel scales, E4M3 block scales); 16-bit P.V reads
+    the caller's V."""
+    dev = p.device
+    b, hk = p.batch, p.heads_kv
+    if pv_fmt == FMT_V16:
+        return p.v, _empty(dev), _unused(dev)
     if pv_fmt == FMT_INT8:
         v_buf = torch.empty(b, hk, dp, lk_pad, dtype=torch.int8, device=dev)
     elif pv_fmt == FMT_FP8:
@@ -186,15 +224,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         if pv_fmt in (FMT_INT8, FMT_FP8) else _empty(dev)
     v_sf = torch.empty(b, hk, dp, lk_pad // 16, dtype=torch.float8_e4m3fn, device=dev) \
         if pv_fmt == FMT_FP4_CODES else _unused(dev)
-    prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
-        p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
-        hk, lk, lk_pad, p.head_dim_v,
-        BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
-        num_warps=prepass_warps(dp, pv_fmt),
-    )
-    return Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
-                    shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                    key_slots, column_slots)
+    return v_buf, v_scale, v_sf
 
 
 def broadcast_strides(t: torch.Tensor):
@@ -275,35 +305,39 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     lse = torch.empty(p.batch, p.heads_q, p.len_q, dtype=torch.float32, device=p.device) if return_lse else None
     if p.len_q == 0:
         return out, lse
-    ops = prepare(p, precision, opts, return_lse, native_fp4)
-    cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
-    n_qblocks = ops.lq_pad // BLOCK_M
-    tma = cfg.tma and _tma_applies(p, ops)
-    ws = tma and cfg.gluon and _ws_applies(p, ops)
-    if not ws:
-        cfg = without_gluon(cfg)
-    total = p.batch * p.heads_q * n_qblocks  # 128-row query blocks of every head: the launches' grid units
-    if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
-        table = (_key_bias_table(p, ops.lk_pad) if ops.q_means is None else
-                 _bias_chunk(p, ops, 0, p.batch * p.heads_q).view(p.batch, p.heads_q, 1, ops.lk_pad))
-        pieces = [(0, total, table, tuple(st // ops.lk_pad for st in broadcast_strides(table)[:2]) + (0,))]
-    else:  # one table row per query block, computed in chunks of consecutive rows (chunk_rows)
-        # whole waves where a wave is known: the Gluon kernel runs one 128-row program per SM
-        rows = chunk_rows(p, ops, n_qblocks, device_info(p.device).sms if ws else 0)
-        pieces = [(t0, min(rows, total - t0), None, (p.heads_q * n_qblocks, n_qblocks, 1))
-                  for t0 in range(0, total, rows)]
-    has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
-    # col_rows: the table row of (b, h, block) is b*col_rows[0] + h*col_rows[1] + (block - t0)*col_rows[2]
-    for t0, count, table, col_rows in pieces:  # (a chunk's table is freed before the next is made)
-        if table is None:
-            table = _bias_chunk(p, ops, t0, t0 + count)
-        args = (p, ops, cfg, table, col_rows, has_col, t0, count, out_hnd, lse)
-        if ws and not _try_launch_ws(*args):
-            ws, cfg = False, without_gluon(cfg)  # it could not be built: the TMA kernel from here on
-            args = (p, ops, cfg) + args[3:]
+    ops = prepare(p, precision, opts, return_lse, native_fp4, join=False)  # joined before attention runs
+    try:
+        cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
+        n_qblocks = ops.lq_pad // BLOCK_M
+        tma = cfg.tma and _tma_applies(p, ops)
+        ws = tma and cfg.gluon and _ws_applies(p, ops)
         if not ws:
-            (_launch_tma if tma else _launch_pointer)(*args)
-        del args
+            cfg = without_gluon(cfg)
+        total = p.batch * p.heads_q * n_qblocks  # 128-row query blocks of every head: the launches' grid units
+        if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
+            table = (_key_bias_table(p, ops.lk_pad) if ops.q_means is None else
+                     _bias_chunk(p, ops, 0, p.batch * p.heads_q).view(p.batch, p.heads_q, 1, ops.lk_pad))
+            pieces = [(0, total, table, tuple(st // ops.lk_pad for st in broadcast_strides(table)[:2]) + (0,))]
+        else:  # one table row per query block, computed in chunks of consecutive rows (chunk_rows)
+            # whole waves where a wave is known: the Gluon kernel runs one 128-row program per SM
+            rows = chunk_rows(p, ops, n_qblocks, device_info(p.device).sms if ws else 0)
+            pieces = [(t0, min(rows, total - t0), None, (p.heads_q * n_qblocks, n_qblocks, 1))
+                      for t0 in range(0, total, rows)]
+        has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
+        # col_rows: the table row of (b, h, block) is b*col_rows[0] + h*col_rows[1] + (block - t0)*col_rows[2]
+        for t0, count, table, col_rows in pieces:  # (a chunk's table is freed before the next is made)
+            if table is None:
+                table = _bias_chunk(p, ops, t0, t0 + count)
+            ops.join()  # (the first chunk's column bias, on this stream, ran beside K's and V's pre-pass)
+            args = (p, ops, cfg, table, col_rows, has_col, t0, count, out_hnd, lse)
+            if ws and not _try_launch_ws(*args):
+                ws, cfg = False, without_gluon(cfg)  # it could not be built: the TMA kernel from here on
+                args = (p, ops, cfg) + args[3:]
+            if not ws:
+                (_launch_tma if tma else _launch_pointer)(*args)
+            del args
+    finally:
+        ops.join()  # also when a launch raised: the side stream's work must end in this stream
     if tma and lse is not None:  # the TMA kernel stores the LSE without the smoothing shift
         lse += ops.shift[:, :, :p.len_q]
     return out, lse
