@@ -73,3 +73,40 @@ def test_calls_on_a_caller_stream_with_inputs_freed_between_them(precision, seri
     caller.synchronize()
     for want, got in zip(expected, outs):
         assert torch.equal(want, got)
+
+
+def test_callers_on_two_threads_and_streams_get_the_serial_results(serial_then_restore):
+    """Two threads, each on its own stream, calling at once (each caller stream gets its own side stream: one
+    shared side stream would let a call's side work reuse statistics the other thread's attention still reads)."""
+    import threading
+
+    shape = dict(h=24, lq=2048, lk=2048)
+    streams.ENABLED = False
+    expected = {}
+    for seed in range(6):
+        q, k, v, _ = _inputs(seed, **shape)
+        expected[seed] = sage_kernels.sage_attention(q, k, v, precision="fp4", fallback="error")
+    torch.cuda.synchronize()
+    streams.ENABLED = True
+    got, errors = {}, []
+
+    def worker(seeds):
+        try:
+            caller = torch.cuda.Stream()
+            with torch.cuda.stream(caller):
+                for seed in seeds:
+                    q, k, v, _ = _inputs(seed, **shape)
+                    got[seed] = sage_kernels.sage_attention(q, k, v, precision="fp4", fallback="error")
+                    del q, k, v
+            caller.synchronize()
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seeds,)) for seeds in ((0, 2, 4), (1, 3, 5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for seed, want in expected.items():
+        assert torch.equal(want, got[seed]), seed

@@ -12,7 +12,8 @@ Memory (torch's caching allocator reuses a freed block on the stream it was made
 operand buffers are made on the caller's stream before the fork (a block it freed may still be read by work it had
 queued; the fork orders all of that before the side stream's kernels) and freed there after the join. The small
 statistics made on the side stream (K's mean, |V|'s max) return to the side stream's pool when freed, and the next
-call's fork makes the side stream wait for the attention that read them before it reuses them. CUDA graph
+call's fork makes the side stream wait for the attention that read them before it reuses them (each caller stream
+has its own side stream, so this holds for callers on several streams too). CUDA graph
 capture: the fork makes the side stream part of the capture and the join ends its part, as torch requires.
 """
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ..capture import device_cache
 ENABLED = True  # tests switch it off to compare against the serial order
 
 
-@device_cache(maxsize=8)
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+@device_cache(maxsize=16)
+def _side_stream(device: torch.device, caller: int) -> torch.cuda.Stream:
+    """One side stream per caller stream (`caller`: its handle): a side stream shared by two callers' streams
+    would let one caller's side work reuse a block of statistics that the other's attention still reads."""
     return torch.cuda.Stream(device=device)
 
 
@@ -40,7 +43,7 @@ class PrepassFork:
         self.main = self.side = None
         if ENABLED and device.type == "cuda" and not interpreter_active():
             self.main = torch.cuda.current_stream(device)
-            self.side = _side_stream(device)
+            self.side = _side_stream(device, self.main.cuda_stream)
             self.side.wait_stream(self.main)
 
     def on_side(self):
