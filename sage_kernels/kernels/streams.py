@@ -37,26 +37,30 @@ def _side_stream(device: torch.device, caller: int) -> torch.cuda.Stream:
 
 class PrepassFork:
     """The side stream of one call's pre-pass, forked from the current stream of `device` (a no-op off CUDA, in
-    the interpreter and with ENABLED off: then everything runs in order on the current stream)."""
+    the interpreter and with ENABLED off: then everything runs in order on the current stream). Host time counts
+    at Flux's sizes, so it uses the bare event and set-stream calls (torch.cuda.stream's context and wait_stream
+    look up the current device and stream again each time)."""
 
     def __init__(self, device: torch.device):
         self.main = self.side = None
         if ENABLED and device.type == "cuda" and not interpreter_active():
             self.main = torch.cuda.current_stream(device)
             self.side = _side_stream(device, self.main.cuda_stream)
-            self.side.wait_stream(self.main)
+            self.side.wait_event(self._event(self.main))
+
+    @staticmethod
+    def _event(stream) -> torch.cuda.Event:
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
 
     def on_side(self):
         """Context in which launches go to the side stream."""
-        return torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext()
+        return _OnStream(self.side, self.main) if self.side is not None else contextlib.nullcontext()
 
     def side_event(self) -> torch.cuda.Event | None:
         """An event after the side stream's work so far (None without a side stream)."""
-        if self.side is None:
-            return None
-        event = torch.cuda.Event()
-        event.record(self.side)
-        return event
+        return self._event(self.side) if self.side is not None else None
 
     def wait(self, event: torch.cuda.Event | None) -> None:
         """The current stream waits for `event` (side_event's)."""
@@ -66,5 +70,18 @@ class PrepassFork:
     def join(self) -> None:
         """The current stream waits for all the side stream's work; later calls are no-ops."""
         if self.side is not None:
-            self.main.wait_stream(self.side)
+            self.main.wait_event(self._event(self.side))
             self.side = None
+
+
+class _OnStream:
+    """Makes `stream` current, then `back` again (the streams of one device, the current one)."""
+
+    def __init__(self, stream, back):
+        self.stream, self.back = stream, back
+
+    def __enter__(self):
+        torch.cuda.set_stream(self.stream)
+
+    def __exit__(self, *exc):
+        torch.cuda.set_stream(self.back)
