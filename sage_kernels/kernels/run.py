@@ -143,66 +143,66 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
         maxnreg=prepass_maxnreg(arch, p.q.element_size()))
     # K's and V's chain on a side stream: K's mean (K smoothing; rotated too when Q and K are) and |V|'s max (the
-    # FP4 formats' second level of V) in one pass over K and V, then K's and V's pre-pass; Q's chain
-    # (Q's pre-pass here, the column bias in `run`) on this stream. A smoothed V spans up to
-    # twice |V|'s max.
-    fork = PrepassFork(dev)
-    with fork.on_side():
-        k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
-                                            opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
-        if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
-            k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
-        kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
-        # (only Q's LSE shift reads K's mean)
-        kbar_ready = fork.side_event() if return_lse else None
-        # --- K ---
-        prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
-            p.k, *p.k.stride()[:3], kbar, *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
-            k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
-            k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
-            BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate,
-            WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
-        )
-        # --- V ---
-        v_mean = None
-        if pv_fmt != FMT_V16:
-            v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
-            if v_amax is None:  # not an FP4 format
-                v_amax = _empty(dev)
-            prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
-                p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
-                hk, lk, lk_pad, p.head_dim_v,
-                BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
-                num_warps=prepass_warps(dp, pv_fmt),
+    # FP4 formats' second level of V) in one pass over K and V, then K's and V's pre-pass; Q's chain (Q's pre-pass
+    # here, the column bias in `run`) on this stream. A smoothed V spans up to twice |V|'s max.
+    with PrepassFork(dev) as fork:  # (joined at once if anything below raises)
+        with fork.on_side():
+            k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
+                                                opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
+            if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
+                k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
+            kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
+            # (only Q's LSE shift reads K's mean)
+            kbar_ready = fork.side_event() if return_lse else None
+            # --- K ---
+            prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
+                p.k, *p.k.stride()[:3], kbar,
+                *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
+                k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
+                k_sf, hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
+                BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate,
+                WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
             )
-        else:  # V is read by the attention kernel as it is (smooth_v has nothing to do without quantization)
-            v_amax = _empty(dev)
-    # --- Q ---
-    shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
-    q_mean_r = _empty(dev)
-    if opts.smooth_q == "block":
-        q_means = torch.empty(b, hq, lq_pad // BLOCK_M, dp, dtype=torch.float32, device=dev)
-        mean_mode = 2
-    elif opts.smooth_q == "global":
-        q_means = _pad_cols(T.query_means(p.q, "global"), dp)
-        mean_mode = 1
-        if rotate:  # (rare: a torch matmul in float64, rounded once)
-            q_mean_r = (q_means[:, :, 0].double() @ rot.double()).float()
-    else:
-        q_means, mean_mode = None, 0
-    qm = q_means if q_means is not None else _empty(dev)
-    sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
-    fork.wait(kbar_ready)
-    prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
-        p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
-        *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
-        hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
-        BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-        KEY_SLOTS=False, **rows_launch,
-    )
-    ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
-                   shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                   key_slots, column_slots, fork)
+            # --- V ---
+            v_mean = None
+            if pv_fmt != FMT_V16:
+                v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
+                if v_amax is None:  # not an FP4 format
+                    v_amax = _empty(dev)
+                prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
+                    p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
+                    hk, lk, lk_pad, p.head_dim_v,
+                    BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
+                    num_warps=prepass_warps(dp, pv_fmt),
+                )
+            else:  # V is read by the attention kernel as it is (smooth_v has nothing to do without quantization)
+                v_amax = _empty(dev)
+        # --- Q ---
+        shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
+        q_mean_r = _empty(dev)
+        if opts.smooth_q == "block":
+            q_means = torch.empty(b, hq, lq_pad // BLOCK_M, dp, dtype=torch.float32, device=dev)
+            mean_mode = 2
+        elif opts.smooth_q == "global":
+            q_means = _pad_cols(T.query_means(p.q, "global"), dp)
+            mean_mode = 1
+            if rotate:  # (rare: a torch matmul in float64, rounded once)
+                q_mean_r = (q_means[:, :, 0].double() @ rot.double()).float()
+        else:
+            q_means, mean_mode = None, 0
+        qm = q_means if q_means is not None else _empty(dev)
+        sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
+        fork.wait(kbar_ready)
+        prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
+            p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
+            *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
+            hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
+            BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
+            KEY_SLOTS=False, **rows_launch,
+        )
+        ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
+                       shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
+                       key_slots, column_slots, fork)
     if join:
         ops.join()
     return ops

@@ -48,6 +48,16 @@ class PrepassFork:
             self.side = _side_stream(device, self.main.cuda_stream)
             self.side.wait_event(self._event(self.main))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        """On an error the current stream takes over the side stream's work at once, as the caller will free the
+        buffers it writes (no-op otherwise: `join` comes before the attention launch)."""
+        if exc_type is not None:
+            self.join()
+        return False
+
     @staticmethod
     def _event(stream) -> torch.cuda.Event:
         event = torch.cuda.Event()
