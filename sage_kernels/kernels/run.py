@@ -163,20 +163,19 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                 BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate,
                 WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, **rows_launch,
             )
-            # --- V ---
-            v_mean = None
-            if pv_fmt != FMT_V16:
-                v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (opts.smooth_v and lk) else None
-                if v_amax is None:  # not an FP4 format
-                    v_amax = _empty(dev)
+            # --- V --- (16-bit P.V reads the caller's V as it is: smooth_v has nothing to do without quantization)
+            quantize_v = pv_fmt != FMT_V16
+            v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (quantize_v and opts.smooth_v and lk) \
+                else None
+            if v_amax is None:  # not an FP4 format
+                v_amax = _empty(dev)
+            if quantize_v:
                 prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
                     p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
                     hk, lk, lk_pad, p.head_dim_v,
                     BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
                     num_warps=prepass_warps(dp, pv_fmt),
                 )
-            else:  # V is read by the attention kernel as it is (smooth_v has nothing to do without quantization)
-                v_amax = _empty(dev)
         # --- Q ---
         shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
         q_mean_r = _empty(dev)
