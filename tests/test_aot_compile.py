@@ -31,6 +31,7 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     assert {"'FP4': True" in line for line in ws} == {True, False}
     assert {"'HAS_COL': False" in line for line in ws} == {True, False}
     assert {"'RETURN_LSE': True" in line for line in ws} == {True, False}
+    assert {"'SPLIT_KV': True" in line for line in ws} == {True, False}  # K and V sides' own barriers, or one pair
     assert all("wgmma async" in line for line in ws), ws  # ptxas would otherwise wait after every wgmma
 
 

@@ -6,9 +6,10 @@ FP4 (FP4=True) as the FP4 emulation (NVFP4 Q, K decoded to exact bf16 values, V 
 order, P quantized to NVFP4 in registers: `attention.fp4_p`, as the other kernels); the torch mirror of both is
 reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
   - a producer warp streams K, its row scales (INT8), V and the column bias into a shared-memory ring of STAGES
-    stages of SUB key blocks each, with TMA and mbarriers (`ready` / `empty` per stage: Triton 3.6 puts a
+    stages of SUB key blocks each, with TMA and mbarriers (`k_ready` / `k_empty` per stage: Triton 3.6 puts a
     partition-wide barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync
-    less often);
+    less often; with SPLIT_KV, the FP4 emulation's one block per stage, a stage's V side has its own `v_ready` /
+    `v_empty` and its K side goes back as soon as its scores are made: -3% kernel time);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
     softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and
@@ -64,17 +65,21 @@ if HAS_GLUON:
 
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
-                        q_bar, q_empty, ready, empty, Hq, kv_group, t0, Lq_pad, Lk_pad, col_rows_b, col_rows_h,
-                        col_rows_g, count, BM: gl.constexpr, BN: gl.constexpr, SMOOTH_BLOCK: gl.constexpr,
-                        STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr):
+                        q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad, Lk_pad,
+                        col_rows_b, col_rows_h, col_rows_g, count, BM: gl.constexpr, BN: gl.constexpr,
+                        SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+                        FP4: gl.constexpr, SPLIT_KV: gl.constexpr):
         """One warp, for each of this program's tiles: Q (once both consumers are done with the previous tile's),
-        then K, K's scales (INT8), V and the column bias of every key block into the ring, SUB key blocks per
-        stage (an odd last stage also loads the block past the end: zero-filled or another head's rows, never
-        read). The ring runs on across tiles, so the next tile's first stages load during this tile's last blocks
-        and its store. FP4: V is the emulation's (B*Hk*Lk_pad, DP) rows, K's; else the caller's (B, Hk, Lk, DV)."""
-        nbytes: gl.constexpr = SUB * (k_desc.block_type.nbytes + v_desc.block_type.nbytes
-                                      + (0 if FP4 else ks_desc.block_type.nbytes)
-                                      + (col_desc.block_type.nbytes if HAS_COL else 0))
+        then for every stage of SUB key blocks their K side (K, K's scales (INT8), the column bias) and their V
+        side into a shared-memory ring (an odd last stage also loads the block past the end: zero-filled or
+        another head's rows, never read). A stage goes back once its last P.V is done, or with SPLIT_KV its K and
+        V sides have their own barriers and its K side goes back as soon as its scores are made, so the K side of
+        a later block loads a block earlier. The ring runs on across tiles, so the next tile's first stages load
+        during this tile's last blocks and its store. FP4: V is the emulation's (B*Hk*Lk_pad, DP) rows, K's; else
+        the caller's (B, Hk, Lk, DV)."""
+        k_bytes: gl.constexpr = SUB * (k_desc.block_type.nbytes + (0 if FP4 else ks_desc.block_type.nbytes)
+                                       + (col_desc.block_type.nbytes if HAS_COL else 0))
+        v_bytes: gl.constexpr = SUB * v_desc.block_type.nbytes
         n_stages = gl.cdiv(Lk_pad // BN, SUB)
         stage_base = 0  # stages of the ring filled for earlier tiles
         n_done = 0  # earlier tiles of this program
@@ -88,64 +93,78 @@ if HAS_GLUON:
             for i in range(n_stages):
                 g = stage_base + i
                 stage = g % STAGES
-                mbarrier.wait(empty.index(stage), ((g // STAGES) & 1) ^ 1)
-                bar = ready.index(stage)
-                mbarrier.expect(bar, nbytes)
+                phase = ((g // STAGES) & 1) ^ 1
+                mbarrier.wait(k_empty.index(stage), phase)
+                bar = k_ready.index(stage)
+                mbarrier.expect(bar, k_bytes if SPLIT_KV else k_bytes + v_bytes)
                 for hh in gl.static_range(SUB):
                     start = (i * SUB + hh) * BN
                     buf = stage * SUB + hh
-                    _load_block(k_desc, v_desc, ks_desc, col_desc, k_bufs, v_bufs, ks_bufs, col_bufs, bar, buf,
-                                k_row, start, b, hk, col_off, HAS_COL, FP4)
+                    tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
+                    if not FP4:
+                        tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
+                    if HAS_COL:
+                        tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
+                if SPLIT_KV:
+                    mbarrier.wait(v_empty.index(stage), phase)
+                    bar = v_ready.index(stage)
+                    mbarrier.expect(bar, v_bytes)
+                for hh in gl.static_range(SUB):
+                    start = (i * SUB + hh) * BN
+                    buf = stage * SUB + hh
+                    if FP4:
+                        tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
+                    else:
+                        tma.async_copy_global_to_shared(v_desc, [b, hk, start, 0], bar, v_bufs.index(buf))
             stage_base += n_stages
             n_done += 1
 
     @gluon.jit
-    def _load_block(k_desc, v_desc, ks_desc, col_desc, k_bufs, v_bufs, ks_bufs, col_bufs, bar, buf, k_row, start,
-                    v_b, v_hk, col_off, HAS_COL: gl.constexpr, FP4: gl.constexpr):
-        """The TMA loads of one key block (keys start.. of the KV head at k_row) into ring buffer buf."""
-        tma.async_copy_global_to_shared(k_desc, [k_row + start, 0], bar, k_bufs.index(buf))
-        if FP4:
-            tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
-        else:
-            tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
-            tma.async_copy_global_to_shared(v_desc, [v_b, v_hk, start, 0], bar, v_bufs.index(buf))
-        if HAS_COL:
-            tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
-
-    @gluon.jit
-    def _qk_issue(q_smem, k_bufs, ready, j, unused_acc, STAGES: gl.constexpr, SUB: gl.constexpr):
+    def _qk_issue(q_smem, k_bufs, k_ready, j, unused_acc, STAGES: gl.constexpr, SUB: gl.constexpr):
         """Start S = Q.K^T of key block j (numbered along the ring, across this program's tiles: each tile starts at
-        a stage) once its tiles have landed, on the tensor cores; returns the token.
+        a stage) once its K side has landed, on the tensor cores; returns the token.
         use_acc=False: no instruction may write or read the accumulator's registers while a wgmma is in flight, or
         ptxas serialises every wgmma of the kernel (warning C7514); so no register init, and the magic-number offset
         that makes int -> float a bitcast is one integer add after the wait."""
         if j % SUB == 0:  # the first block of its stage: wait for the stage's tiles
-            mbarrier.wait(ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
+            mbarrier.wait(k_ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
         return warpgroup_mma(q_smem, k_bufs.index(j % (STAGES * SUB)).permute((1, 0)), unused_acc, is_async=True,
                              use_acc=False)
 
     @gluon.jit
     def _release(empty, j, j_last, STAGES: gl.constexpr, SUB: gl.constexpr):
-        """After the last block of its stage (or the tile's last block, j_last) the stage goes back to the producer."""
+        """After the last block of its stage (or the tile's last block, j_last) the stage (or with SPLIT_KV one of
+        its sides) goes back to the producer."""
         if (j % SUB == SUB - 1) | (j == j_last):
             mbarrier.arrive(empty.index((j // SUB) % STAGES), count=1)
 
     @gluon.jit
-    def _pv(acc, p, alpha, v_tile, o_layout: gl.constexpr, FIRST: gl.constexpr):
-        """acc = alpha * acc + P.V on the tensor cores (the FIRST block's P.V starts from zero instead: a zero
-        accumulator written while Q.K^T is in flight would serialise the wgmmas)."""
+    def _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout: gl.constexpr, BN: gl.constexpr,
+            DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
+        """acc = alpha * acc + P.V of key block j on the tensor cores (the FIRST block's P.V starts from zero
+        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then block j's
+        stage goes back through v_empty (with SPLIT_KV its V side; otherwise the caller passes the stage's one
+        barrier, k_empty, and the V side came with the K side's k_ready).
+        (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
+        every wgmma here: a loop-carried accumulator in flight; docs/BENCHMARKS.md.)"""
+        if SPLIT_KV:
+            if j % SUB == 0:
+                mbarrier.wait(v_ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
+        v_tile = v_bufs.index(j % (STAGES * SUB)).reshape([BN, DP])  # (INT8: the caller's V, [1, 1, BN, DP])
         if FIRST:
             acc = warpgroup_mma(p, v_tile, acc, is_async=True, use_acc=False)
         else:
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             acc = warpgroup_mma(p, v_tile, acc, is_async=True)
-        return warpgroup_mma_wait(0, deps=(acc, ))
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        _release(v_empty, j, j_last, STAGES, SUB)
+        return acc
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
                DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-               FIRST: gl.constexpr):
+               FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """INT8 key block j: scores in log2 units from the int32 q.k plus the magic bits
         (attention.int8_scores_from_bits: two FMAs per score), the online softmax, acc = alpha * acc + P.V."""
         slot = j % (STAGES * SUB)
@@ -154,25 +173,29 @@ if HAS_GLUON:
         if HAS_COL:
             col = col_bufs.index(slot).load(cols)[None, :]
         s = int8_scores_from_bits(qk_bits, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
+        if SPLIT_KV:
+            _release(k_empty, j, j_last, STAGES, SUB)  # (its K side is read)
         m_new = gl.maximum(m_i, gl.max(s, 1))
         m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_new_safe)
         e = gl.exp2(s - m_new_safe[:, None])
         l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
-        acc = _pv(acc, p, alpha, v_bufs.index(slot).reshape([BN, DP]), o_layout, FIRST)
-        _release(empty, j, j_last, STAGES, SUB)
+        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, STAGES, SUB, FIRST,
+                  SPLIT_KV)
         return acc, m_new, l_i
 
     @gluon.jit
-    def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, empty,
-                   p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
-                   BN: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr):
+    def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, k_empty, v_ready, v_empty,
+                   p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+                   DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr,
+                   SPLIT_KV: gl.constexpr):
         """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the scores (_scores_done; columns in
         key_slots order, so a group of 16 keys is one thread's registers), P in
         NVFP4 (level 1 folded into m, level-2 E4M3 scales per 16 keys), acc = alpha * acc + P.V. The FIRST block
         makes m_i and l_i (their layout is the grouped scores' row layout, known only here)."""
-        slot = j % (STAGES * SUB)
+        if SPLIT_KV:
+            _release(k_empty, j, j_last, STAGES, SUB)  # (its K side, the column bias included, is read)
         sg = keys_to_groups(s, BM, BN, True)
         if FIRST:
             rows: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, sg.type.layout))
@@ -180,22 +203,22 @@ if HAS_GLUON:
             l_i = gl.zeros([BM], gl.float32, rows)
         p, alpha, l_i, m_new = fp4_p(sg, m_i, l_i, BM, BN, True)
         p = gl.convert_layout(p, p_layout)  # fp16, as V
-        acc = _pv(acc, p, alpha, v_bufs.index(slot), o_layout, FIRST)
-        _release(empty, j, j_last, STAGES, SUB)
+        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, STAGES, SUB, FIRST,
+                  SPLIT_KV)
         return acc, m_new, l_i
 
     @gluon.jit
-    def _step(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
+    def _step(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-              FP4: gl.constexpr, FIRST: gl.constexpr):
+              FP4: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """Key block j in the kernel's format (q_scale: INT8's row scales; FP4's scores come scaled)."""
         if FP4:
-            return _fp4_block(acc, m_i, l_i, scores, j, j_last, v_bufs, empty, p_layout, o_layout, BM, BN, STAGES,
-                              SUB, FIRST)
+            return _fp4_block(acc, m_i, l_i, scores, j, j_last, v_bufs, k_empty, v_ready, v_empty, p_layout,
+                              o_layout, BM, BN, DP, STAGES, SUB, FIRST, SPLIT_KV)
         else:
-            return _block(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty, s_layout,
-                          p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST)
+            return _block(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready,
+                          v_empty, s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST, SPLIT_KV)
 
     @gluon.jit
     def _scores_done(token, j, col_bufs, qk_factor, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
@@ -215,13 +238,13 @@ if HAS_GLUON:
             return magic_bits(s)
 
     @gluon.jit
-    def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready, empty,
-                           QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV,
-                           count, qk_factor,
+    def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready, k_empty, v_ready,
+                           v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
+                           Lk_pad, DV, count, qk_factor,
                            ROW0: gl.constexpr, BM: gl.constexpr, TILE_M: gl.constexpr, BN: gl.constexpr,
                            DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr,
                            HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
-                           HAS_VMEAN: gl.constexpr, num_warps: gl.constexpr):
+                           HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, num_warps: gl.constexpr):
         """One warpgroup: rows ROW0 .. ROW0 + BM of each of this program's TILE_M-row tiles against every key
         block, then their store. Q's buffer goes back to the producer as soon as the tile's last Q.K^T is done, so
         the next tile's Q loads during the last block's softmax and the store."""
@@ -231,8 +254,11 @@ if HAS_GLUON:
                                                            instr_shape=[16, DP, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         n_blocks = Lk_pad // BN
+        if SPLIT_KV:
+            pv_empty = v_empty
+        else:  # one barrier pair per stage for both sides (the producer waits k_empty): back after its last P.V
+            pv_empty = k_empty
         j0 = 0  # the tile's first key block along the ring (each tile starts at a stage)
         n_done = 0
         for tile in range(gl.program_id(0), count, gl.num_programs(0)):
@@ -251,20 +277,23 @@ if HAS_GLUON:
             mbarrier.wait(q_bar, n_done & 1)
             # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled
             # so that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
-            qk = _scores_done(_qk_issue(q_smem, k_bufs, ready, j0, s_unused, STAGES, SUB), j0, col_bufs, qk_factor,
-                              s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-            qk_next = _qk_issue(q_smem, k_bufs, ready, j0 + 1, s_unused, STAGES, SUB)
-            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, empty,
-                                  s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, True)
+            qk = _scores_done(_qk_issue(q_smem, k_bufs, k_ready, j0, s_unused, STAGES, SUB), j0, col_bufs,
+                              qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+            qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL,
+                                  FP4, True, SPLIT_KV)
             for j in range(j0 + 1, j_last):
                 qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-                qk_next = _qk_issue(q_smem, k_bufs, ready, j + 1, s_unused, STAGES, SUB)
-                acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, empty,
-                                      s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
+                qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
+                acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
+                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB,
+                                      HAS_COL, FP4, False, SPLIT_KV)
             qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
-            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs,
-                                  empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL, FP4, False)
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL,
+                                  FP4, False, SPLIT_KV)
             g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
                         pid_m * TILE_M + ROW0, Lq, DV, s_layout, o_layout, BM, DP, RETURN_LSE, HAS_VMEAN)
@@ -302,7 +331,7 @@ if HAS_GLUON:
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
         SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
-        HAS_VMEAN: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+        HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
         """Persistent: the launch's `count` BM-row tiles (common.tile_coords: from 128-row block t0 on, numbered
         across heads) are shared round-robin by the programs (one per SM, or fewer).
@@ -326,27 +355,32 @@ if HAS_GLUON:
                                              col_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
         mbarrier.init(q_empty, count=2)  # both consumer warpgroups are done with Q
         for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)  # both consumer warpgroups release every slot
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release every slot
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(v_empty.index(i), count=2)
 
         HALF: gl.constexpr = BM // 2
         gl.warp_specialize([
-            (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready,
-                                  empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
-                                  Lk_pad, DV, count, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK, STAGES, SUB,
-                                  HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
-            (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, ready,
-                                  empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
-                                  Lk_pad, DV, count, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK, STAGES, SUB,
-                                  HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, num_warps)),
+            (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
+                                  t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
+                                  STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
+            (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
+                                  t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
+                                  STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
-                               q_bar, q_empty, ready, empty, Hq, kv_group, t0, Lq_pad, Lk_pad, col_rows_b,
-                               col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, SUB, HAS_COL, FP4)),
+                               q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad,
+                               Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, SUB,
+                               HAS_COL, FP4, SPLIT_KV)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover
     attention_ws_kernel = None

@@ -483,5 +483,5 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         *col_rows, ops.score_factor,
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, FP4=fp4, HAS_VMEAN=ops.v_mean is not None,
-        CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
+        SPLIT_KV=cfg.split_kv, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
     )
