@@ -9,7 +9,8 @@ reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
     stages of SUB key blocks each, with TMA and mbarriers (`k_ready` / `k_empty` per stage: Triton 3.6 puts a
     partition-wide barrier before every mbarrier wait and release of the consumers, so fewer, larger stages sync
     less often; with SPLIT_KV, the FP4 emulation's one block per stage, a stage's V side has its own `v_ready` /
-    `v_empty` and its K side goes back as soon as its scores are made: -3% kernel time);
+    `v_empty` and its own V_STAGES, and its K side goes back as soon as its scores are made: -4..6% kernel time with
+    4 K and 2 V stages);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
     softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and
@@ -67,8 +68,8 @@ if HAS_GLUON:
     def _load_partition(q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                         q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad, Lk_pad,
                         col_rows_b, col_rows_h, col_rows_g, count, BM: gl.constexpr, BN: gl.constexpr,
-                        SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-                        FP4: gl.constexpr, SPLIT_KV: gl.constexpr):
+                        SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
+                        HAS_COL: gl.constexpr, FP4: gl.constexpr, SPLIT_KV: gl.constexpr):
         """One warp, for each of this program's tiles: Q (once both consumers are done with the previous tile's),
         then for every stage of SUB key blocks their K side (K, K's scales (INT8), the column bias) and their V
         side into a shared-memory ring (an odd last stage also loads the block past the end: zero-filled or
@@ -105,13 +106,14 @@ if HAS_GLUON:
                         tma.async_copy_global_to_shared(ks_desc, [k_row + start], bar, ks_bufs.index(buf))
                     if HAS_COL:
                         tma.async_copy_global_to_shared(col_desc, [col_off + start], bar, col_bufs.index(buf))
+                stage_v = g % V_STAGES  # (== stage without SPLIT_KV)
                 if SPLIT_KV:
-                    mbarrier.wait(v_empty.index(stage), phase)
-                    bar = v_ready.index(stage)
+                    mbarrier.wait(v_empty.index(stage_v), ((g // V_STAGES) & 1) ^ 1)
+                    bar = v_ready.index(stage_v)
                     mbarrier.expect(bar, v_bytes)
                 for hh in gl.static_range(SUB):
                     start = (i * SUB + hh) * BN
-                    buf = stage * SUB + hh
+                    buf = stage_v * SUB + hh
                     if FP4:
                         tma.async_copy_global_to_shared(v_desc, [k_row + start, 0], bar, v_bufs.index(buf))
                     else:
@@ -163,8 +165,8 @@ if HAS_GLUON:
     @gluon.jit
     def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
-               DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-               FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
+               DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
+               HAS_COL: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """INT8 key block j: scores in log2 units from the int32 q.k plus the magic bits
         (attention.int8_scores_from_bits: two FMAs per score), the online softmax, acc = alpha * acc + P.V."""
         slot = j % (STAGES * SUB)
@@ -181,15 +183,15 @@ if HAS_GLUON:
         e = gl.exp2(s - m_new_safe[:, None])
         l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
-        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, STAGES, SUB, FIRST,
+        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, V_STAGES, SUB, FIRST,
                   SPLIT_KV)
         return acc, m_new, l_i
 
     @gluon.jit
     def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, k_empty, v_ready, v_empty,
                    p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                   DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr,
-                   SPLIT_KV: gl.constexpr):
+                   DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
+                   FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """FP4-emulation key block j, as attention.softmax_pv's FP4 branch: s = the scores (_scores_done; columns in
         key_slots order, so a group of 16 keys is one thread's registers), P in
         NVFP4 (level 1 folded into m, level-2 E4M3 scales per 16 keys), acc = alpha * acc + P.V. The FIRST block
@@ -203,22 +205,23 @@ if HAS_GLUON:
             l_i = gl.zeros([BM], gl.float32, rows)
         p, alpha, l_i, m_new = fp4_p(sg, m_i, l_i, BM, BN, True)
         p = gl.convert_layout(p, p_layout)  # fp16, as V
-        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, STAGES, SUB, FIRST,
+        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, V_STAGES, SUB, FIRST,
                   SPLIT_KV)
         return acc, m_new, l_i
 
     @gluon.jit
     def _step(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
-              FP4: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
+              BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
+              HAS_COL: gl.constexpr, FP4: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """Key block j in the kernel's format (q_scale: INT8's row scales; FP4's scores come scaled)."""
         if FP4:
             return _fp4_block(acc, m_i, l_i, scores, j, j_last, v_bufs, k_empty, v_ready, v_empty, p_layout,
-                              o_layout, BM, BN, DP, STAGES, SUB, FIRST, SPLIT_KV)
+                              o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, FIRST, SPLIT_KV)
         else:
             return _block(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready,
-                          v_empty, s_layout, p_layout, o_layout, BN, DP, STAGES, SUB, HAS_COL, FIRST, SPLIT_KV)
+                          v_empty, s_layout, p_layout, o_layout, BN, DP, STAGES, V_STAGES, SUB, HAS_COL, FIRST,
+                          SPLIT_KV)
 
     @gluon.jit
     def _scores_done(token, j, col_bufs, qk_factor, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
@@ -242,8 +245,9 @@ if HAS_GLUON:
                            v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
                            Lk_pad, DV, count, qk_factor,
                            ROW0: gl.constexpr, BM: gl.constexpr, TILE_M: gl.constexpr, BN: gl.constexpr,
-                           DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr,
-                           HAS_COL: gl.constexpr, RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
+                           DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
+                           V_STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+                           RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
                            HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, num_warps: gl.constexpr):
         """One warpgroup: rows ROW0 .. ROW0 + BM of each of this program's TILE_M-row tiles against every key
         block, then their store. Q's buffer goes back to the producer as soon as the tile's last Q.K^T is done, so
@@ -281,18 +285,18 @@ if HAS_GLUON:
                               qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL,
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL,
                                   FP4, True, SPLIT_KV)
             for j in range(j0 + 1, j_last):
                 qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
                 qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
                 acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB,
+                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB,
                                       HAS_COL, FP4, False, SPLIT_KV)
             qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, SUB, HAS_COL,
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL,
                                   FP4, False, SPLIT_KV)
             g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
@@ -330,7 +334,7 @@ if HAS_GLUON:
         s_ob, s_oh, s_ol,
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
-        SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
+        V_STAGES: gl.constexpr, SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
         HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
         """Persistent: the launch's `count` BM-row tiles (common.tile_coords: from 128-row block t0 on, numbered
@@ -348,7 +352,7 @@ if HAS_GLUON:
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
         NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF] + k_desc.block_type.shape, k_desc.layout)
-        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NBUF] + v_desc.block_type.shape, v_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES * SUB] + v_desc.block_type.shape, v_desc.layout)
         ks_bufs = gl.allocate_shared_memory(ks_desc.dtype, [1 if FP4 else NBUF] + ks_desc.block_type.shape,
                                             ks_desc.layout)
         col_bufs = gl.allocate_shared_memory(col_desc.dtype, [NBUF if HAS_COL else 1] + col_desc.block_type.shape,
@@ -357,13 +361,14 @@ if HAS_GLUON:
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
         mbarrier.init(q_empty, count=2)  # both consumer warpgroups are done with Q
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release every slot
+        for i in gl.static_range(V_STAGES):
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(v_empty.index(i), count=2)
 
@@ -372,14 +377,14 @@ if HAS_GLUON:
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
                                   k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
                                   t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
-                                  STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
+                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
                                   k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
                                   t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
-                                  STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
+                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad,
-                               Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, SUB,
+                               Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, V_STAGES, SUB,
                                HAS_COL, FP4, SPLIT_KV)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover

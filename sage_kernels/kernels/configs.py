@@ -16,23 +16,25 @@ TMA_PV_FORMATS = (FMT_V16, FMT_FP8, FMT_INT8)  # P.V formats attention_tma_kerne
 @dataclass(frozen=True)
 class LaunchConfig:
     num_warps: int
-    num_stages: int
+    num_stages: int  # (attention_ws_kernel with split_kv: the K side's; v_stages the V side's)
     block_m: int = 128  # query rows per program: 64 or 128 (math-neutral)
     tma: bool = False  # attention_tma_kernel (TMA descriptor loads) where the problem allows it
     warp_specialize: bool = False  # its loop through Triton's Hopper warp specialisation (experimental: hangs in 3.6)
     gluon: bool = False  # attention_ws_kernel (Gluon: a TMA producer warp, two consumer warpgroups) where it applies
     blocks_per_stage: int = 1  # key blocks per pipeline stage (attention_ws_kernel; one wait and release each)
     split_kv: bool = False  # attention_ws_kernel: a stage's K side goes back after its scores, its V side after P.V
+    v_stages: int = 0  # with split_kv: the V side's stages (0: num_stages, the K side's)
     fallback: LaunchConfig | None = None  # a Gluon config's TMA-kernel config (without_gluon), if not _TMA_V16
 
 
 _override: LaunchConfig | None = None
 # The TMA kernel with 16-bit P.V at head dim 128 (16-bit V): 8 warps x 128 rows, 3 stages (measured, H200)
 _TMA_V16 = LaunchConfig(8, 3, 128, tma=True)
-# The FP4 emulation at head dim 128 on sm_90 through the Gluon kernel: bf16 K and V tiles (64 KB per key block),
-# 3 stages of one block (224 KB): +34..40% over 2 stages at 16k-35k tokens; K's side of a stage back as soon as
-# its scores are made (split_kv): attention kernel -3% at 4608 and 16k tokens (H200, docs/BENCHMARKS.md)
-_FP4_GLUON = LaunchConfig(4, 3, 128, tma=True, gluon=True, blocks_per_stage=1, split_kv=True)
+# The FP4 emulation at head dim 128 on sm_90 through the Gluon kernel: bf16 K and V tiles (32 KB each per key
+# block), 3 stages of one block (224 KB): +34..40% over 2 stages at 16k-35k tokens; K's side of a stage back as
+# soon as its scores are made (split_kv): attention kernel -3% at 4608 and 16k tokens; then 4 K and 2 V stages in
+# the same 224 KB: -1..2% more (K is needed a block ahead of V; 2 K and 4 V: +2%) (H200, docs/BENCHMARKS.md)
+_FP4_GLUON = LaunchConfig(4, 4, 128, tma=True, gluon=True, blocks_per_stage=1, split_kv=True, v_stages=2)
 # ... and at head dim 64 (16 KB tiles): 3 stages of 2 key blocks (214 KB), -8..9% kernel time against the TMA
 # kernel's 4 warps x 64 rows, 3 stages, which stays its fallback (H200, persistent Gluon kernel; 2 stages of 2:
 # +1%, 3 or 4 stages of 1: +3..4%)
