@@ -26,6 +26,11 @@ class LaunchConfig:
     v_stages: int = 0  # with split_kv: the V side's stages (0: num_stages, the K side's)
     fallback: LaunchConfig | None = None  # a Gluon config's TMA-kernel config (without_gluon), if not _TMA_V16
 
+    @property
+    def v_ring_stages(self) -> int:
+        """attention_ws_kernel's V_STAGES: v_stages with split_kv, else num_stages (K and V share each stage)."""
+        return self.v_stages if self.split_kv and self.v_stages else self.num_stages
+
 
 _override: LaunchConfig | None = None
 # The TMA kernel with 16-bit P.V at head dim 128 (16-bit V): 8 warps x 128 rows, 3 stages (measured, H200)

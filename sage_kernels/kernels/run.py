@@ -481,8 +481,8 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0, count,
         *col_rows, ops.score_factor,
-        BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages,
-        V_STAGES=cfg.v_stages if cfg.split_kv and cfg.v_stages else cfg.num_stages, SUB=cfg.blocks_per_stage,
+        BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, V_STAGES=cfg.v_ring_stages,
+        SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, FP4=fp4, HAS_VMEAN=ops.v_mean is not None,
         SPLIT_KV=cfg.split_kv, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
     )
