@@ -148,7 +148,9 @@ if HAS_GLUON:
         stage goes back through v_empty (with SPLIT_KV its V side; otherwise the caller passes the stage's one
         barrier, k_empty, and the V side came with the K side's k_ready).
         (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
-        every wgmma here: a loop-carried accumulator in flight; docs/BENCHMARKS.md.)"""
+        every wgmma here: a loop-carried accumulator in flight. Issued with the next Q.K^T and waited before the
+        back edge it is not serialised, but 12-16% slower, and ping-pong turns between the warpgroups did not
+        help either: docs/BENCHMARKS.md.)"""
         if SPLIT_KV:
             if j % SUB == 0:
                 mbarrier.wait(v_ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
