@@ -287,19 +287,19 @@ if HAS_GLUON:
                               qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL,
-                                  FP4, True, SPLIT_KV)
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                  SUB, HAS_COL, FP4, True, SPLIT_KV)
             for j in range(j0 + 1, j_last):
                 qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
                 qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
                 acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB,
-                                      HAS_COL, FP4, False, SPLIT_KV)
+                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES,
+                                      V_STAGES, SUB, HAS_COL, FP4, False, SPLIT_KV)
             qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL,
-                                  FP4, False, SPLIT_KV)
+                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                  SUB, HAS_COL, FP4, False, SPLIT_KV)
             g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
                         pid_m * TILE_M + ROW0, Lq, DV, s_layout, o_layout, BM, DP, RETURN_LSE, HAS_VMEAN)
@@ -386,8 +386,8 @@ if HAS_GLUON:
                                   STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad,
-                               Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES, V_STAGES, SUB,
-                               HAS_COL, FP4, SPLIT_KV)),
+                               Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES,
+                               V_STAGES, SUB, HAS_COL, FP4, SPLIT_KV)),
         ], [num_warps, 1], [CONSUMER_REGS, 24])
 else:  # pragma: no cover
     attention_ws_kernel = None
