@@ -145,8 +145,8 @@ if HAS_GLUON:
             DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
         """acc = alpha * acc + P.V of key block j on the tensor cores (the FIRST block's P.V starts from zero
         instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then block j's
-        stage goes back through v_empty (with SPLIT_KV its V side; otherwise the caller passes the stage's one
-        barrier, k_empty, and the V side came with the K side's k_ready).
+        stage goes back through v_empty (with SPLIT_KV its V side; otherwise v_empty is k_empty, the stage's one
+        barrier, and the V side came with the K side's k_ready).
         (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
         every wgmma here: a loop-carried accumulator in flight. Issued with the next Q.K^T and waited before the
         back edge it is not serialised, but 12-16% slower, and ping-pong turns between the warpgroups did not
@@ -276,10 +276,6 @@ if HAS_GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         n_blocks = Lk_pad // BN
-        if SPLIT_KV:
-            pv_empty = v_empty
-        else:  # one barrier pair per stage for both sides (the producer waits k_empty): back after its last P.V
-            pv_empty = k_empty
         j0 = 0  # the tile's first key block along the ring (each tile starts at a stage)
         n_done = 0
         for tile in range(gl.program_id(0), count, gl.num_programs(0)):
@@ -302,18 +298,18 @@ if HAS_GLUON:
                               qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                  v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
                                   SUB, HAS_COL, FP4, True, SPLIT_KV)
             for j in range(j0 + 1, j_last):
                 qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
                 qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
                 acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                      v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES,
+                                      v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES,
                                       V_STAGES, SUB, HAS_COL, FP4, False, SPLIT_KV)
             qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
             acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, pv_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                  v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
                                   SUB, HAS_COL, FP4, False, SPLIT_KV)
             g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
@@ -378,16 +374,20 @@ if HAS_GLUON:
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
         mbarrier.init(q_empty, count=2)  # both consumer warpgroups are done with Q
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release every slot
-        for i in gl.static_range(V_STAGES):
-            mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(v_empty.index(i), count=2)
+        if SPLIT_KV:  # the V sides' own barriers
+            v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+            v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+            for i in gl.static_range(V_STAGES):
+                mbarrier.init(v_ready.index(i), count=1)
+                mbarrier.init(v_empty.index(i), count=2)
+        else:  # one barrier pair per stage for both sides: V comes with k_ready, the stage goes back after its P.V
+            v_ready = k_ready
+            v_empty = k_empty
 
         HALF: gl.constexpr = BM // 2
         gl.warp_specialize([
