@@ -130,6 +130,43 @@ def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d)
     _assert_gluon_matches_tma(monkeypatch, q, k, v, precision=precision, attn_mask=mask)
 
 
+@pytest.mark.parametrize("case, expect", [
+    ("bf16", "all"), ("bf16 no smoothing", "all"), ("bf16 no smoothing, mask", "all"), ("bf16 global smoothing", "all"),
+    ("fp16 small logits", "all"), ("bf16 sharp", "none"), ("fp16", "none"), ("bf16 first keys masked", "some")])
+def test_gluon_int8_fixed_reference_max(monkeypatch, case, expect):
+    """sm_90's INT8 Gluon kernel keeps one reference max per row for a whole tile where its score bound is within
+    LIMIT of the first key block's max (attention_ws._first_block: bf16 40, fp16 15; N(0,1) scores sit ~16 below
+    the bound), and the online max elsewhere (sharp logits, fp16's logits at twice N(0,1)'s, a row with no key in
+    its first block). Either way its outputs and LSE equal the TMA kernel's up to accumulation order.
+    run.fixed_max_count counts which ran."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon kernel is sm_90's")
+    from sage_kernels.kernels import run
+
+    dtype = torch.float16 if case.startswith("fp16") else torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, 1000, 128, device="cuda", generator=g).to(dtype) for _ in range(3))
+    k = (k + 0.5).to(dtype)
+    q = (q * {"bf16 sharp": 8.0, "fp16 small logits": 0.25, "fp16": 2.0}.get(case, 1.0)).to(dtype)
+    kw = {"smooth_q": "off"} if "no smoothing" in case else {"smooth_q": "global"} if "global" in case else {}
+    if case == "bf16 no smoothing":
+        k, v = k[:, :, :768], v[:, :, :768]  # no column bias at all (Lk a multiple of 128)
+    if "mask" in case:
+        mask = torch.ones(2, 1, 1, 1000, dtype=torch.bool, device="cuda")
+        mask[1, ..., 700:] = False
+        kw["attn_mask"] = mask
+    if case == "bf16 first keys masked":  # batch 1's first key block is masked for every row: the online max there
+        mask = torch.ones(2, 1, 1, 1000, dtype=torch.bool, device="cuda")
+        mask[1, ..., :200] = False
+        kw["attn_mask"] = mask
+    count = torch.zeros(2, dtype=torch.int32, device="cuda")
+    monkeypatch.setattr(run, "fixed_max_count", count)
+    _assert_gluon_matches_tma(monkeypatch, q, k, v, precision="int8", **kw)
+    fixed, tiles = count.tolist()
+    assert tiles == 2 * 8 * 8 * 2  # (B, H, 128-row tiles, two 64-row warpgroups each)
+    assert fixed == {"all": tiles, "none": 0, "some": tiles // 2}[expect], (fixed, tiles)
+
+
 def _assert_gluon_matches_tma(monkeypatch, q, k, v, **kw):
     """One call through sm_90's Gluon kernel (asserted) and the same call through the TMA kernel: equal outputs
     and LSE up to accumulation order."""

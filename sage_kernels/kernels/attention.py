@@ -7,6 +7,9 @@ not change the math; BN is the P and V quantization block):
     e   = exp2(t - rowmax_block(t))        every block's row max is exactly 1, so P can be quantized in place
     l   = alpha * l + beta * rowsum(e)     alpha = exp2(m_old - m_new), beta = exp2(m_block - m_new)
     acc = alpha * acc + beta * dequant(quant(e) . V)   a fresh MMA accumulator per key block
+  16-bit P.V (`online_stats` without the per-block max): e = exp2(t - ceil(running max)), acc = alpha * acc + e . V.
+    The reference max is an integer so that P's values do not depend on which one a kernel uses (up to a power of
+    two, exact): sm_90's Gluon kernel keeps one fixed per row for a whole tile where a bound allows it.
   FP4 P.V (`fp4_online_stats`, SageAttention3's kernel): level 1 is the constant 2688 folded into the exponent,
   m tracks rowmax - log2(2688):
     p2  = exp2(t - m)                      2688 * P against the running max; level 2 scales E4M3(max16(p2) / 6)
@@ -85,9 +88,10 @@ def _scores(q, q_sf, q_scale, K_base, KS_base, KSF_base, col_base, s_kl, offs_m,
 def online_stats(s, m_i, l_i, PER_BLOCK_MAX: tl.constexpr):
     """One key block's softmax statistics: (e, alpha, beta, l_new, m_new).
     PER_BLOCK_MAX (quantized P): e = exp2(s - block max), so every row of e peaks at exactly 1, and beta rescales
-    it to the running max; otherwise e is relative to the running max and beta is 1."""
+    it to the running max; otherwise (16-bit P) e is relative to the running max rounded up to an integer, and
+    beta is 1."""
     m_blk = tl.max(s, 1)
-    m_new = tl.maximum(m_i, m_blk)
+    m_new = tl.maximum(m_i, m_blk if PER_BLOCK_MAX else tl.math.ceil(m_blk))
     m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_new_safe)
     if PER_BLOCK_MAX:

@@ -13,7 +13,8 @@ reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
     4 K and 2 V stages);
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
-    softmax in fp32, then P.V with P in registers. The next block's Q.K^T is issued before this block's softmax, and
+    softmax in fp32, then P.V with P in registers. INT8 keeps one reference max per row for a whole tile where a
+    bound on its scores allows (`_first_block`): no row max, rescale or wait for them in its loop. The next block's Q.K^T is issued before this block's softmax, and
     being separate partitions, one warpgroup's softmax overlaps the other's MMAs;
   - persistent: one program per SM takes 128-row tiles round-robin, the ring running on from tile to tile, so the
     next tile's Q and first key blocks load during this tile's last block and its store (a program per tile
@@ -142,9 +143,11 @@ if HAS_GLUON:
 
     @gluon.jit
     def _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout: gl.constexpr, BN: gl.constexpr,
-            DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
+            DP: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr,
+            RESCALE: gl.constexpr = True):
         """acc = alpha * acc + P.V of key block j on the tensor cores (the FIRST block's P.V starts from zero
-        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas); then block j's
+        instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas; without RESCALE,
+        acc + P.V); then block j's
         stage goes back through v_empty (with SPLIT_KV its V side; otherwise v_empty is k_empty, the stage's one
         barrier, and the V side came with the K side's k_ready).
         (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
@@ -158,7 +161,8 @@ if HAS_GLUON:
         if FIRST:
             acc = warpgroup_mma(p, v_tile, acc, is_async=True, use_acc=False)
         else:
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            if RESCALE:
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             acc = warpgroup_mma(p, v_tile, acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         _release(v_empty, j, j_last, STAGES, SUB)
@@ -180,29 +184,109 @@ if HAS_GLUON:
         return gl.max(x, 1)
 
     @gluon.jit
-    def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
-               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
-               DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
-               HAS_COL: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
-        """INT8 key block j: scores in log2 units from the int32 q.k plus the magic bits
-        (attention.int8_scores_from_bits: two FMAs per score), the online softmax, acc = alpha * acc + P.V."""
+    def _int8_scores(qk_bits, q_scale, j, ks_bufs, col_bufs, s_layout: gl.constexpr, STAGES: gl.constexpr,
+                     SUB: gl.constexpr, HAS_COL: gl.constexpr):
+        """Key block j's scores in log2 units from the int32 q.k plus the magic bits
+        (attention.int8_scores_from_bits: two FMAs per score)."""
         slot = j % (STAGES * SUB)
         cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         col = 0.0
         if HAS_COL:
             col = col_bufs.index(slot).load(cols)[None, :]
-        s = int8_scores_from_bits(qk_bits, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
+        return int8_scores_from_bits(qk_bits, ks_bufs.index(slot).load(cols)[None, :], q_scale, col, HAS_COL)
+
+    @gluon.jit
+    def _block(acc, m_i, l_i, qk_bits, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
+               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BN: gl.constexpr,
+               DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
+               HAS_COL: gl.constexpr, SPLIT_KV: gl.constexpr, FIXED: gl.constexpr):
+        """INT8 key block j after the tile's first: the online softmax, acc = alpha * acc + P.V, the reference max
+        an integer (attention.online_stats). FIXED: the tile keeps its first block's reference m_i (`_first_block`),
+        so no row max, no alpha and no rescale, and P.V waits on no reduction: -12..15% kernel time (H200)."""
+        s = _int8_scores(qk_bits, q_scale, j, ks_bufs, col_bufs, s_layout, STAGES, SUB, HAS_COL)
         if SPLIT_KV:
             _release(k_empty, j, j_last, STAGES, SUB)  # (its K side is read)
-        m_new = gl.maximum(m_i, gl.convert_layout(_row_max(s), m_i.type.layout))
-        m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp2(m_i - m_new_safe)
-        e = gl.exp2(s - m_new_safe[:, None])
-        l_i = l_i * alpha + gl.sum(e, 1)
+        if FIXED:
+            m_new = m_i
+            e = gl.exp2(s - m_i[:, None])
+            l_i = l_i + gl.sum(e, 1)
+            alpha = l_i  # (unused without the rescale)
+        else:
+            m_new = gl.maximum(m_i, gl.ceil(gl.convert_layout(_row_max(s), m_i.type.layout)))
+            m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = gl.exp2(m_i - m_new_safe)
+            e = gl.exp2(s - m_new_safe[:, None])
+            l_i = l_i * alpha + gl.sum(e, 1)
         p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
-        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, V_STAGES, SUB, FIRST,
-                  SPLIT_KV)
+        acc = _pv(acc, p, alpha, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, V_STAGES, SUB, False,
+                  SPLIT_KV, not FIXED)
         return acc, m_new, l_i
+
+    @gluon.jit
+    def _first_block(acc, qk_bits, q_scale, bound, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready,
+                     v_empty, s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr,
+                     BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr,
+                     SUB: gl.constexpr, HAS_COL: gl.constexpr, SPLIT_KV: gl.constexpr):
+        """INT8 key block 0 of a tile, which also decides whether the rest of the tile keeps one reference max per
+        row (returned `fixed`, the same for all the warpgroup's rows). `bound` bounds each row's scores over all
+        keys (`_q_bound`); m0 is this block's row max. Where bound - m0 <= LIMIT for every row, the reference is
+        ceil(max(m0, bound - HEADROOM)), so every later exp2 is <= 2**HEADROOM and each row's largest P >=
+        2**-(LIMIT - HEADROOM + 1):
+          - bf16 P: HEADROOM 0, so P <= 1 as with the online max (the same overflow margins for l and acc); its
+            largest >= 2**-41 loses nothing in bf16 P and fp32 sums (only V entries below ~2**-85 would underflow
+            in the products);
+          - fp16 P (5 exponent bits: full precision only down to 2**-14) keeps its largest near 1: LIMIT =
+            HEADROOM = 15 (P <= 2**15 < 65504, and fp16 V's products stay far inside fp32).
+        Else (a row with no key in this block, logits spread far beyond the bound) the online max. The reference
+        is an integer either way, so P's values equal the online max's up to powers of two and so do the outputs,
+        up to rounding (the other kernels and reference/quantized.py take the same integer reference)."""
+        FP16_P: gl.constexpr = v_bufs.dtype == gl.float16
+        HEADROOM: gl.constexpr = 15.0 if FP16_P else 0.0
+        LIMIT: gl.constexpr = 15.0 if FP16_P else 40.0
+        s = _int8_scores(qk_bits, q_scale, j, ks_bufs, col_bufs, s_layout, STAGES, SUB, HAS_COL)
+        if SPLIT_KV:
+            _release(k_empty, j, j_last, STAGES, SUB)
+        m0 = gl.convert_layout(_row_max(s), bound.type.layout)
+        fixed = gl.max(gl.where(bound - m0 <= LIMIT, 0, 1), 0) == 0  # (NaN or -inf m0: not fixed)
+        m_new = gl.ceil(gl.where(fixed, gl.maximum(m0, bound - HEADROOM), m0))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        e = gl.exp2(s - m_safe[:, None])
+        l_i = gl.sum(e, 1)
+        p = gl.convert_layout(e.to(v_bufs.dtype), p_layout)
+        acc = _pv(acc, p, l_i, j, j_last, v_bufs, v_ready, v_empty, o_layout, BN, DP, V_STAGES, SUB, True,
+                  SPLIT_KV)
+        return acc, m_new, l_i, fixed
+
+    @gluon.jit
+    def _key_bound(KNORM, COLMAX, bhk, col_row, n_kt, HAS_COL: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr,
+                   num_warps: gl.constexpr):
+        """The key side of `_q_bound`: (the head's largest |k_scale * codes_k|, from prep_rows_kernel's per-tile
+        maxima KNORM (B*Hk, n_kt); the largest column bias of the tile's table row, from COLMAX: column_bias_kernel's
+        maxima per key block with COL_MAX_PER_BLOCK, else one per row). Loaded before the tile's Q lands."""
+        W: gl.constexpr = 32 * num_warps
+        vl: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+        offs = gl.arange(0, W, layout=vl)
+        kmax = gl.zeros([W], gl.float32, vl)
+        for i in range(0, n_kt, W):
+            kmax = gl.maximum(kmax, gl.load(KNORM + bhk * n_kt + i + offs, mask=i + offs < n_kt, other=0.0))
+        cmax = gl.zeros([W], gl.float32, vl)
+        if HAS_COL:
+            n_max = n_kt if COL_MAX_PER_BLOCK else 1
+            cmax = gl.full([W], float("-inf"), gl.float32, vl)
+            for i in range(0, n_max, W):
+                cmax = gl.maximum(cmax, gl.load(COLMAX + col_row * n_max + i + offs, mask=i + offs < n_max,
+                                                other=float("-inf")))
+        return gl.max(kmax, 0), gl.max(cmax, 0)
+
+    @gluon.jit
+    def _q_bound(q_smem, q_scale, k_max, col_max, row_layout: gl.constexpr, num_warps: gl.constexpr):
+        """An upper bound on each of the warpgroup's rows' scores (log2 units) over every key of the head, for
+        `_first_block`: by Cauchy-Schwarz on the exact integer dot, |q.k| <= |q_scale * codes_q| * k_max, plus
+        the row's largest column bias (`_key_bound`). The scores' fp32 rounding is far inside _first_block's
+        slack. Computed while the first block's Q.K^T runs (both only read Q's tile)."""
+        ql: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [num_warps, 1], [1, 0])
+        q = q_smem.load(ql).to(gl.float32)
+        return q_scale * gl.convert_layout(gl.sqrt(gl.sum(q * q, 1)), row_layout) * k_max + col_max
 
     @gluon.jit
     def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, k_empty, v_ready, v_empty,
@@ -230,15 +314,37 @@ if HAS_GLUON:
     def _step(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
               s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, DP: gl.constexpr, STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr,
-              HAS_COL: gl.constexpr, FP4: gl.constexpr, FIRST: gl.constexpr, SPLIT_KV: gl.constexpr):
-        """Key block j in the kernel's format (q_scale: INT8's row scales; FP4's scores come scaled)."""
+              HAS_COL: gl.constexpr, FP4: gl.constexpr, SPLIT_KV: gl.constexpr, FIXED: gl.constexpr):
+        """Key block j after the tile's first, in the kernel's format (q_scale: INT8's row scales; FP4's scores
+        come scaled)."""
         if FP4:
             return _fp4_block(acc, m_i, l_i, scores, j, j_last, v_bufs, k_empty, v_ready, v_empty, p_layout,
-                              o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, FIRST, SPLIT_KV)
+                              o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, False, SPLIT_KV)
         else:
             return _block(acc, m_i, l_i, scores, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready,
-                          v_empty, s_layout, p_layout, o_layout, BN, DP, STAGES, V_STAGES, SUB, HAS_COL, FIRST,
-                          SPLIT_KV)
+                          v_empty, s_layout, p_layout, o_layout, BN, DP, STAGES, V_STAGES, SUB, HAS_COL, SPLIT_KV,
+                          FIXED)
+
+    @gluon.jit
+    def _rest(acc, m_i, l_i, qk_next, q_scale, q_smem, k_bufs, k_ready, q_empty, s_unused, j0, j_last, v_bufs,
+              ks_bufs, col_bufs, k_empty, v_ready, v_empty, qk_factor, s_layout: gl.constexpr,
+              p_layout: gl.constexpr, o_layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr,
+              STAGES: gl.constexpr, V_STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
+              FP4: gl.constexpr, SPLIT_KV: gl.constexpr, FIXED: gl.constexpr):
+        """The tile's key blocks after its first (whose Q.K^T, qk_next, is in flight), the next block's Q.K^T
+        issued before this block's softmax; the last block peeled so that every issue is unconditional. Q's
+        buffer goes back to the producer once the last Q.K^T is done."""
+        for j in range(j0 + 1, j_last):
+            qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+            qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
+            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
+                                  v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB,
+                                  HAS_COL, FP4, SPLIT_KV, FIXED)
+        qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+        mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
+        return _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready,
+                     v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL, FP4,
+                     SPLIT_KV, FIXED)
 
     @gluon.jit
     def _scores_done(token, j, col_bufs, qk_factor, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
@@ -259,13 +365,14 @@ if HAS_GLUON:
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready, k_empty, v_ready,
-                           v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad,
-                           Lk_pad, DV, count, qk_factor,
+                           v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT, s_ob, s_oh, s_ol, Hq,
+                           kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
                            ROW0: gl.constexpr, BM: gl.constexpr, TILE_M: gl.constexpr, BN: gl.constexpr,
                            DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
                            V_STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
                            RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
-                           HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, num_warps: gl.constexpr):
+                           HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr,
+                           COUNT_FIXED: gl.constexpr, num_warps: gl.constexpr):
         """One warpgroup: rows ROW0 .. ROW0 + BM of each of this program's TILE_M-row tiles against every key
         block, then their store. Q's buffer goes back to the producer as soon as the tile's last Q.K^T is done, so
         the next tile's Q loads during the last block's softmax and the store."""
@@ -291,26 +398,44 @@ if HAS_GLUON:
             m_i = gl.full([BM], float("-inf"), gl.float32, row_s)  # (FP4's first block makes its own)
             l_i = gl.zeros([BM], gl.float32, row_s)
             j_last = j0 + n_blocks - 1
+            if not FP4:
+                k_max, col_max = _key_bound(KNORM, COLMAX, bhk,
+                                            column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g,
+                                                            TILE_M, SMOOTH_BLOCK),
+                                            n_blocks, HAS_COL, COL_MAX_PER_BLOCK, num_warps)
             mbarrier.wait(q_bar, n_done & 1)
-            # The next block's Q.K^T is issued before this block's softmax; the first and the last block are peeled
-            # so that every issue is unconditional and the first P.V needs no zeroed accumulator (n_blocks >= 2).
-            qk = _scores_done(_qk_issue(q_smem, k_bufs, k_ready, j0, s_unused, STAGES, SUB), j0, col_bufs,
-                              qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
+            # The first block is peeled (n_blocks >= 2), so that its P.V needs no zeroed accumulator; INT8 decides
+            # there whether the rest keeps a fixed reference max (_first_block).
+            qk = _qk_issue(q_smem, k_bufs, k_ready, j0, s_unused, STAGES, SUB)
+            if not FP4:
+                bound = _q_bound(q_smem, q_scale, k_max, col_max, row_s, num_warps)
+            qk = _scores_done(qk, j0, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
-            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
-                                  SUB, HAS_COL, FP4, True, SPLIT_KV)
-            for j in range(j0 + 1, j_last):
-                qk = _scores_done(qk_next, j, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-                qk_next = _qk_issue(q_smem, k_bufs, k_ready, j + 1, s_unused, STAGES, SUB)
-                acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                      v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES,
-                                      V_STAGES, SUB, HAS_COL, FP4, False, SPLIT_KV)
-            qk = _scores_done(qk_next, j_last, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
-            mbarrier.arrive(q_empty, count=1)  # Q is read by the Q.K^T products only
-            acc, m_i, l_i = _step(acc, m_i, l_i, qk, q_scale, j_last, j_last, v_bufs, ks_bufs, col_bufs, k_empty,
-                                  v_ready, v_empty, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
-                                  SUB, HAS_COL, FP4, False, SPLIT_KV)
+            if FP4:
+                acc, m_i, l_i = _fp4_block(acc, m_i, l_i, qk, j0, j_last, v_bufs, k_empty, v_ready, v_empty,
+                                           p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, True, SPLIT_KV)
+                acc, m_i, l_i = _rest(acc, m_i, l_i, qk_next, q_scale, q_smem, k_bufs, k_ready, q_empty, s_unused,
+                                      j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty, qk_factor,
+                                      s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES, SUB, HAS_COL,
+                                      FP4, SPLIT_KV, False)
+            else:
+                acc, m_i, l_i, fixed = _first_block(acc, qk, q_scale, bound, j0, j_last, v_bufs, ks_bufs, col_bufs,
+                                                    k_empty, v_ready, v_empty, s_layout, p_layout, o_layout, BN, DP,
+                                                    STAGES, V_STAGES, SUB, HAS_COL, SPLIT_KV)
+                if COUNT_FIXED:  # (tests) FIXED_COUNT[0] += fixed, FIXED_COUNT[1] += 1, once per warpgroup
+                    cl: gl.constexpr = gl.BlockedLayout([2], [32], [num_warps], [0])
+                    o = gl.arange(0, 2, layout=cl)
+                    gl.atomic_add(FIXED_COUNT + o, gl.where(o == 0, fixed.to(gl.int32), 1), mask=o < 2)
+                if fixed:
+                    acc, m_i, l_i = _rest(acc, m_i, l_i, qk_next, q_scale, q_smem, k_bufs, k_ready, q_empty,
+                                          s_unused, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
+                                          qk_factor, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                          SUB, HAS_COL, FP4, SPLIT_KV, True)
+                else:
+                    acc, m_i, l_i = _rest(acc, m_i, l_i, qk_next, q_scale, q_smem, k_bufs, k_ready, q_empty,
+                                          s_unused, j0, j_last, v_bufs, ks_bufs, col_bufs, k_empty, v_ready, v_empty,
+                                          qk_factor, s_layout, p_layout, o_layout, BM, BN, DP, STAGES, V_STAGES,
+                                          SUB, HAS_COL, FP4, SPLIT_KV, False)
             g_v = v_second_level(V_AMAX, bhk, C_FP4_VALUES if FP4 else C_V16)
             _store_rows(acc, m_i, l_i, g_v, O, LSE, VMEAN + bhk * DP, s_ob, s_oh, s_ol, b, h, pid_bh,
                         pid_m * TILE_M + ROW0, Lq, DV, s_layout, o_layout, BM, DP, RETURN_LSE, HAS_VMEAN)
@@ -343,12 +468,13 @@ if HAS_GLUON:
 
     @gluon.jit(do_not_specialize=("Lq", "t0", "count", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
-        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX,
+        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
         s_ob, s_oh, s_ol,
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
         V_STAGES: gl.constexpr, SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
-        HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+        HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr, COUNT_FIXED: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
         """Persistent: the launch's `count` BM-row tiles (common.tile_coords: from 128-row block t0 on, numbered
         across heads) are shared round-robin by the programs (one per SM, or fewer).
@@ -361,6 +487,9 @@ if HAS_GLUON:
         whose tensor_scale (V's second level, left out of its fp16 values) multiplies the output.
         col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
         + (block - t0)*col_rows_g. O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing shift.
+        KNORM, COLMAX (INT8's score bound, `_key_bound`): fp32 (B*Hk, Lk_pad/BN) K's largest row norm per key tile;
+        the table rows' maxima, per key block (COL_MAX_PER_BLOCK) or one per row. FIXED_COUNT (COUNT_FIXED, tests):
+        int32 (2,), see run.fixed_max_count.
         num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
         NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
@@ -392,13 +521,17 @@ if HAS_GLUON:
         HALF: gl.constexpr = BM // 2
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
-                                  t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
-                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
+                                  s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
+                                  col_rows_h, col_rows_g, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
+                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,
+                                  COL_MAX_PER_BLOCK, COUNT_FIXED, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, s_ob, s_oh, s_ol, Hq, kv_group,
-                                  t0, Lq, Lq_pad, Lk_pad, DV, count, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
-                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV, num_warps)),
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
+                                  s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
+                                  col_rows_h, col_rows_g, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
+                                  STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,
+                                  COL_MAX_PER_BLOCK, COUNT_FIXED, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad,
                                Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES,

@@ -48,10 +48,11 @@ def prep_rows_kernel(
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
     ROT,  # (DP, DP) ±1 rotation, input dtype; its columns in key_slots order when COL_SLOTS
     OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
+    NORM,  # fp32 (B * H * L_pad / BT,) out (WRITE_NORM, INT8): the tile's largest dequantized row norm
     H, L, L_pad, D, kv_group, row_factor, sm_scale,
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
     ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
-    COL_SLOTS: tl.constexpr, SUB: tl.constexpr, INTERPRET: tl.constexpr,
+    COL_SLOTS: tl.constexpr, SUB: tl.constexpr, INTERPRET: tl.constexpr, WRITE_NORM: tl.constexpr,
 ):
     """Q or K rows, one BT-row tile per program (head-major): subtract the mean (K smoothing / Q smoothing),
     optionally rotate (Hadamard), quantize per row (INT8, or NVFP4 along the head dim with a per-row power-of-two
@@ -63,7 +64,9 @@ def prep_rows_kernel(
     The tile goes in chunks of SUB rows (a few values per thread live: more programs per SM, and one chunk's code
     in the instruction cache, not the tile's). With ROTATE the mean's rotation comes for free: with Q smoothing
     per tile, from the tensor cores' sums of the rotated rows (sum_i x_i R = (sum_i x_i) R) in a first pass over
-    the chunks; with a mean per head (MEAN_MODE 1), precomputed (MEAN_R)."""
+    the chunks; with a mean per head (MEAN_MODE 1), precomputed (MEAN_R).
+    WRITE_NORM (K's INT8 codes): the tile's largest row norm |scale * codes| (times row_factor), from which sm_90's
+    Gluon kernel bounds every score of a head before its loop (attention_ws._key_bound)."""
     t = tl.program_id(0)
     cols = tl.arange(0, DP)
     tiles_per_head = L_pad // BT
@@ -98,6 +101,7 @@ def prep_rows_kernel(
         mean = tl.zeros((DP,), tl.float32)
     if WRITE_SHIFT:
         kbar = tl.load(KBAR + b * skb + (h // kv_group) * skh + cols)
+    norm_max = tl.full((), 0.0, tl.float32)
     for c in range(0, BT, SUB):
         x_raw, live = load_rows(X_head, sxl, row0 + c, L, D, SUB, DP)
         out_rows = pid_bh * L_pad + row0 + c + tl.arange(0, SUB)
@@ -113,6 +117,9 @@ def prep_rows_kernel(
             codes, scale = quantize_int8_jit(xs, 1)
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
             tl.store(OUT_SCALE + out_rows, scale * row_factor)
+            if WRITE_NORM:
+                cf = codes.to(tl.float32)
+                norm_max = tl.maximum(norm_max, tl.max(scale * row_factor * tl.sqrt(tl.sum(cf * cf, 1)), 0))
         else:  # NVFP4 along the head dim, the row's second level from its groups' maxima
             xg = keys_to_groups(xs, SUB, DP, COL_SLOTS)
             amax = amax_keep_nan(xg, 2)
@@ -133,6 +140,8 @@ def prep_rows_kernel(
             sfc = tl.arange(0, DP // 16)
             tl.store(OUT_SF + out_rows[:, None] * (DP // 16) + sfc[None, :], sc.to(OUT_SF.dtype.element_ty))
             tl.store(OUT_SCALE + out_rows, g * row_factor)
+    if WRITE_NORM:
+        tl.store(NORM + t, norm_max)
 
 
 @jit
@@ -229,6 +238,7 @@ def column_bias_kernel(
     K, skb, skh, skl,  # raw keys (B, Hk, Lk, D) through strides, D contiguous
     KB, skbb, skbh,  # fp32 key bias (B|1, Hq|1, Lk), natural log, stride 0 where broadcast
     OUT,  # fp32 (t1 - t0, Lk_pad): table rows t0 .. t1 - 1
+    OUT_MAX,  # fp32 (t1 - t0, Lk_pad / BN): each row's max per key block (attention_ws._key_bound)
     H, kv_group, G, t0, t1, bh0, Lk, Lk_pad, D, c,
     BG: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, HAS_KB: tl.constexpr, K_FP32: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -272,3 +282,4 @@ def column_bias_kernel(
         t += 1.4426950408889634 * kb[None, :]
     t = tl.where(keys[None, :] < Lk, t, float("-inf"))
     tl.store(OUT + (head_row + gs - t0)[:, None].to(tl.int64) * Lk_pad + keys[None, :], t, mask=live[:, None])
+    tl.store(OUT_MAX + (head_row + gs - t0) * (Lk_pad // BN) + pid_n, tl.max(t, 1), mask=live)

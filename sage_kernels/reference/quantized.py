@@ -155,7 +155,10 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
             m, l, acc = _fp4_block(m, l, acc, t, vj)
             continue
         m_blk = t.amax(dim=-1)
-        m_new = torch.maximum(m, m_blk)
+        if precision == "int8" and o.pv == "16bit":  # an integer reference max (kernels/attention.py)
+            m_new = torch.maximum(m, torch.ceil(m_blk))
+        else:
+            m_new = torch.maximum(m, m_blk)
         m_new_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
         m_blk_safe = torch.where(m_blk == float("-inf"), torch.zeros_like(m_blk), m_blk)
         alpha = torch.exp2(m - m_new_safe)
