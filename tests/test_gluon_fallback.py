@@ -46,14 +46,16 @@ def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
 
 
 def test_fallback_config_is_the_tma_kernels_measured_one():
-    """Without the Gluon kernel, 16-bit P.V at head dim 128 on sm_90 runs the TMA kernel's 8-warp config, the FP4
-    emulation at head dim 64 the TMA kernel's 4-warp one (what each measured fastest)."""
+    """Without the Gluon kernel, 16-bit P.V at head dims 64 and 128 on sm_90 runs the TMA kernel's 8-warp config,
+    the FP4 emulation at head dim 64 the TMA kernel's 4-warp one (what each measured fastest)."""
     from sage_kernels.kernels import configs
 
     cfg = configs.launch_config(90, 128, run.FMT_INT8, run.FMT_V16)
     assert cfg.gluon
     assert configs.without_gluon(cfg) == configs.LaunchConfig(8, 3, 128, tma=True)
-    other = configs.launch_config(90, 64, run.FMT_INT8, run.FMT_V16)
+    int8_64 = configs.launch_config(90, 64, run.FMT_INT8, run.FMT_V16)
+    assert int8_64.gluon and configs.without_gluon(int8_64) == configs.LaunchConfig(8, 3, 128, tma=True)
+    other = configs.launch_config(90, 64, run.FMT_INT8, run.FMT_FP8)  # 8-bit P.V: the TMA kernel only
     assert not other.gluon and configs.without_gluon(other) is other
     fp4 = configs.launch_config(90, 128, run.FMT_FP4_VALUES, run.FMT_FP4_VALUES)  # the FP4 emulation likewise
     assert fp4.gluon and configs.without_gluon(fp4) == configs.LaunchConfig(8, 3, 128, tma=True)

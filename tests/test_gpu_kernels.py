@@ -109,7 +109,7 @@ def test_gluon_kernel_edge_shapes(monkeypatch, precision, lk, dv):
     _assert_gluon_matches_tma(monkeypatch, q, k, v, precision=precision)
 
 
-@pytest.mark.parametrize("precision, d", [("int8", 128), ("fp4", 128), ("fp4", 64)])
+@pytest.mark.parametrize("precision, d", [("int8", 128), ("int8", 64), ("fp4", 128), ("fp4", 64)])
 def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d):
     """The Gluon kernel is persistent (one program per SM, tiles round-robin, its shared-memory ring and Q buffer
     running on from tile to tile): three or more tiles per program, an odd number of key blocks (the last stage
@@ -132,7 +132,8 @@ def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d)
 
 @pytest.mark.parametrize("case, expect", [
     ("bf16", "all"), ("bf16 no smoothing", "all"), ("bf16 no smoothing, mask", "all"), ("bf16 global smoothing", "all"),
-    ("fp16 small logits", "all"), ("bf16 sharp", "none"), ("fp16", "none"), ("bf16 first keys masked", "some")])
+    ("fp16 small logits", "all"), ("bf16 sharp", "none"), ("fp16", "none"), ("bf16 first keys masked", "some"),
+    ("bf16 head dim 64", "all")])
 def test_gluon_int8_fixed_reference_max(monkeypatch, case, expect):
     """sm_90's INT8 Gluon kernel keeps one reference max per row for a whole tile where its score bound is within
     LIMIT of the first key block's max (attention_ws._first_block: bf16 40, fp16 15; N(0,1) scores sit ~16 below
@@ -145,7 +146,8 @@ def test_gluon_int8_fixed_reference_max(monkeypatch, case, expect):
 
     dtype = torch.float16 if case.startswith("fp16") else torch.bfloat16
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, 8, 1000, 128, device="cuda", generator=g).to(dtype) for _ in range(3))
+    d = 64 if "64" in case else 128
+    q, k, v = (torch.randn(2, 8, 1000, d, device="cuda", generator=g).to(dtype) for _ in range(3))
     k = (k + 0.5).to(dtype)
     q = (q * {"bf16 sharp": 8.0, "fp16 small logits": 0.25, "fp16": 2.0}.get(case, 1.0)).to(dtype)
     kw = {"smooth_q": "off"} if "no smoothing" in case else {"smooth_q": "global"} if "global" in case else {}

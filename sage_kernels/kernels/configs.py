@@ -86,9 +86,12 @@ def launch_config(arch: int, dp: int, qk_format: int, pv_format: int, v_bytes: i
     if qk_format == FMT_INT8 and arch == 90 and pv_format in TMA_PV_FORMATS and dp <= 128:
         # TMA kernel (bench/bench_attention.py --sweep, H200): 16-bit P.V 8 warps x 128 rows, +10..21% over the
         # pointer kernel; FP8/INT8 P.V 4 warps x 64 rows (two programs per SM), +9..20%
-        if pv_format == FMT_V16 and dp == 128 and v_bytes == 2:  # the Gluon kernel: +12..17% at 16k-32k tokens
-            # (its num_warps: one consumer warpgroup's); 2 stages of 2 key blocks (212 KB of shared memory): half
-            # the ring waits and releases, each a partition-wide barrier in Triton 3.6, +1..2% over 3 stages of 1
+        if pv_format == FMT_V16 and dp in (64, 128) and v_bytes == 2:  # the Gluon kernel: +12..17% at 16k-32k
+            # tokens (its num_warps: one consumer warpgroup's); 2 stages of 2 key blocks (212 KB of shared memory
+            # at head dim 128): half the ring waits and releases, each a partition-wide barrier in Triton 3.6,
+            # +1..2% over 3 stages of 1. At head dim 64 since its fixed reference max (attention_ws._first_block):
+            # kernel -11..20% against the TMA kernel at 4.6k-32k tokens (2 stages of 2; 3 of 2 the same, 4 of 1
+            # +5%), which stays its fallback (H200, docs/BENCHMARKS.md)
             return LaunchConfig(4, 2, 128, tma=True, gluon=True, blocks_per_stage=2)
         if pv_format == FMT_V16:
             return _TMA_V16 if v_bytes <= 2 else LaunchConfig(8, 2, 128, tma=True)
