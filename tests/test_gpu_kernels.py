@@ -131,7 +131,8 @@ def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d)
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("bf16", "all"), ("bf16 no smoothing", "all"), ("bf16 no smoothing, mask", "all"), ("bf16 global smoothing", "all"),
+    ("bf16", "all"), ("bf16 no smoothing", "all"), ("bf16 no smoothing, padded keys", "all"),
+    ("bf16 no smoothing, mask", "all"), ("bf16 global smoothing", "all"),
     ("fp16 small logits", "all"), ("bf16 sharp", "none"), ("fp16", "none"), ("bf16 first keys masked", "some"),
     ("bf16 head dim 64", "all")])
 def test_gluon_int8_fixed_reference_max(monkeypatch, case, expect):
