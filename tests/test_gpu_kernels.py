@@ -137,7 +137,7 @@ def test_gluon_kernel_takes_several_tiles_per_program(monkeypatch, precision, d)
     ("bf16 head dim 64", "all")])
 def test_gluon_int8_fixed_reference_max(monkeypatch, case, expect):
     """sm_90's INT8 Gluon kernel keeps one reference max per row for a whole tile where its score bound is within
-    LIMIT of the first key block's max (attention_ws._first_block: bf16 40, fp16 15; N(0,1) scores sit ~16 below
+    LIMIT of the first key block's max (attention_ws._first_block: bf16 64, fp16 15; N(0,1) scores sit ~16 below
     the bound), and the online max elsewhere (sharp logits, fp16's logits at twice N(0,1)'s, a row with no key in
     its first block). Either way its outputs and LSE equal the TMA kernel's up to accumulation order.
     run.fixed_max_count counts which ran."""
