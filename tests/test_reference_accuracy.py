@@ -68,3 +68,43 @@ def test_value_smoothing_removes_a_large_value_mean_in_fp4():
                                  varying)[1]
           for smooth_v in (False, True)}
     assert l1[True] < 0.5 * l1[False], l1
+
+
+@pytest.mark.parametrize("name", dist.NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fixed_reference_max_changes_outputs_only_by_rounding(name, dtype):
+    """sm_90's INT8 Gluon kernel keeps one reference max per row for a whole 64-row tile where its score bound
+    allows (reference.quantized.fixed_reference mirrors the choice). Both references are integers, so P changes
+    by powers of two only: the outputs and LSE equal the online max's up to rounding, on every distribution, with
+    GQA, padded keys and a key mask whose first key block hides every key of batch 1 (its rows stay online)."""
+    from sage_kernels.reference.quantized import fixed_reference, prepare_int8, quantized_attention
+
+    q, k, v = (t.to(dtype) for t in dist.make(name, 2, 4, 300, 700, 128, hk=2))
+    mask = torch.ones(2, 1, 1, 700, dtype=torch.bool)
+    mask[1, ..., :200] = False
+    p = build_problem(q, k, v, attn_mask=mask)
+    o = QuantOptions(pv="16bit")
+    prep = prepare_int8(p, o, True)
+    out, lse = quantized_attention(p, prep, "int8", o, True)
+    out_fixed, lse_fixed = quantized_attention(p, prep, "int8", o, True, fixed=True)
+    rows, _ = fixed_reference(p, prep)
+    assert not rows[1].any()  # no key in batch 1's first block: m0 = -inf
+    if name in ("normal", "biased_k") and dtype == torch.bfloat16:  # scores ~16-26 below the bound: all fixed
+        assert rows[0].all()  # (outlier channels, text keys 3.6x longer, sharp logits: 50-380 below, mostly not)
+    assert torch.isfinite(out_fixed).all()
+    assert dist.metrics(out_fixed, out)[1] < 1e-5
+    torch.testing.assert_close(lse_fixed, lse, rtol=1e-6, atol=1e-5)
+
+
+def test_fixed_reference_max_needs_the_bound_within_its_limit():
+    """Scores far below their bound (logits x8: ~130 in log2 units) keep the online max; fp16 P's limit (15) is
+    tighter than bf16's (64): N(0,1) scores at twice the scale fix bf16 rows but not fp16 ones."""
+    from sage_kernels.reference.quantized import fixed_reference, prepare_int8
+
+    q, k, v = dist.make("normal", 1, 2, 256, 512, 128)
+    for scale, dtype, expect in ((8.0, torch.bfloat16, False), (2.0, torch.bfloat16, True),
+                                 (2.0, torch.float16, False), (0.25, torch.float16, True)):
+        p = build_problem((q * scale).to(dtype), k.to(dtype), v.to(dtype))
+        rows, ref = fixed_reference(p, prepare_int8(p, QuantOptions(pv="16bit"), False))
+        assert bool(rows.all()) == expect and bool(rows.any()) == expect, (scale, dtype)
+        assert torch.equal(ref, ref.round())  # an integer reference

@@ -125,9 +125,50 @@ def _fp4_block(m, l, acc, t, vj):
     return m_new, l, acc * alpha[..., None] + p @ vj
 
 
+def _block_scores(p: AttentionProblem, prep: Prepared, precision: str, j0: int, keep) -> torch.Tensor:
+    """Key block j0 .. j0 + BLOCK_N's scores in log2 units (B, Hq, Lq, BLOCK_N), column bias and causal mask in."""
+    j1 = j0 + BLOCK_N
+    grp = p.heads_q // p.heads_kv
+    kj = prep.k[:, :, j0:j1].repeat_interleave(grp, dim=1)
+    if precision == "int8":
+        dot = (prep.q.to(torch.float64) @ kj.to(torch.float64).transpose(-1, -2)).to(torch.float32)
+        ks = prep.k_scale[:, :, j0:j1].repeat_interleave(grp, dim=1)
+        t = (dot * ks[:, :, None, :]) * prep.q_scale[..., None] + _block_rows(prep.col_bias, p.len_q, j0, j1)
+    else:
+        dot = prep.q @ kj.transpose(-1, -2)
+        t = dot * prep.score_factor + _block_rows(prep.col_bias, p.len_q, j0, j1)
+    return t if keep is None else t.masked_fill(~keep[:, j0:j1], float("-inf"))
+
+
+def fixed_reference(p: AttentionProblem, prep: Prepared, keep=None):
+    """sm_90's INT8 Gluon kernel's choice after a tile's first key block (attention_ws._first_block), 16-bit P.V:
+    (rows that keep one reference max for all key blocks (B, Hq, Lq) bool, that reference). Each row's scores are
+    bounded by |q_scale * codes_q| * (the head's largest |k_scale * codes_k|) + its table row's largest column
+    bias; a 64-row group of a head's rows (the kernel's warpgroup, the zero rows padding Lq to 128 included) is
+    fixed where every row's bound is within LIMIT of its first block's max m0, and keeps ceil(max(m0, bound -
+    HEADROOM)): LIMIT / HEADROOM 64 / 0 for bf16 P, 15 / 15 for fp16 P."""
+    headroom, limit = (15.0, 15.0) if p.v.dtype == torch.float16 else (0.0, 64.0)
+    b, hq, lq = p.batch, p.heads_q, p.len_q
+    lq_pad = -(-lq // BLOCK_M) * BLOCK_M
+    q_norm = prep.q_scale * prep.q.float().square().sum(-1).sqrt()
+    k_max = (prep.k_scale * prep.k.float().square().sum(-1).sqrt()).amax(-1)
+    k_max = k_max.repeat_interleave(hq // p.heads_kv, dim=1)
+    col = prep.col_bias.expand(b, hq, -1, -1)  # (B, Hq, G, Lk_pad)
+    col_max, col_first = col.amax(-1), col[..., :BLOCK_N].amax(-1)
+    group = torch.arange(lq_pad, device=p.device) // BLOCK_M if col.shape[2] > 1 else \
+        torch.zeros(lq_pad, dtype=torch.long, device=p.device)
+    bound = torch.cat([q_norm * k_max[..., None] + col_max[..., group[:lq]], col_max[..., group[lq:]]], dim=2)
+    m0 = torch.cat([_block_scores(p, prep, "int8", 0, keep).amax(-1), col_first[..., group[lq:]]], dim=2)
+    # (padded rows: q = 0, so their scores are the column bias)
+    ok = (bound - m0 <= limit).view(b, hq, lq_pad // 64, 64).all(-1).repeat_interleave(64, dim=2)[..., :lq]
+    return ok, torch.ceil(torch.maximum(m0, bound - headroom)[..., :lq])
+
+
 def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: QuantOptions,
-                        return_lse: bool):
-    """Online softmax over BLOCK_N-key blocks with per-block P quantization. Returns (out fp32 (B,Hq,Lq,Dv), lse)."""
+                        return_lse: bool, fixed: bool = False):
+    """Online softmax over BLOCK_N-key blocks with per-block P quantization. Returns (out fp32 (B,Hq,Lq,Dv), lse).
+    fixed (int8, 16-bit P.V): rows keep the reference max `fixed_reference` picks, as sm_90's Gluon kernel does;
+    the outputs equal the online max's up to rounding (both references are integers: P changes by powers of two)."""
     b, hq, lq, lk = p.batch, p.heads_q, p.len_q, p.len_k
     grp = hq // p.heads_kv
     lk_pad = prep.k.shape[2]
@@ -136,27 +177,22 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
     l = torch.zeros((b, hq, lq), device=dev)
     acc = torch.zeros((b, hq, lq, prep.v.shape[3]), device=dev)
     keep = None
+    fixed_rows = None
     if p.is_causal:  # bottom-right aligned on the real Lk; padded keys are -inf through the column bias anyway
         keep = torch.arange(lk_pad, device=dev)[None, :] <= torch.arange(lq, device=dev)[:, None] + (lk - lq)
+    if fixed and precision == "int8" and o.pv == "16bit":
+        fixed_rows, m_fixed = fixed_reference(p, prep, keep)
     for j0 in range(0, lk_pad, BLOCK_N):
-        j1 = j0 + BLOCK_N
-        kj = prep.k[:, :, j0:j1].repeat_interleave(grp, dim=1)
-        vj = prep.v[:, :, j0:j1].repeat_interleave(grp, dim=1)
-        if precision == "int8":
-            dot = (prep.q.to(torch.float64) @ kj.to(torch.float64).transpose(-1, -2)).to(torch.float32)
-            ks = prep.k_scale[:, :, j0:j1].repeat_interleave(grp, dim=1)
-            t = (dot * ks[:, :, None, :]) * prep.q_scale[..., None] + _block_rows(prep.col_bias, lq, j0, j1)
-        else:
-            dot = prep.q @ kj.transpose(-1, -2)
-            t = dot * prep.score_factor + _block_rows(prep.col_bias, lq, j0, j1)
-        if keep is not None:
-            t = t.masked_fill(~keep[:, j0:j1], float("-inf"))
+        vj = prep.v[:, :, j0:j0 + BLOCK_N].repeat_interleave(grp, dim=1)
+        t = _block_scores(p, prep, precision, j0, keep)
         if precision == "fp4":
             m, l, acc = _fp4_block(m, l, acc, t, vj)
             continue
         m_blk = t.amax(dim=-1)
         if precision == "int8" and o.pv == "16bit":  # an integer reference max (kernels/attention.py)
             m_new = torch.maximum(m, torch.ceil(m_blk))
+            if fixed_rows is not None:
+                m_new = torch.where(fixed_rows, m_fixed, m_new)
         else:
             m_new = torch.maximum(m, m_blk)
         m_new_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
@@ -195,6 +231,6 @@ def quantized_attention(p: AttentionProblem, prep: Prepared, precision: str, o: 
     return out, lse
 
 
-def reference_attention(p: AttentionProblem, precision: str, o: QuantOptions, return_lse: bool):
+def reference_attention(p: AttentionProblem, precision: str, o: QuantOptions, return_lse: bool, fixed: bool = False):
     prep = prepare_int8(p, o, return_lse) if precision == "int8" else prepare_fp4(p, o, return_lse)
-    return quantized_attention(p, prep, precision, o, return_lse)
+    return quantized_attention(p, prep, precision, o, return_lse, fixed)
