@@ -7,6 +7,11 @@ SMOOTH_Q_MODES = ("block", "global", "off")
 PV_MODES = ("auto", "int8", "fp8", "16bit")  # "auto": capabilities.resolve_pv picks per GPU
 BLOCK_M = 128  # query rows per kernel tile == Q smoothing block
 BLOCK_N = 128  # keys per kernel tile == V / P quantization block along tokens
+# sm_90's INT8 Gluon kernel keeps one reference max per row for a whole tile where a bound on its scores allows
+# (kernels/attention_ws._first_block; mirrored by reference/quantized.fixed_reference): (HEADROOM, LIMIT) in log2
+# units for 16-bit P in fp16 and in bf16
+FIXED_MAX_FP16 = (15.0, 15.0)
+FIXED_MAX_BF16 = (0.0, 64.0)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ reference/quantized.py. Laid out FlashAttention-3's way for sm_90:
   - two independent consumer warpgroups of 64 query rows each: asynchronous wgmma for S = Q.K^T (INT8: int32,
     adding the bits of 1.5*2**23 makes int -> float one add and a bitcast; FP4: bf16 values, fp32), the online
     softmax in fp32, then P.V with P in registers. INT8 keeps one reference max per row for a whole tile where a
-    bound on its scores allows (`_first_block`): no row max, rescale or wait for them in its loop. The next block's Q.K^T is issued before this block's softmax, and
-    being separate partitions, one warpgroup's softmax overlaps the other's MMAs;
+    bound on its scores allows (`_first_block`): no row max, rescale or wait for them in its loop. The next
+    block's Q.K^T is issued before this block's softmax, and being separate partitions, one warpgroup's softmax
+    overlaps the other's MMAs;
   - persistent: one program per SM takes 128-row tiles round-robin, the ring running on from tile to tile, so the
     next tile's Q and first key blocks load during this tile's last block and its store (a program per tile
     paid that start-up per tile: the FP4 emulation's kernel -2..3% at 4.6k-16k tokens, INT8 -1% at 4.6k).
@@ -62,7 +63,11 @@ if HAS_GLUON:
     from .common import column_bias_row, magic_bits, tile_coords
     from .key_slots import keys_to_groups
     from .prepass import C_FP4_VALUES, C_V16
+    from ..options import FIXED_MAX_BF16, FIXED_MAX_FP16
 
+    # (HEADROOM, LIMIT) of `_first_block`, for P in fp16 and in bf16 (shared with the torch mirror)
+    _FIXED_HEADROOM_FP16, _FIXED_LIMIT_FP16 = gl.constexpr(FIXED_MAX_FP16[0]), gl.constexpr(FIXED_MAX_FP16[1])
+    _FIXED_HEADROOM_BF16, _FIXED_LIMIT_BF16 = gl.constexpr(FIXED_MAX_BF16[0]), gl.constexpr(FIXED_MAX_BF16[1])
     _GL_DTYPES = {torch.int8: gl.int8, torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
     @gluon.jit
@@ -147,9 +152,8 @@ if HAS_GLUON:
             RESCALE: gl.constexpr = True):
         """acc = alpha * acc + P.V of key block j on the tensor cores (the FIRST block's P.V starts from zero
         instead: a zero accumulator written while Q.K^T is in flight would serialise the wgmmas; without RESCALE,
-        acc + P.V); then block j's
-        stage goes back through v_empty (with SPLIT_KV its V side; otherwise v_empty is k_empty, the stage's one
-        barrier, and the V side came with the K side's k_ready).
+        acc + P.V); then block j's stage goes back through v_empty (with SPLIT_KV its V side; otherwise v_empty is
+        k_empty, the stage's one barrier, and the V side came with the K side's k_ready).
         (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
         every wgmma here: a loop-carried accumulator in flight. Issued with the next Q.K^T and waited before the
         back edge it is not serialised, but 12-16% slower, and ping-pong turns between the warpgroups did not
@@ -241,8 +245,8 @@ if HAS_GLUON:
         is an integer either way, so P's values equal the online max's up to powers of two and so do the outputs,
         up to rounding (the other kernels and reference/quantized.py take the same integer reference)."""
         FP16_P: gl.constexpr = v_bufs.dtype == gl.float16
-        HEADROOM: gl.constexpr = 15.0 if FP16_P else 0.0
-        LIMIT: gl.constexpr = 15.0 if FP16_P else 64.0
+        HEADROOM: gl.constexpr = _FIXED_HEADROOM_FP16 if FP16_P else _FIXED_HEADROOM_BF16
+        LIMIT: gl.constexpr = _FIXED_LIMIT_FP16 if FP16_P else _FIXED_LIMIT_BF16
         s = _int8_scores(qk_bits, q_scale, j, ks_bufs, col_bufs, s_layout, STAGES, SUB, HAS_COL)
         if SPLIT_KV:
             _release(k_empty, j, j_last, STAGES, SUB)

@@ -337,7 +337,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
             if ops.q_means is None:
                 table = _key_bias_table(p, ops.lk_pad)
-                table_max = _key_bias_max(p, table)
+                table_max = _key_bias_max(p, table) if ws else None  # (only the Gluon kernel reads it)
             else:
                 table, table_max = _bias_chunk(p, ops, 0, p.batch * p.heads_q)
                 table = table.view(p.batch, p.heads_q, 1, ops.lk_pad)

@@ -16,7 +16,7 @@ from ..formats.common import div_or_zero
 from ..formats.e2m1 import LOG2_FP4_RANGE, quantize_nvfp4, quantize_p_nvfp4, tensor_scale
 from ..formats.e4m3 import round_e4m3
 from ..formats.int8 import quantize_int8
-from ..options import BLOCK_M, BLOCK_N, QuantOptions
+from ..options import BLOCK_M, BLOCK_N, FIXED_MAX_BF16, FIXED_MAX_FP16, QuantOptions
 from ..problem import AttentionProblem
 
 LN2 = math.log(2.0)
@@ -147,7 +147,7 @@ def fixed_reference(p: AttentionProblem, prep: Prepared, keep=None):
     bias; a 64-row group of a head's rows (the kernel's warpgroup, the zero rows padding Lq to 128 included) is
     fixed where every row's bound is within LIMIT of its first block's max m0, and keeps ceil(max(m0, bound -
     HEADROOM)): LIMIT / HEADROOM 64 / 0 for bf16 P, 15 / 15 for fp16 P."""
-    headroom, limit = (15.0, 15.0) if p.v.dtype == torch.float16 else (0.0, 64.0)
+    headroom, limit = FIXED_MAX_FP16 if p.v.dtype == torch.float16 else FIXED_MAX_BF16
     b, hq, lq = p.batch, p.heads_q, p.len_q
     lq_pad = -(-lq // BLOCK_M) * BLOCK_M
     q_norm = prep.q_scale * prep.q.float().square().sum(-1).sqrt()
