@@ -11,7 +11,7 @@ BLOCK_N = 128  # keys per kernel tile == V / P quantization block along tokens
 # (kernels/attention_ws._first_block; mirrored by reference/quantized.fixed_reference): (HEADROOM, LIMIT) in log2
 # units for 16-bit P in fp16 and in bf16
 FIXED_MAX_FP16 = (15.0, 15.0)
-FIXED_MAX_BF16 = (0.0, 64.0)
+FIXED_MAX_BF16 = (0.0, 80.0)
 
 
 @dataclass(frozen=True)

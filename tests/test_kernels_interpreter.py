@@ -313,7 +313,7 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
     that start and end inside heads, span heads and batch entries, or cover everything: each equals the torch
     table's row (c * q̄.k + log2(e) * mask, -inf for padded keys): to fp32 rounding for 16-bit keys (q̄ split in
     two 16-bit terms, the keys exact), to ~2**-16 of the products for fp32 keys (split too, lo*lo dropped); and
-    each row's max per 128-key block is exactly the max of the rows it wrote."""
+    each row's max (the Gluon kernel's score bound) is exactly the max of the row it wrote, a masked row's included."""
     from sage_kernels import transforms as T
     from sage_kernels.kernels import run as kernel_run
 
@@ -328,9 +328,9 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
     ref = ref.reshape(-1, ops.lk_pad)
     assert ref.shape[0] == 2 * 4 * g
     for t0, t1 in ((0, 24), (1, 2), (4, 11), (2, 3), (5, 19), (23, 24)):
-        rows, row_max = kernel_run._bias_chunk(p, ops, t0, t1)
+        rows, row_max = kernel_run._bias_chunk(p, ops, t0, t1, with_max=True)
         assert rows.shape == (t1 - t0, ops.lk_pad)
-        assert torch.equal(row_max, rows.view(t1 - t0, -1, 128).amax(dim=2))
+        assert torch.equal(row_max, rows.amax(dim=1))  # (atomic maxima over the rows' key blocks)
         torch.testing.assert_close(rows, ref[t0:t1], msg=f"rows {t0}..{t1}",  # fp32: split terms to ~2**-16
                                    **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-3)))
         assert torch.isneginf(rows[:, 260:]).all()
@@ -339,10 +339,11 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
 @pytest.mark.parametrize("name", dist.NAMES)
 def test_score_bound_inputs_bound_every_score(name):
     """The pre-pass outputs sm_90's Gluon kernel bounds each row's scores with before its loop
-    (attention_ws._q_bound / _key_bound): K's largest dequantized row norm per 128-key tile (prep_rows_kernel,
-    INT8 with 16-bit P.V) and the column-bias rows' maxima per key block. Each equals its torch definition, and
-    |q_scale * codes_q| * max_k |k_scale * codes_k| + max col bounds every score the kernels compute (from the
-    same operands, as reference/quantized.py), on every distribution, GQA and key padding included."""
+    (attention_ws._score_bound), INT8 with 16-bit P.V: Q's dequantized row norms and K's largest per head
+    (prep_rows_kernel, the latter an atomic max over its 128-key tiles) and the column-bias rows' maxima
+    (column_bias_kernel, an atomic max over its key blocks). Each equals its torch definition, and
+    q_norm * k_max + max col bounds every score the kernels compute (from the same operands, as
+    reference/quantized.py), on every distribution, GQA and key padding included."""
     from sage_kernels.kernels import run as kernel_run
 
     q, k, v = (t.bfloat16().to(DEV) for t in dist.make(name, 2, 4, 300, 260, 128, hk=2))
@@ -350,16 +351,18 @@ def test_score_bound_inputs_bound_every_score(name):
     ops = prepare(p, "int8", QuantOptions(pv="16bit"), False, False)
     codes_k = ops.k.float()  # (B, Hk, Lk_pad, DP)
     k_norm = ops.k_scale * codes_k.square().sum(-1).sqrt()
-    torch.testing.assert_close(ops.k_norm, k_norm.view(4, -1, 128).amax(-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(ops.k_norm, k_norm.view(4, -1).amax(-1), rtol=1e-6, atol=0)
+    q_norm = ops.q_scale * ops.q.float().square().sum(-1).sqrt()  # (B, Hq, Lq_pad)
+    torch.testing.assert_close(ops.q_norm, q_norm, rtol=1e-6, atol=0)
     g = ops.q_means.shape[2]
-    table, table_max = kernel_run._bias_chunk(p, ops, 0, 2 * 4 * g)
-    assert torch.equal(table_max, table.view(2 * 4 * g, -1, 128).amax(-1))
+    table, table_max = kernel_run._bias_chunk(p, ops, 0, 2 * 4 * g, with_max=True)
+    assert torch.equal(table_max, table.amax(-1))
+    assert kernel_run._bias_chunk(p, ops, 0, 2 * 4 * g)[1] is None  # (only the Gluon kernel reads the maxima)
     scores = (ops.q.double() @ codes_k.double().repeat_interleave(2, dim=1).transpose(-1, -2)
               * ops.k_scale.double().repeat_interleave(2, dim=1)[:, :, None, :] * ops.q_scale.double()[..., None])
     scores = scores + table.view(2, 4, g, 1, -1).expand(-1, -1, -1, 128, -1).reshape(2, 4, -1, ops.lk_pad).double()
-    q_norm = ops.q_scale * ops.q.float().square().sum(-1).sqrt()  # (B, Hq, Lq_pad)
-    col_max = table_max.view(2, 4, g, 1, -1).amax(-1).expand(-1, -1, -1, 128).reshape(2, 4, -1)
-    bound = q_norm * ops.k_norm.view(2, 2, -1).amax(-1).repeat_interleave(2, dim=1)[..., None] + col_max
+    col_max = table_max.view(2, 4, g, 1).expand(-1, -1, -1, 128).reshape(2, 4, -1)
+    bound = ops.q_norm * ops.k_norm.view(2, 2).repeat_interleave(2, dim=1)[..., None] + col_max
     real = scores[:, :, :300, :260].amax(-1)
     assert (bound[:, :, :300].double() >= real - 1e-3 * real.abs().clamp(min=1)).all()
 

@@ -233,12 +233,14 @@ if HAS_GLUON:
                      SUB: gl.constexpr, HAS_COL: gl.constexpr, SPLIT_KV: gl.constexpr):
         """INT8 key block 0 of a tile, which also decides whether the rest of the tile keeps one reference max per
         row (returned `fixed`, the same for all the warpgroup's rows). `bound` bounds each row's scores over all
-        keys (`_q_bound`); m0 is this block's row max. Where bound - m0 <= LIMIT for every row, the reference is
+        keys (`_score_bound`); m0 is this block's row max. Where bound - m0 <= LIMIT for every row, the reference is
         ceil(max(m0, bound - HEADROOM)), so every later exp2 is <= 2**HEADROOM and each row's largest P >=
         2**-(LIMIT - HEADROOM + 1):
           - bf16 P: HEADROOM 0, so P <= 1 as with the online max (the same overflow margins for l and acc); its
-            largest >= 2**-65 loses nothing in bf16 P and fp32 sums (only V entries below ~2**-61 would underflow
-            in the products, against ~2**-126 with the online max);
+            largest >= 2**-81 loses nothing in bf16 P and fp32 sums: keys below 2**-45 of the largest weight flush
+            (2**-126 with the online max), and only V entries below ~2**-45 would underflow in the products with
+            the largest P. LIMIT 80, not 64, also fixes the image rows of joint text+image inputs (-9..18% kernel
+            time there, H200);
           - fp16 P (5 exponent bits: full precision only down to 2**-14) keeps its largest near 1: LIMIT =
             HEADROOM = 15 (P <= 2**15 < 65504, and fp16 V's products stay far inside fp32).
         Else (a row with no key in this block, logits spread far beyond the bound) the online max. The reference
@@ -262,35 +264,18 @@ if HAS_GLUON:
         return acc, m_new, l_i, fixed
 
     @gluon.jit
-    def _key_bound(KNORM, COLMAX, bhk, col_row, n_kt, HAS_COL: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr,
-                   num_warps: gl.constexpr):
-        """The key side of `_q_bound`: (the head's largest |k_scale * codes_k|, from prep_rows_kernel's per-tile
-        maxima KNORM (B*Hk, n_kt); the largest column bias of the tile's table row, from COLMAX: column_bias_kernel's
-        maxima per key block with COL_MAX_PER_BLOCK, else one per row). Loaded before the tile's Q lands."""
-        W: gl.constexpr = 32 * num_warps
-        vl: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-        offs = gl.arange(0, W, layout=vl)
-        kmax = gl.zeros([W], gl.float32, vl)
-        for i in range(0, n_kt, W):
-            kmax = gl.maximum(kmax, gl.load(KNORM + bhk * n_kt + i + offs, mask=i + offs < n_kt, other=0.0))
-        cmax = gl.zeros([W], gl.float32, vl)
+    def _score_bound(QNORM, KNORM, COLMAX, row0, bhk, col_row, BM: gl.constexpr, row_layout: gl.constexpr,
+                     HAS_COL: gl.constexpr):
+        """An upper bound on each of rows row0 .. row0 + BM's scores (log2 units) over every key of the head, for
+        `_first_block`: by Cauchy-Schwarz on the exact integer dot, |q.k| <= |q_scale * codes_q| * max over the
+        head's keys of |k_scale * codes_k|, plus the largest column bias of the rows' table row. The pre-pass
+        writes the three (prep_rows_kernel's WRITE_NORM for Q's rows and K's head, column_bias_kernel's or the
+        host's row maxima); reducing K's maxima per tile here instead cost 3..7% kernel time (H200). The scores'
+        fp32 rounding is far inside _first_block's slack."""
+        bound = gl.load(QNORM + row0 + gl.arange(0, BM, layout=row_layout)) * gl.load(KNORM + bhk)
         if HAS_COL:
-            n_max = n_kt if COL_MAX_PER_BLOCK else 1
-            cmax = gl.full([W], float("-inf"), gl.float32, vl)
-            for i in range(0, n_max, W):
-                cmax = gl.maximum(cmax, gl.load(COLMAX + col_row * n_max + i + offs, mask=i + offs < n_max,
-                                                other=float("-inf")))
-        return gl.max(kmax, 0), gl.max(cmax, 0)
-
-    @gluon.jit
-    def _q_bound(q_smem, q_scale, k_max, col_max, row_layout: gl.constexpr, num_warps: gl.constexpr):
-        """An upper bound on each of the warpgroup's rows' scores (log2 units) over every key of the head, for
-        `_first_block`: by Cauchy-Schwarz on the exact integer dot, |q.k| <= |q_scale * codes_q| * k_max, plus
-        the row's largest column bias (`_key_bound`). The scores' fp32 rounding is far inside _first_block's
-        slack. Computed while the first block's Q.K^T runs (both only read Q's tile)."""
-        ql: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [num_warps, 1], [1, 0])
-        q = q_smem.load(ql).to(gl.float32)
-        return q_scale * gl.convert_layout(gl.sqrt(gl.sum(q * q, 1)), row_layout) * k_max + col_max
+            bound = bound + gl.load(COLMAX + col_row)
+        return bound
 
     @gluon.jit
     def _fp4_block(acc, m_i, l_i, s, j, j_last, v_bufs, k_empty, v_ready, v_empty,
@@ -369,14 +354,14 @@ if HAS_GLUON:
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready, k_empty, v_ready,
-                           v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT, s_ob, s_oh, s_ol, Hq,
+                           v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT, s_ob, s_oh, s_ol, Hq,
                            kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
                            ROW0: gl.constexpr, BM: gl.constexpr, TILE_M: gl.constexpr, BN: gl.constexpr,
                            DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
                            V_STAGES: gl.constexpr, SUB: gl.constexpr, HAS_COL: gl.constexpr,
                            RETURN_LSE: gl.constexpr, FP4: gl.constexpr,
-                           HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr,
-                           COUNT_FIXED: gl.constexpr, num_warps: gl.constexpr):
+                           HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COUNT_FIXED: gl.constexpr,
+                           num_warps: gl.constexpr):
         """One warpgroup: rows ROW0 .. ROW0 + BM of each of this program's TILE_M-row tiles against every key
         block, then their store. Q's buffer goes back to the producer as soon as the tile's last Q.K^T is done, so
         the next tile's Q loads during the last block's softmax and the store."""
@@ -402,17 +387,14 @@ if HAS_GLUON:
             m_i = gl.full([BM], float("-inf"), gl.float32, row_s)  # (FP4's first block makes its own)
             l_i = gl.zeros([BM], gl.float32, row_s)
             j_last = j0 + n_blocks - 1
-            if not FP4:
-                k_max, col_max = _key_bound(KNORM, COLMAX, bhk,
-                                            column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g,
-                                                            TILE_M, SMOOTH_BLOCK),
-                                            n_blocks, HAS_COL, COL_MAX_PER_BLOCK, num_warps)
+            if not FP4:  # each row's score bound, for _first_block (loaded before Q lands)
+                bound = _score_bound(QNORM, KNORM, COLMAX, q_row + ROW0, bhk,
+                                     column_bias_row(b, h, pid_m, t0, col_rows_b, col_rows_h, col_rows_g, TILE_M,
+                                                     SMOOTH_BLOCK), BM, row_s, HAS_COL)
             mbarrier.wait(q_bar, n_done & 1)
             # The first block is peeled (n_blocks >= 2), so that its P.V needs no zeroed accumulator; INT8 decides
             # there whether the rest keeps a fixed reference max (_first_block).
             qk = _qk_issue(q_smem, k_bufs, k_ready, j0, s_unused, STAGES, SUB)
-            if not FP4:
-                bound = _q_bound(q_smem, q_scale, k_max, col_max, row_s, num_warps)
             qk = _scores_done(qk, j0, col_bufs, qk_factor, s_layout, BN, STAGES, SUB, HAS_COL, FP4)
             qk_next = _qk_issue(q_smem, k_bufs, k_ready, j0 + 1, s_unused, STAGES, SUB)
             if FP4:
@@ -472,12 +454,12 @@ if HAS_GLUON:
 
     @gluon.jit(do_not_specialize=("Lq", "t0", "count", "col_rows_b", "col_rows_h", "col_rows_g"))  # see _triton.jit
     def attention_ws_kernel(
-        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
+        q_desc, k_desc, v_desc, ks_desc, col_desc, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT,
         s_ob, s_oh, s_ol,
         Hq, kv_group, Lq, Lq_pad, Lk_pad, DV, t0, count, col_rows_b, col_rows_h, col_rows_g, qk_factor,
         BM: gl.constexpr, BN: gl.constexpr, DP: gl.constexpr, SMOOTH_BLOCK: gl.constexpr, STAGES: gl.constexpr,
         V_STAGES: gl.constexpr, SUB: gl.constexpr, RETURN_LSE: gl.constexpr, HAS_COL: gl.constexpr, FP4: gl.constexpr,
-        HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COL_MAX_PER_BLOCK: gl.constexpr, COUNT_FIXED: gl.constexpr,
+        HAS_VMEAN: gl.constexpr, SPLIT_KV: gl.constexpr, COUNT_FIXED: gl.constexpr,
         CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
         """Persistent: the launch's `count` BM-row tiles (common.tile_coords: from 128-row block t0 on, numbered
@@ -491,9 +473,9 @@ if HAS_GLUON:
         whose tensor_scale (V's second level, left out of its fp16 values) multiplies the output.
         col: the column-bias table flattened (rows*Lk_pad,) [BN], in key order, row = b*col_rows_b + h*col_rows_h
         + (block - t0)*col_rows_g. O: output (B, H, L, D) view. LSE (B, Hq, Lq) fp32 without the smoothing shift.
-        KNORM, COLMAX (INT8's score bound, `_key_bound`): fp32 (B*Hk, Lk_pad/BN) K's largest row norm per key tile;
-        the table rows' maxima, per key block (COL_MAX_PER_BLOCK) or one per row. FIXED_COUNT (COUNT_FIXED, tests):
-        int32 (2,), see run.fixed_max_count.
+        KNORM, COLMAX, QNORM (INT8's score bound, `_score_bound`): fp32 (B*Hk,) K's largest row norm per head; the
+        table rows' maxima; (B*Hq*Lq_pad,) Q's row norms. FIXED_COUNT (COUNT_FIXED, tests): int32 (2,), see
+        run.fixed_max_count.
         num_warps: one consumer warpgroup's (4); the second consumer and the producer are worker partitions."""
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
         NBUF: gl.constexpr = STAGES * SUB  # tiles of one key block each; stage i holds tiles i*SUB .. i*SUB+SUB-1
@@ -525,17 +507,17 @@ if HAS_GLUON:
         HALF: gl.constexpr = BM // 2
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT,
                                   s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
                                   col_rows_h, col_rows_g, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
                                   STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,
-                                  COL_MAX_PER_BLOCK, COUNT_FIXED, num_warps)),
+                                  COUNT_FIXED, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, FIXED_COUNT,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT,
                                   s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
                                   col_rows_h, col_rows_g, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
                                   STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,
-                                  COL_MAX_PER_BLOCK, COUNT_FIXED, num_warps)),
+                                  COUNT_FIXED, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, ks_desc, col_desc, q_smem, k_bufs, v_bufs, ks_bufs, col_bufs,
                                q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, Hq, kv_group, t0, Lq_pad,
                                Lk_pad, col_rows_b, col_rows_h, col_rows_g, count, BM, BN, SMOOTH_BLOCK, STAGES,

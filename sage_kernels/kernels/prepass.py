@@ -26,6 +26,11 @@ C_FP4_VALUES = tl.constexpr(FMT_FP4_VALUES)
 C_FP4_CODES = tl.constexpr(FMT_FP4_CODES)
 C_FP8 = tl.constexpr(FMT_FP8)
 C_V16 = tl.constexpr(FMT_V16)
+# prep_rows_kernel's WRITE_NORM: the INT8 rows' dequantized norms |scale * codes| for sm_90's score bound
+# (attention_ws._first_block): none, each head's largest (K: an atomic max per tile into a zeroed (B*H,)), or
+# every row's (Q: (B*H*L_pad,))
+NORM_NONE, NORM_HEAD_MAX, NORM_ROWS = 0, 1, 2
+C_NORM_NONE, C_NORM_HEAD_MAX, C_NORM_ROWS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @jit
@@ -48,7 +53,7 @@ def prep_rows_kernel(
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
     ROT,  # (DP, DP) ±1 rotation, input dtype; its columns in key_slots order when COL_SLOTS
     OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
-    NORM,  # fp32 (B * H * L_pad / BT,) out (WRITE_NORM, INT8): the tile's largest dequantized row norm
+    NORM,  # fp32 out (WRITE_NORM, INT8): (B * H,) each head's largest dequantized row norm, or (B * H * L_pad,) each row's
     H, L, L_pad, D, kv_group, row_factor, sm_scale,
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
     ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
@@ -65,8 +70,9 @@ def prep_rows_kernel(
     in the instruction cache, not the tile's). With ROTATE the mean's rotation comes for free: with Q smoothing
     per tile, from the tensor cores' sums of the rotated rows (sum_i x_i R = (sum_i x_i) R) in a first pass over
     the chunks; with a mean per head (MEAN_MODE 1), precomputed (MEAN_R).
-    WRITE_NORM (K's INT8 codes): the tile's largest row norm |scale * codes| (times row_factor), from which sm_90's
-    Gluon kernel bounds every score of a head before its loop (attention_ws._key_bound)."""
+    WRITE_NORM (INT8 codes; NORM_*): the rows' norms |scale * codes| (times row_factor), from which sm_90's Gluon
+    kernel bounds every score of a row before its loop (attention_ws._first_block): K's largest per head (an
+    atomic max: NORM starts at zero), Q's per row."""
     t = tl.program_id(0)
     cols = tl.arange(0, DP)
     tiles_per_head = L_pad // BT
@@ -117,9 +123,13 @@ def prep_rows_kernel(
             codes, scale = quantize_int8_jit(xs, 1)
             tl.store(OUT + out_rows[:, None] * DP + cols[None, :], codes)
             tl.store(OUT_SCALE + out_rows, scale * row_factor)
-            if WRITE_NORM:
+            if WRITE_NORM != C_NORM_NONE:
                 cf = codes.to(tl.float32)
-                norm_max = tl.maximum(norm_max, tl.max(scale * row_factor * tl.sqrt(tl.sum(cf * cf, 1)), 0))
+                norms = scale * row_factor * tl.sqrt(tl.sum(cf * cf, 1))
+                if WRITE_NORM == C_NORM_ROWS:
+                    tl.store(NORM + out_rows, norms)
+                else:
+                    norm_max = tl.maximum(norm_max, tl.max(norms, 0))
         else:  # NVFP4 along the head dim, the row's second level from its groups' maxima
             xg = keys_to_groups(xs, SUB, DP, COL_SLOTS)
             amax = amax_keep_nan(xg, 2)
@@ -140,8 +150,8 @@ def prep_rows_kernel(
             sfc = tl.arange(0, DP // 16)
             tl.store(OUT_SF + out_rows[:, None] * (DP // 16) + sfc[None, :], sc.to(OUT_SF.dtype.element_ty))
             tl.store(OUT_SCALE + out_rows, g * row_factor)
-    if WRITE_NORM:
-        tl.store(NORM + t, norm_max)
+    if WRITE_NORM == C_NORM_HEAD_MAX:
+        tl.atomic_max(NORM + pid_bh, norm_max)
 
 
 @jit
@@ -238,10 +248,10 @@ def column_bias_kernel(
     K, skb, skh, skl,  # raw keys (B, Hk, Lk, D) through strides, D contiguous
     KB, skbb, skbh,  # fp32 key bias (B|1, Hq|1, Lk), natural log, stride 0 where broadcast
     OUT,  # fp32 (t1 - t0, Lk_pad): table rows t0 .. t1 - 1
-    OUT_MAX,  # fp32 (t1 - t0, Lk_pad / BN): each row's max per key block (attention_ws._key_bound)
+    OUT_MAX,  # fp32 (t1 - t0,) from -inf (WRITE_MAX): each row's max, an atomic max per program (attention_ws)
     H, kv_group, G, t0, t1, bh0, Lk, Lk_pad, D, c,
     BG: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, HAS_KB: tl.constexpr, K_FP32: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    WRITE_MAX: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """c * (q̄_g . k_j) + log2(e) * bias_j for a [BG, BN] tile, -inf for padded keys.
 
@@ -282,4 +292,5 @@ def column_bias_kernel(
         t += 1.4426950408889634 * kb[None, :]
     t = tl.where(keys[None, :] < Lk, t, float("-inf"))
     tl.store(OUT + (head_row + gs - t0)[:, None].to(tl.int64) * Lk_pad + keys[None, :], t, mask=live[:, None])
-    tl.store(OUT_MAX + (head_row + gs - t0) * (Lk_pad // BN) + pid_n, tl.max(t, 1), mask=live)
+    if WRITE_MAX:
+        tl.atomic_max(OUT_MAX + (head_row + gs - t0), tl.max(t, 1), mask=live)

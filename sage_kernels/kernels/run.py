@@ -27,8 +27,8 @@ from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, fp4_key_
                       prepass_maxnreg, prepass_warps, without_gluon)
 from .key_slots import key_of_slot
 from .means import kv_stats
-from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, column_bias_kernel, prep_rows_kernel,
-                      prep_v_kernel)
+from .prepass import (FMT_FP4_CODES, FMT_FP4_VALUES, FMT_FP8, FMT_INT8, FMT_V16, NORM_HEAD_MAX, NORM_NONE, NORM_ROWS,
+                      column_bias_kernel, prep_rows_kernel, prep_v_kernel)
 from .streams import PrepassFork
 
 _BIAS_ROWS = 64  # query blocks per column-bias program
@@ -58,7 +58,11 @@ class Operands:
     key_slots: bool = False  # FP4 values: K's and V's rows in key_slots order (configs.fp4_key_slots)
     column_slots: bool = False  # FP4 values, rotated: Q's and K's columns in key_slots order (prep_rows_kernel)
     fork: PrepassFork | None = None  # the side stream K's and V's operands are made on until join()
-    k_norm: torch.Tensor | None = None  # INT8 with 16-bit P.V: fp32 (B*Hk, Lk_pad/128) largest K row norm per tile
+    # The INT8 Gluon kernel's score bound (attention_ws._first_block), INT8 with 16-bit P.V on sm_90 (and in the
+    # interpreter, for the tests): fp32 (B*Hk,) each head's largest dequantized K row norm; (B, Hq, Lq_pad) each
+    # Q row's
+    k_norm: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None
 
     def join(self) -> None:
         """The current stream waits for K's and V's pre-pass (a no-op once done or without a side stream)."""
@@ -139,9 +143,11 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
-    # (the INT8 Gluon kernel's score bound: attention_ws._key_bound)
-    k_norm = torch.empty(b * hk, lk_pad // BLOCK_N, dtype=torch.float32, device=dev) \
-        if (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) else None
+    # the INT8 Gluon kernel's score bound (Operands.k_norm; K's an atomic max from zero), where it may run
+    bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (
+        not arch or launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()).gluon)
+    k_norm = torch.zeros(b * hk, dtype=torch.float32, device=dev) if bound else None
+    q_norm = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if bound else None
     rows_launch = dict(  # prep_rows_kernel's launch options, Q's and K's alike
         COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
         num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
@@ -165,7 +171,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                 k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
                 k_sf, k_norm if k_norm is not None else _empty(dev), hk, lk, lk_pad, p.head_dim, 1, 1.0, 1.0,
                 BT=BLOCK_N, DP=dp, FORMAT=qk_fmt, MEAN_MODE=1 if opts.smooth_k else 0, ROTATE=rotate,
-                WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, WRITE_NORM=k_norm is not None, **rows_launch,
+                WRITE_SHIFT=False, X_FP32=x_fp32, KEY_SLOTS=key_slots, WRITE_NORM=NORM_HEAD_MAX if bound else NORM_NONE,
+                **rows_launch,
             )
             # --- V --- (16-bit P.V reads the caller's V as it is: smooth_v has nothing to do without quantization)
             quantize_v = pv_fmt != FMT_V16
@@ -198,14 +205,15 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         fork.wait(kbar_ready)
         prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
             p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
-            *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf, _empty(dev),
+            *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
+            q_norm if bound else _empty(dev),
             hq, lq, lq_pad, p.head_dim, hq // hk, row_factor, p.scale,
             BT=BLOCK_M, DP=dp, FORMAT=qk_fmt, MEAN_MODE=mean_mode, ROTATE=rotate, WRITE_SHIFT=return_lse, X_FP32=x_fp32,
-            KEY_SLOTS=False, WRITE_NORM=False, **rows_launch,
+            KEY_SLOTS=False, WRITE_NORM=NORM_ROWS if bound else NORM_NONE, **rows_launch,
         )
         ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
                        shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                       key_slots, column_slots, fork, k_norm)
+                       key_slots, column_slots, fork, k_norm, q_norm)
     if join:
         ops.join()
     return ops
@@ -284,12 +292,13 @@ def chunk_rows(p: AttentionProblem, ops: Operands, n_qblocks: int, slots: int = 
     return rows - rows % slots if slots and rows >= slots else rows
 
 
-def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int,
+                with_max: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows t0 .. t1 - 1 of the column-bias table (row = (b * Hq + h) * G + g for the G query-mean groups), and
-    each row's max per key block ((t1 - t0, Lk_pad / 128): the Gluon kernel's score bound)."""
+    with_max: each row's max ((t1 - t0,): the INT8 Gluon kernel's score bound), else None."""
     g = ops.q_means.shape[2]
     out = torch.empty(t1 - t0, ops.lk_pad, dtype=torch.float32, device=p.device)
-    out_max = torch.empty(t1 - t0, ops.lk_pad // BLOCK_N, dtype=torch.float32, device=p.device)
+    out_max = torch.full((t1 - t0,), float("-inf"), dtype=torch.float32, device=p.device) if with_max else None
     kb = p.key_bias
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
@@ -297,9 +306,9 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int) -> tuple[t
     bh0 = t0 // g
     column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-min(g, t1 - t0) // bg), -(-t1 // g) - bh0)](
         qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
-        kb if kb is not None else _empty(p.device), *kb_strides, out, out_max,
+        kb if kb is not None else _empty(p.device), *kb_strides, out, out_max if with_max else _empty(p.device),
         p.heads_q, p.heads_q // p.heads_kv, g, t0, t1, bh0, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
-        BG=bg, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32,
+        BG=bg, BN=BLOCK_N, DP=ops.dp, HAS_KB=kb is not None, K_FP32=p.dtype == torch.float32, WRITE_MAX=with_max,
         INTERPRET=interpreter_active(),
     )
     return out, out_max
@@ -333,13 +342,14 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         ws = tma and cfg.gluon and _ws_applies(p, ops)
         if not ws:
             cfg = without_gluon(cfg)
+        bound = ws and ops.k_norm is not None  # the INT8 Gluon kernel's score bound: the table rows' maxima too
         total = p.batch * p.heads_q * n_qblocks  # 128-row query blocks of every head: the launches' grid units
         if ops.q_means is None or ops.q_means.shape[2] == 1:  # one table row serves every query block of a head
             if ops.q_means is None:
                 table = _key_bias_table(p, ops.lk_pad)
-                table_max = _key_bias_max(p, table) if ws else None  # (only the Gluon kernel reads it)
+                table_max = _key_bias_max(p, table) if bound else None
             else:
-                table, table_max = _bias_chunk(p, ops, 0, p.batch * p.heads_q)
+                table, table_max = _bias_chunk(p, ops, 0, p.batch * p.heads_q, bound)
                 table = table.view(p.batch, p.heads_q, 1, ops.lk_pad)
             pieces = [(0, total, (table, table_max),
                        tuple(st // ops.lk_pad for st in broadcast_strides(table)[:2]) + (0,))]
@@ -351,7 +361,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         has_col = not (ops.q_means is None and p.key_bias is None and p.len_k == ops.lk_pad)  # else all zero: skipped
         # col_rows: the table row of (b, h, block) is b*col_rows[0] + h*col_rows[1] + (block - t0)*col_rows[2]
         for t0, count, table, col_rows in pieces:  # (a chunk's table is freed before the next is made)
-            table, table_max = table if table is not None else _bias_chunk(p, ops, t0, t0 + count)
+            table, table_max = table if table is not None else _bias_chunk(p, ops, t0, t0 + count, bound)
             ops.join()  # (the first chunk's column bias, on this stream, ran beside K's and V's pre-pass)
             args = (p, ops, cfg, table, col_rows, has_col, t0, count, out_hnd, lse)
             if ws and not _try_launch_ws(*args, table_max):
@@ -491,7 +501,7 @@ def _gluon_placeholder(device: torch.device):
 
 
 def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse, table_max):
-    """table_max: the table rows' maxima, one per row or one per row and key block (INT8's score bound)."""
+    """table_max: the table rows' maxima, one per row (INT8's score bound)."""
     dp, lk_pad = ops.dp, ops.lk_pad
     fp4 = ops.qk_format == FMT_FP4_VALUES
     if fp4:  # the emulation's values (bf16 Q and K, fp16 V), K's and V's rows in key_slots order
@@ -504,7 +514,9 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         v_desc, ks_desc, gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),
         ops.v_mean if ops.v_mean is not None else _empty(p.device), ops.v_amax,
-        ops.k_norm if ops.k_norm is not None else _empty(p.device), table_max,
+        ops.k_norm if ops.k_norm is not None else _empty(p.device),
+        table_max if table_max is not None else _empty(p.device),
+        ops.q_norm if ops.q_norm is not None else _empty(p.device),
         fixed_max_count if fixed_max_count is not None else _empty(p.device, torch.int32),
         *out_hnd.stride()[:3],
         p.heads_q, p.heads_q // p.heads_kv, p.len_q, ops.lq_pad, lk_pad, p.head_dim_v, t0, count,
@@ -512,7 +524,7 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
         BM=BLOCK_M, BN=BLOCK_N, DP=dp, SMOOTH_BLOCK=BLOCK_M, STAGES=cfg.num_stages, V_STAGES=cfg.v_ring_stages,
         SUB=cfg.blocks_per_stage,
         RETURN_LSE=lse is not None, HAS_COL=has_col, FP4=fp4, HAS_VMEAN=ops.v_mean is not None,
-        SPLIT_KV=cfg.split_kv, COL_MAX_PER_BLOCK=not fp4 and table_max.dim() == 2 and table_max.shape[-1] > 1,
+        SPLIT_KV=cfg.split_kv,
         COUNT_FIXED=fixed_max_count is not None,
         CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=WS_WARPS, maxnreg=WS_MAXNREG,
     )

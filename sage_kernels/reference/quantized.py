@@ -146,7 +146,7 @@ def fixed_reference(p: AttentionProblem, prep: Prepared, keep=None):
     bounded by |q_scale * codes_q| * (the head's largest |k_scale * codes_k|) + its table row's largest column
     bias; a 64-row group of a head's rows (the kernel's warpgroup, the zero rows padding Lq to 128 included) is
     fixed where every row's bound is within LIMIT of its first block's max m0, and keeps ceil(max(m0, bound -
-    HEADROOM)): LIMIT / HEADROOM 64 / 0 for bf16 P, 15 / 15 for fp16 P."""
+    HEADROOM)): LIMIT / HEADROOM 80 / 0 for bf16 P, 15 / 15 for fp16 P."""
     headroom, limit = FIXED_MAX_FP16 if p.v.dtype == torch.float16 else FIXED_MAX_BF16
     b, hq, lq = p.batch, p.heads_q, p.len_q
     lq_pad = -(-lq // BLOCK_M) * BLOCK_M
