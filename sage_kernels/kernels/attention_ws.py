@@ -507,13 +507,15 @@ if HAS_GLUON:
         HALF: gl.constexpr = BM // 2
         gl.warp_specialize([
             (_compute_partition, (q_smem.slice(0, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM,
+                                  FIXED_COUNT,
                                   s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
                                   col_rows_h, col_rows_g, qk_factor, 0, HALF, BM, BN, DP, SMOOTH_BLOCK,
                                   STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,
                                   COUNT_FIXED, num_warps)),
             (_compute_partition, (q_smem.slice(HALF, HALF), k_bufs, v_bufs, ks_bufs, col_bufs, q_bar, q_empty, k_ready,
-                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM, FIXED_COUNT,
+                                  k_empty, v_ready, v_empty, QS, O, LSE, VMEAN, V_AMAX, KNORM, COLMAX, QNORM,
+                                  FIXED_COUNT,
                                   s_ob, s_oh, s_ol, Hq, kv_group, t0, Lq, Lq_pad, Lk_pad, DV, count, col_rows_b,
                                   col_rows_h, col_rows_g, qk_factor, HALF, HALF, BM, BN, DP, SMOOTH_BLOCK,
                                   STAGES, V_STAGES, SUB, HAS_COL, RETURN_LSE, FP4, HAS_VMEAN, SPLIT_KV,

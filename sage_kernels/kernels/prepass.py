@@ -53,7 +53,7 @@ def prep_rows_kernel(
     SHIFT,  # fp32 (B, H, L_pad) out: sm_scale * (x_i - mean) . kbar
     ROT,  # (DP, DP) ±1 rotation, input dtype; its columns in key_slots order when COL_SLOTS
     OUT, OUT_SCALE, OUT_SF,  # operand buffers (see FMT_*), contiguous (B, H, L_pad, ...)
-    NORM,  # fp32 out (WRITE_NORM, INT8): (B * H,) each head's largest dequantized row norm, or (B * H * L_pad,) each row's
+    NORM,  # fp32 out (WRITE_NORM, INT8): (B * H,) each head's largest dequantized row norm, (B * H * L_pad,) each row's
     H, L, L_pad, D, kv_group, row_factor, sm_scale,
     BT: tl.constexpr, DP: tl.constexpr, FORMAT: tl.constexpr, MEAN_MODE: tl.constexpr,
     ROTATE: tl.constexpr, WRITE_SHIFT: tl.constexpr, X_FP32: tl.constexpr, KEY_SLOTS: tl.constexpr,
