@@ -27,8 +27,8 @@ C_FP4_CODES = tl.constexpr(FMT_FP4_CODES)
 C_FP8 = tl.constexpr(FMT_FP8)
 C_V16 = tl.constexpr(FMT_V16)
 # prep_rows_kernel's WRITE_NORM: the INT8 rows' dequantized norms |scale * codes| for sm_90's score bound
-# (attention_ws._first_block): none, each head's largest (K: an atomic max per tile into a zeroed (B*H,)), or
-# every row's (Q: (B*H*L_pad,))
+# (attention_ws._first_block): none, each head's largest (K: an atomic max per tile into a (B*H,) filled with
+# -inf or 0), or every row's (Q: (B*H*L_pad,))
 NORM_NONE, NORM_HEAD_MAX, NORM_ROWS = 0, 1, 2
 C_NORM_NONE, C_NORM_HEAD_MAX, C_NORM_ROWS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
@@ -72,7 +72,7 @@ def prep_rows_kernel(
     the chunks; with a mean per head (MEAN_MODE 1), precomputed (MEAN_R).
     WRITE_NORM (INT8 codes; NORM_*): the rows' norms |scale * codes| (times row_factor), from which sm_90's Gluon
     kernel bounds every score of a row before its loop (attention_ws._first_block): K's largest per head (an
-    atomic max: NORM starts at zero), Q's per row."""
+    atomic max: NORM starts at -inf or 0), Q's per row."""
     t = tl.program_id(0)
     cols = tl.arange(0, DP)
     tiles_per_head = L_pad // BT

@@ -60,9 +60,11 @@ class Operands:
     fork: PrepassFork | None = None  # the side stream K's and V's operands are made on until join()
     # The INT8 Gluon kernel's score bound (attention_ws._first_block), INT8 with 16-bit P.V on sm_90 (and in the
     # interpreter, for the tests): fp32 (B*Hk,) each head's largest dequantized K row norm; (B, Hq, Lq_pad) each
-    # Q row's
+    # Q row's; (rows,) each column-bias table row's max (numbered as the table's rows, across heads; sliced per
+    # chunk). The maxima are atomic maxima into one buffer filled with -inf.
     k_norm: torch.Tensor | None = None
     q_norm: torch.Tensor | None = None
+    table_max: torch.Tensor | None = None
 
     def join(self) -> None:
         """The current stream waits for K's and V's pre-pass (a no-op once done or without a side stream)."""
@@ -143,11 +145,16 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
-    # the INT8 Gluon kernel's score bound (Operands.k_norm; K's an atomic max from zero), where it may run
+    # the INT8 Gluon kernel's score bound (Operands.k_norm), where it may run: K's and the table rows' maxima in one
+    # buffer (one fill launch: host time counts at Flux's sizes)
     bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (
         not arch or launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()).gluon)
-    k_norm = torch.zeros(b * hk, dtype=torch.float32, device=dev) if bound else None
-    q_norm = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if bound else None
+    k_norm = q_norm = table_max = None
+    if bound:
+        table_rows = b * hq * {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
+        maxima = torch.full((b * hk + table_rows,), float("-inf"), dtype=torch.float32, device=dev)
+        k_norm, table_max = maxima[:b * hk], maxima[b * hk:]
+        q_norm = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev)
     rows_launch = dict(  # prep_rows_kernel's launch options, Q's and K's alike
         COL_SLOTS=column_slots, SUB=PREP_CHUNK_ROWS, INTERPRET=interpreter_active(),
         num_warps=prepass_warps(dp, qk_fmt), num_stages=PREP_NUM_STAGES,
@@ -213,7 +220,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         )
         ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
                        shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                       key_slots, column_slots, fork, k_norm, q_norm)
+                       key_slots, column_slots, fork, k_norm, q_norm, table_max)
     if join:
         ops.join()
     return ops
@@ -298,7 +305,7 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int,
     with_max: each row's max ((t1 - t0,): the INT8 Gluon kernel's score bound), else None."""
     g = ops.q_means.shape[2]
     out = torch.empty(t1 - t0, ops.lk_pad, dtype=torch.float32, device=p.device)
-    out_max = torch.full((t1 - t0,), float("-inf"), dtype=torch.float32, device=p.device) if with_max else None
+    out_max = ops.table_max[t0:t1] if with_max else None  # (from -inf: Operands.table_max)
     kb = p.key_bias
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
