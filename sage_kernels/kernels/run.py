@@ -145,13 +145,15 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
+    # query-mean groups per head (Q smoothing), so rows of the column-bias table per head
+    q_groups = {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
     # the INT8 Gluon kernel's score bound (Operands.k_norm), where it may run: K's and the table rows' maxima in one
     # buffer (one fill launch: host time counts at Flux's sizes)
     bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (
         not arch or launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()).gluon)
     k_norm = q_norm = table_max = None
     if bound:
-        table_rows = b * hq * {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
+        table_rows = b * hq * q_groups
         maxima = torch.full((b * hk + table_rows,), float("-inf"), dtype=torch.float32, device=dev)
         k_norm, table_max = maxima[:b * hk], maxima[b * hk:]
         q_norm = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev)
@@ -198,7 +200,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         shift = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=dev) if return_lse else _empty(dev)
         q_mean_r = _empty(dev)
         if opts.smooth_q == "block":
-            q_means = torch.empty(b, hq, lq_pad // BLOCK_M, dp, dtype=torch.float32, device=dev)
+            q_means = torch.empty(b, hq, q_groups, dp, dtype=torch.float32, device=dev)
             mean_mode = 2
         elif opts.smooth_q == "global":
             q_means = _pad_cols(T.query_means(p.q, "global"), dp)
