@@ -35,6 +35,22 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     assert all("wgmma async" in line for line in ws), ws  # ptxas would otherwise wait after every wgmma
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+def test_every_wgmma_serialisation_note_of_ptxas_is_reported():
+    """The check above relies on it: ptxas reports serialised wgmma under several codes, and C7512 (registers) was
+    once missed by a check that matched C7514/C7515 only."""
+    from sage_kernels.kernels.aot import serialisation_reason
+
+    note = "wgmma.mma_async instructions are serialized due to insufficient register resources for the function 'k'"
+    log = "\n".join(["ptxas info    : 11 bytes gmem", f"ptxas info    : (C7512) Potential Performance Loss: {note}",
+                     "ptxas info    : Used 168 registers, used 3 barriers"])
+    assert serialisation_reason(log) == note
+    reads = log.replace("C7512", "C7514").replace("insufficient register resources", "non wgmma instructions reading "
+                                                  "accumulator registers of a wgmma")
+    assert "reading accumulator registers" in serialisation_reason(reads)
+    assert serialisation_reason("ptxas info    : Used 168 registers, used 3 barriers") == ""
+
+
 def test_recorded_fp4_launches_take_each_gpus_key_and_column_order():
     """Launches are recorded with CPU tensors, as on sm_90: the AOT check must compile the FP4 emulation's pre-pass
     with the key and column orders the host code picks on each GPU (slot orders on sm_90 only), and with its

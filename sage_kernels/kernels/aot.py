@@ -162,8 +162,7 @@ def compile_launch(launch: Launch, arch: int):
 
 
 def wgmma_serialized(compiled, arch: int) -> str:
-    """ptxas's reason if it serialises the kernel's wgmma instructions (warnings C7514/C7515: a non-wgmma instruction
-    touches an accumulator's registers while a wgmma is in flight), else ''. Only meaningful for sm_90."""
+    """ptxas's reason if it serialises the kernel's wgmma instructions, else ''. Only meaningful for sm_90."""
     import subprocess
     import tempfile
 
@@ -175,7 +174,15 @@ def wgmma_serialized(compiled, arch: int) -> str:
             f.write(compiled.asm["ptx"])
         proc = subprocess.run([knobs.nvidia.ptxas.path, f"-arch=sm_{arch}a", "-v", ptx, "-o", f"{tmp}/k.cubin"],
                               capture_output=True, text=True, timeout=300)
-    hits = [line for line in proc.stderr.splitlines() if "(C7514)" in line or "(C7515)" in line]
+    return serialisation_reason(proc.stderr)
+
+
+def serialisation_reason(ptxas_log: str) -> str:
+    """The first of ptxas's "wgmma.mma_async instructions are serialized" notes in its -v output, else ''. Its
+    codes seen so far: C7514 / C7515 (a non-wgmma instruction reads / writes an accumulator's registers while a
+    wgmma is in flight) and C7512 (not enough registers to keep the in-flight operands apart: a P.V left in flight
+    through the next block's softmax). Matched by text, not by code, so that a new code is reported too."""
+    hits = [line for line in ptxas_log.splitlines() if "wgmma.mma_async instructions are serialized" in line]
     return hits[0].split("Potential Performance Loss: ")[-1].strip() if hits else ""
 
 

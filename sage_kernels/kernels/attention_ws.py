@@ -157,7 +157,8 @@ if HAS_GLUON:
         (Leaving P.V in flight through the next block's softmax, FlashAttention-3's order, makes ptxas serialise
         every wgmma here: a loop-carried accumulator in flight. Issued with the next Q.K^T and waited before the
         back edge it is not serialised, but 12-16% slower, and ping-pong turns between the warpgroups did not
-        help either: docs/BENCHMARKS.md.)"""
+        help either. In the fixed-reference loop, which never reads acc: with P in registers still serialised
+        (C7512/C7514), with P through shared memory 22-40% slower: docs/BENCHMARKS.md.)"""
         if SPLIT_KV:
             if j % SUB == 0:
                 mbarrier.wait(v_ready.index((j // SUB) % STAGES), ((j // SUB) // STAGES) & 1)
