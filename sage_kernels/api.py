@@ -130,7 +130,8 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
     """Attention with low-bit kernels.
 
     q (B, Hq, Lq, D), k and v (B, Hk, Lk, D) for layout "HND"; (B, L, H, D) for "NHD". Hk must divide Hq (GQA).
-    precision: "auto" (fp4 on Blackwell, int8 on sm_80/86/89, SDPA on Hopper, off the GPU and for small calls: see
+    precision: "auto" (fp4 on Blackwell, int8 on sm_80/86/89, on Hopper int8 for bf16 head-dim-128 non-causal calls
+    of >= 30k tokens and SDPA otherwise, SDPA off the GPU and for small calls: see
     capabilities.resolve_auto_precision) | "fp4" (SageAttention3
     NVFP4) | "int8" (INT8 Q.K^T and P.V) | "sdpa" (no quantization). backend: "auto" (Triton kernel, else SDPA)
     | "triton" | "reference" (the torch mirror of the kernel math, any device).

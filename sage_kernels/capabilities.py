@@ -195,11 +195,32 @@ _CANDIDATES = {
 }
 
 
-# GPUs where the quantized kernels measured slower than PyTorch's SDPA: precision="auto" keeps SDPA there.
-AUTO_SDPA = {
-    90: "on Hopper the Triton int8 kernel measured 0.6-0.9x cuDNN SDPA (H200, docs/BENCHMARKS.md); "
-        "request precision='int8' explicitly for its accuracy preview",
-}
+# Hopper (sm_90): precision="auto" runs int8 only on the calls where the int8 kernel measured faster than cuDNN SDPA
+# on every test distribution (H200, 2026-11-28, eager whole calls, docs/BENCHMARKS.md "precision="auto" on
+# Hopper"): bf16, head dim 128, not causal, at least HOPPER_INT8_MIN_TOKENS queries and keys. At 32760 tokens
+# 1.03-1.19x SDPA (sharp logits .. N(0,1); Wan 480p, HunyuanVideo 544x960x65 and larger videos), at 24576 0.97-1.09x,
+# at 16384 0.93-1.08x. Everything else keeps SDPA: causal 0.61x, head dim 64 1.00x, 512 text keys 0.30x, fp16 1.03x
+# (N(0,1) only: fp16 scores never keep the kernel's fixed softmax reference), Flux's 4608 tokens 0.83x, and
+# training (the int8 backward runs at 0.48x of cuDNN's).
+HOPPER_INT8_MIN_TOKENS = 30 * 1024
+
+
+def _hopper_sdpa_reason(p: AttentionProblem) -> str:
+    """Why precision="auto" keeps SDPA for this call on Hopper, or "" when the int8 kernel measured faster."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (p.q, p.k, p.v)):
+        return "training (the int8 backward measured 0.48x cuDNN on Hopper)"
+    if p.dtype != torch.bfloat16:
+        return f"{str(p.dtype).replace('torch.', '')} inputs (int8 measured faster than cuDNN for bf16 only)"
+    if max(p.head_dim, p.head_dim_v) != 128:
+        return f"head dim {max(p.head_dim, p.head_dim_v)} (int8 measured faster than cuDNN at head dim 128 only)"
+    if p.is_causal:
+        return "causal (int8 measured 0.61x cuDNN)"
+    if min(p.len_q, p.len_k) < HOPPER_INT8_MIN_TOKENS:
+        return (f"{min(p.len_q, p.len_k)} tokens (int8 measured faster than cuDNN on every input distribution from "
+                f"{HOPPER_INT8_MIN_TOKENS} queries and keys)")
+    return ""
+
+
 # Below this much attention work (4 * B * Hq * Lq * Lk * D flops) precision="auto" runs SDPA. The quantized path
 # costs ~0.5 ms of host time per call whatever the size (H200 host, 2026-11-27: 507-554 us at 1k-4.6k tokens, SDPA
 # 18-25 us; docs/BENCHMARKS.md) and three or more extra kernels. Below 2**34 flops SDPA itself needs ~0.1 ms on an
@@ -236,8 +257,8 @@ def attention_flops(p: AttentionProblem) -> int:
 
 def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, str]:
     """precision="auto" -> (precision, note): fp4 on Blackwell when its native kernel compiles; int8 on other
-    sm_80+ GPUs unless AUTO_SDPA lists the arch; SDPA off the GPU and for small problems (AUTO_MIN_FLOPS), where
-    quantization buys no speed."""
+    sm_80+ GPUs, on Hopper only where it measured faster than cuDNN (_hopper_sdpa_reason); SDPA off the GPU and for
+    small problems (AUTO_MIN_FLOPS), where quantization buys no speed."""
     if dev.kind != "cuda":
         return "sdpa", f"auto: {dev.kind} tensors run SDPA"
     flops = attention_flops(p)
@@ -246,8 +267,12 @@ def resolve_auto_precision(p: AttentionProblem, dev: DeviceInfo) -> tuple[str, s
                         "fixed cost exceeds what it could save")
     if dev.arch in NATIVE_FP4_ARCHS and not KERNELS["triton.fp4.native"].check(p, dev):
         return "fp4", "auto: native NVFP4 kernel available"
-    if dev.arch in AUTO_SDPA:
-        return "sdpa", "auto: " + AUTO_SDPA[dev.arch]
+    if dev.arch == 90:
+        why = _hopper_sdpa_reason(p)
+        if why:
+            return "sdpa", f"auto: SDPA on Hopper for {why}; precision='int8' runs it anyway"
+        return "int8", (f"auto: int8 on Hopper (bf16, head dim 128, >= {HOPPER_INT8_MIN_TOKENS} tokens: measured "
+                        "faster than cuDNN)")
     if dev.arch >= 80:
         return "int8", f"auto: int8 on sm_{dev.arch}"
     return "sdpa", f"auto: quantized kernels need sm_80+, this GPU is sm_{dev.arch}"

@@ -107,6 +107,47 @@ def test_cuda_plans_follow_the_arch_table(monkeypatch):
     assert "sm_80+" in capabilities.KERNELS["triton.int8"].check(p, capabilities.DeviceInfo("cuda", 75))
 
 
+def _typed(b, h, lq, lk, d, dtype=torch.bfloat16, **kwargs):
+    """Like _shaped, in a dtype (meta tensors: the rule reads shapes and dtypes only)."""
+    q = torch.empty(b, h, lq, d, dtype=dtype, device="meta")
+    k, v = (torch.empty(b, h, lk, d, dtype=dtype, device="meta") for _ in range(2))
+    return build_problem(q, k, v, **kwargs)
+
+
+def test_hopper_auto_runs_int8_only_where_it_measured_faster():
+    """sm_90: int8 for bf16, head dim 128, non-causal calls of >= 30k queries and keys (Wan 480p, HunyuanVideo
+    544x960x65, Wan 720p); SDPA, with the reason, for each condition that fails (docs/BENCHMARKS.md)."""
+    hopper = capabilities.DeviceInfo("cuda", 90)
+    n = capabilities.HOPPER_INT8_MIN_TOKENS
+    for shape in ((1, 40, 32760, 32760, 128), (1, 24, 34936, 34936, 128), (2, 40, 75600, 75600, 128),
+                  (1, 24, n, n, 128)):
+        precision, note = capabilities.resolve_auto_precision(_typed(*shape), hopper)
+        assert precision == "int8" and "Hopper" in note, shape
+    sdpa_cases = {
+        "tokens": _typed(1, 24, n - 1, n - 1, 128),  # 24k tokens measured 0.97x on sharp logits
+        "tokens ": _typed(1, 24, 4608, 4608, 128),  # Flux 1024^2: 0.83x
+        "tokens  ": _typed(1, 40, 32760, 512, 128),  # text cross-attention: 0.30x
+        "head dim 64": _typed(1, 24, 32768, 32768, 64),
+        "head dim 96": _typed(1, 24, 32768, 32768, 96),
+        "float16": _typed(1, 24, 32768, 32768, 128, torch.float16),
+        "float32": _typed(1, 24, 32768, 32768, 128, torch.float32),
+        "causal": _typed(1, 24, 32768, 32768, 128, is_causal=True),
+    }
+    for why, p in sdpa_cases.items():
+        precision, note = capabilities.resolve_auto_precision(p, hopper)
+        assert precision == "sdpa" and why.strip() in note and "Hopper" in note, why
+    # the same call under training: the int8 backward is slower than cuDNN's on Hopper
+    q = torch.empty(1, 24, n, 128, dtype=torch.bfloat16, device="meta", requires_grad=True)
+    k, v = (torch.empty(1, 24, n, 128, dtype=torch.bfloat16, device="meta") for _ in range(2))
+    precision, note = capabilities.resolve_auto_precision(build_problem(q, k, v), hopper)
+    assert precision == "sdpa" and "training" in note
+    with torch.no_grad():
+        assert capabilities.resolve_auto_precision(build_problem(q, k, v), hopper)[0] == "int8"
+    # other GPUs keep their rule: int8 on Ada whatever the dtype or causality
+    ada = capabilities.DeviceInfo("cuda", 89)
+    assert capabilities.resolve_auto_precision(sdpa_cases["causal"], ada)[0] == "int8"
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("lk", [48, 64, 96])
 def test_sdpa_path_masks_gqa_causal_lse(causal, lk):

@@ -267,3 +267,21 @@ def test_two_to_the_31_elements_still_run_and_one_row_more_runs_sdpa():
     longer = torch.cat([q, q[:, :, :1]], dim=2)
     del q
     assert "32 bits" in sage_kernels.explain(longer, k, v, precision="int8", backend="triton").reason
+
+
+def test_hopper_auto_runs_the_int8_kernel_on_video_sized_calls():
+    """On an H100/H200 the default precision runs int8 on bf16 head-dim-128 calls of >= 30k tokens (where it
+    measured faster than cuDNN) and SDPA below: the same output as asking for each, and int8 within its bar."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper rule of precision='auto'")
+    n = sage_kernels.capabilities.HOPPER_INT8_MIN_TOKENS
+    q, k, v = (t.bfloat16() for t in dist.make("joint_text_image", 1, 1, n, n, 128, device="cuda"))
+    assert sage_kernels.explain(q, k, v).kernel == "triton.int8"
+    out = sage_kernels.sage_attention(q, k, v)
+    assert torch.equal(out, sage_kernels.sage_attention(q, k, v, precision="int8", fallback="error"))
+    cos, l1 = dist.metrics(out, exact_attention(build_problem(q, k, v))[0])
+    assert cos >= INT8_COS and l1 <= INT8_L1, (cos, l1)
+    short = [t[:, :, :n - 1] for t in (q, k, v)]
+    assert sage_kernels.explain(*short).kernel == "torch.sdpa"
+    torch.testing.assert_close(sage_kernels.sage_attention(*short),
+                               torch.nn.functional.scaled_dot_product_attention(*short), rtol=0, atol=0)
