@@ -369,16 +369,19 @@ def test_score_bound_inputs_bound_every_score(name):
 
 def test_chunk_rows_stay_within_the_budget_in_whole_waves():
     """The table (one fp32 row of Lk_pad per 128-query block of every head) is chunked to at most the size of
-    INT8 Q; on a GPU (slots = its SMs, one 128-row program each per wave) a chunk is a whole number of waves.
-    HunyuanVideo's 35k tokens: 6552 rows in chunks of 660 (5 waves each) = 50 waves, the fewest possible."""
+    INT8 Q, or of INT8 V where P.V is 16-bit (V not copied) and V is the larger; on a GPU (slots = its SMs, one
+    128-row program each per wave) a chunk is a whole number of waves. HunyuanVideo's 35k tokens: 6552 rows in
+    chunks of 660 (5 waves each) = 50 waves, the fewest possible."""
     from types import SimpleNamespace
 
+    from sage_kernels.kernels.prepass import FMT_FP8, FMT_V16
     from sage_kernels.kernels.run import chunk_rows
 
-    def rows(b, hq, lq, lk, slots=0):
-        p = SimpleNamespace(batch=b, heads_q=hq)
+    def rows(b, hq, lq, lk, slots=0, hk=None, pv_format=FMT_V16):
+        p = SimpleNamespace(batch=b, heads_q=hq, heads_kv=hk or hq)
         lq_pad, lk_pad = -(-lq // 128) * 128, -(-lk // 128) * 128
-        ops = SimpleNamespace(q=torch.empty(b * hq * lq_pad * 128, dtype=torch.int8, device="meta"), lk_pad=lk_pad)
+        ops = SimpleNamespace(q=torch.empty(b * hq * lq_pad * 128, dtype=torch.int8, device="meta"), lk_pad=lk_pad,
+                              dp=128, pv_format=pv_format)
         return chunk_rows(p, ops, lq_pad // 128, slots)
 
     assert rows(1, 24, 4096, 4096) == 24 * 32  # fits: one chunk
@@ -387,8 +390,14 @@ def test_chunk_rows_stay_within_the_budget_in_whole_waves():
     assert rows(1, 40, 32768, 32768, slots=132) == 1188  # 1280 fit, rounded down to 9 waves
     assert rows(1, 24, 34936, 34936, slots=132) == 660
     assert rows(1, 24, 4608, 4608, slots=132) == 660  # 768 fit: 660 + 204 rows, 7 waves as 864 rows need
-    assert rows(1, 4, 4096, 65536, slots=132) == 8  # fewer rows than SMs fit: not rounded
-    assert rows(1, 1, 1000, 2 ** 20) == 1  # one row is larger than the budget: one row per chunk
+    # more keys than queries: V's share (16-bit P.V) holds the whole table (a chunk of 96 rows, fewer than the
+    # SMs, measured 0.81x SDPA at 4096 x 32768 tokens); with a quantized V only Q's size
+    assert rows(1, 24, 4096, 32768, slots=132) == 24 * 32
+    assert rows(1, 24, 4096, 32768, slots=132, pv_format=FMT_FP8) == 96
+    assert rows(1, 24, 4096, 32768, slots=132, hk=4) == 128  # GQA: V's share is 6x smaller (768 // 6)
+    assert rows(1, 4, 4096, 65536, slots=132, pv_format=FMT_FP8) == 8  # fewer rows than SMs fit: not rounded
+    assert rows(1, 1, 1000, 2 ** 20, pv_format=FMT_FP8) == 1  # one row is larger than the budget: one per chunk
+    assert rows(1, 1, 1000, 2 ** 20) == 8  # ... but within V's share: one chunk
 
 def test_key_mean_kernel_matches_torch_and_repeats_bit_for_bit():
     """The kernel paths' key mean (tile sums, then one ordered sum per head) against transforms.key_mean

@@ -284,7 +284,9 @@ def _key_bias_table(p: AttentionProblem, lk_pad: int) -> torch.Tensor:
 
 def chunk_rows(p: AttentionProblem, ops: Operands, n_qblocks: int, slots: int = 0) -> int:
     """Rows of the per-query-block column-bias table (one per query block of every head, numbered across heads)
-    per chunk, so that a chunk stays within the size of the quantized Q; each chunk is its own attention launch.
+    per chunk, so that a chunk stays within the size of the quantized Q, or of an INT8 copy of V where V is not
+    quantized (16-bit P.V: the chunk takes V's share of issue #3's memory bar, which is larger with more keys than
+    queries); each chunk is its own attention launch.
 
     A chunk may start and end inside a head (common.program_coords), so chunks of consecutive rows read each
     head's K about once (query-block chunks of every head re-read all of K per chunk: 9x at HunyuanVideo's 35k
@@ -295,6 +297,8 @@ def chunk_rows(p: AttentionProblem, ops: Operands, n_qblocks: int, slots: int = 
     total = p.batch * p.heads_q * n_qblocks
     row_bytes = ops.lk_pad * 4
     budget = ops.q.numel() * ops.q.element_size()
+    if ops.pv_format == FMT_V16:
+        budget = max(budget, p.batch * p.heads_kv * ops.lk_pad * ops.dp)
     if total * row_bytes <= budget:
         return total
     rows = max(1, budget // row_bytes)
