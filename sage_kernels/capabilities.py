@@ -207,7 +207,7 @@ HOPPER_INT8_MIN_TOKENS = 30 * 1024
 
 def _hopper_sdpa_reason(p: AttentionProblem) -> str:
     """Why precision="auto" keeps SDPA for this call on Hopper, or "" when the int8 kernel measured faster."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (p.q, p.k, p.v)):
+    if p.needs_grad:
         return "training (the int8 backward measured 0.48x cuDNN on Hopper)"
     if p.dtype != torch.bfloat16:
         return f"{str(p.dtype).replace('torch.', '')} inputs (int8 measured faster than cuDNN for bf16 only)"

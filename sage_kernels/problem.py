@@ -72,6 +72,11 @@ class AttentionProblem:
     def device(self) -> torch.device:
         return self.q.device
 
+    @property
+    def needs_grad(self) -> bool:
+        """True when autograd would record this call (grad mode on and q, k or v requires grad)."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.q, self.k, self.v))
+
     def new_output(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Uninitialised output: (buffer contiguous in the caller's layout, its (B, H, L, D) view)."""
         b, hq, lq, dv = self.batch, self.heads_q, self.len_q, self.head_dim_v

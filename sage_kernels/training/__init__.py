@@ -41,8 +41,8 @@ def qk_mode() -> str:
 
 
 def needs_grad(p: AttentionProblem) -> bool:
-    """True when autograd would record this call (grad mode on and q, k or v requires grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (p.q, p.k, p.v))
+    """True when autograd would record this call (AttentionProblem.needs_grad)."""
+    return p.needs_grad
 
 
 def attention_with_grad(p: AttentionProblem, plan: Plan, return_lse: bool = False, qk: str | None = None):
