@@ -313,7 +313,9 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
     that start and end inside heads, span heads and batch entries, or cover everything: each equals the torch
     table's row (c * q̄.k + log2(e) * mask, -inf for padded keys): to fp32 rounding for 16-bit keys (q̄ split in
     two 16-bit terms, the keys exact), to ~2**-16 of the products for fp32 keys (split too, lo*lo dropped); and
-    each row's max (the Gluon kernel's score bound) is exactly the max of the row it wrote, a masked row's included."""
+    each row's max (the Gluon kernel's score bound) is exactly the max of the row it wrote, a masked row's included
+    (where prepare made the maxima's buffer: always in the interpreter; on sm_90 where the Gluon kernel runs, so not
+    for fp32 inputs)."""
     from sage_kernels import transforms as T
     from sage_kernels.kernels import run as kernel_run
 
@@ -327,10 +329,13 @@ def test_column_bias_rows_match_the_reference_for_any_row_range(dtype):
     ref = T.column_bias(ops.q_means[..., :64], p.k, p.key_bias, p.scale, ops.lk_pad, p.heads_q)
     ref = ref.reshape(-1, ops.lk_pad)
     assert ref.shape[0] == 2 * 4 * g
+    with_max = ops.table_max is not None
+    assert with_max or DEV == "cuda"
     for t0, t1 in ((0, 24), (1, 2), (4, 11), (2, 3), (5, 19), (23, 24)):
-        rows, row_max = kernel_run._bias_chunk(p, ops, t0, t1, with_max=True)
+        rows, row_max = kernel_run._bias_chunk(p, ops, t0, t1, with_max=with_max)
         assert rows.shape == (t1 - t0, ops.lk_pad)
-        assert torch.equal(row_max, rows.amax(dim=1))  # (atomic maxima over the rows' key blocks)
+        if with_max:
+            assert torch.equal(row_max, rows.amax(dim=1))  # (atomic maxima over the rows' key blocks)
         torch.testing.assert_close(rows, ref[t0:t1], msg=f"rows {t0}..{t1}",  # fp32: split terms to ~2**-16
                                    **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-3)))
         assert torch.isneginf(rows[:, 260:]).all()
