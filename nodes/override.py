@@ -125,6 +125,8 @@ class Sage3Override:
             return self._original(func, args, kwargs)
         policy = self.effective_policy
         plan = self._plan(call, self.settings.precision)
+        if plan.note:  # precision="auto": which precision it resolved to for this call, and why (the report)
+            stats.auto_choices[plan.note] += 1
         if plan.fallback:
             return self._fall_back(stats, site, plan.reason, func, args, kwargs)
         if plan.precision != "sdpa" and policy.calibrates(step):

@@ -48,6 +48,13 @@ def _labels(keys) -> str:
     return ", ".join(k.label() for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
 
 
+def _by_reason(run: RunStats, totals: Counter, field: str, prefix: str = ""):
+    """One line per reason of `totals` (a SiteStats Counter field summed over sites): calls, sites, reason."""
+    for reason, n in totals.most_common():
+        sites = [k for k, s in run.sites.items() if reason in getattr(s, field)]
+        yield f"  x{n} at {len(sites)} site(s) [{_labels(sites)}]: {reason.removeprefix(prefix)}"
+
+
 def _nonfinite_findings(found: dict) -> str:
     """What the NaN/Inf watch found, worded by cause; "" when nothing."""
     upstream = {k: c[0] for k, c in found.items() if c[0]}
@@ -82,11 +89,13 @@ def report(override) -> str:
     found = _found(run)
     lines.append("call sites:")
     lines.extend(_site_line(key, stats, (found or {}).get(key)) for key, stats in run.sites.items())
+    choices = run.auto_totals()
+    if choices:  # precision="auto": per reason, the calls and sites it decided for
+        lines.append("precision auto chose:")
+        lines.extend(_by_reason(run, choices, "auto_choices", "auto: "))
     fallbacks = run.fallback_totals()
     lines.append("fallbacks: " + ("none" if not fallbacks else f"{sum(fallbacks.values())} calls"))
-    for reason, n in fallbacks.most_common():
-        sites = [k for k, s in run.sites.items() if reason in s.fallbacks]
-        lines.append(f"  x{n} at {len(sites)} site(s) [{_labels(sites)}]: {reason}")
+    lines.extend(_by_reason(run, fallbacks, "fallbacks"))
     calibrated = run.calibrated_sites()
     policy = override.effective_policy
     if calibrated:

@@ -19,6 +19,7 @@ class SiteStats:
     calls: int = 0  # attention calls made at this site
     kernels: Counter = field(default_factory=Counter)  # kernel name -> calls
     fallbacks: Counter = field(default_factory=Counter)  # reason -> calls
+    auto_choices: Counter = field(default_factory=Counter)  # precision="auto": what it chose and why -> calls
     kept: Counter = field(default_factory=Counter)  # why it ran at high precision -> calls
     opt_outs: int = 0  # low_precision_attention=False calls
     similarity: float | None = None  # lowest cosine similarity seen while calibrating
@@ -72,6 +73,12 @@ class RunStats:
         total = Counter()
         for s in self.sites.values():
             total.update(s.fallbacks)
+        return total
+
+    def auto_totals(self) -> Counter:
+        total = Counter()
+        for s in self.sites.values():
+            total.update(s.auto_choices)
         return total
 
     def kept_totals(self) -> Counter:

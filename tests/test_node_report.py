@@ -89,3 +89,31 @@ def test_report_on_models_without_data_or_without_the_patch():
     assert "no Sage3 Attention patch" in REPORT.execute(FLUX.patcher, {}).args[0]
     fresh = PATCH.execute(FLUX.patcher, precision="int8").args[0]
     assert "no attention calls recorded yet" in REPORT.execute(fresh, {}).args[0]
+
+
+def test_report_says_what_precision_auto_chose_and_why(monkeypatch):
+    """precision="auto" resolves per call; the report lists each resolution with its calls and sites. Simulated
+    GPUs for the capability table: an H100/H200 keeps SDPA for calls outside its int8 rule (here: the tiny model's
+    float32 calls, with the small-problem bound lifted), an RTX 40-class GPU runs int8."""
+    from sage_kernels import capabilities
+
+    monkeypatch.setattr(capabilities, "AUTO_MIN_FLOPS", 0)
+    monkeypatch.setattr(capabilities, "device_info", lambda dev: capabilities.DeviceInfo("cuda", 90, 132))
+    model = PATCH.execute(FLUX.patcher, precision="auto").args[0]
+    FLUX.forward(model)
+    text = REPORT.execute(model, {}).args[0]
+    assert all("kernel torch.sdpa x1" in line for line in _site_lines(text)), text
+    chose = text.split("precision auto chose:\n")[1].splitlines()
+    assert chose[0].startswith("  x2 at 2 site(s) [") and "SDPA on Hopper for float32 inputs" in chose[0], text
+    assert "fallbacks: none" in text
+
+    monkeypatch.setattr(capabilities, "device_info", lambda dev: capabilities.DeviceInfo("cuda", 89, 1))
+    model = PATCH.execute(FLUX.patcher, precision="auto").args[0]
+    FLUX.forward(model)
+    text = REPORT.execute(model, {}).args[0]
+    assert all("kernel triton.int8 x1" in line for line in _site_lines(text)), text
+    assert "precision auto chose:\n  x2 at 2 site(s) [" in text and "int8 on sm_89" in text
+
+    model = PATCH.execute(FLUX.patcher, precision="int8").args[0]  # an explicit precision: nothing to explain
+    FLUX.forward(model)
+    assert "precision auto chose" not in REPORT.execute(model, {}).args[0]
