@@ -25,24 +25,17 @@ def test_failed_gluon_build_falls_back_once(monkeypatch, caplog):
     messages = [r.getMessage() for r in caplog.records if "Gluon sm_90 kernel failed" in r.getMessage()]
     assert len(messages) == 1 and "using the TMA kernel" in messages[0]
 
-    class Ops:  # a problem the Gluon kernel would otherwise take
-        qk_format, pv_format, lk_pad = run.FMT_INT8, run.FMT_V16, 2 * run.BLOCK_N
-
+    int8, fp4, v16, two_blocks = run.FMT_INT8, run.FMT_FP4_VALUES, run.FMT_V16, 2 * run.BLOCK_N
     monkeypatch.setattr(run, "interpreter_active", lambda: False)
-    assert not run._ws_applies(None, Ops())
+    assert not run._ws_applies(int8, v16, False, two_blocks)  # a problem the Gluon kernel would otherwise take
     monkeypatch.setattr(run, "_ws_failure", None)
-    assert run._ws_applies(None, Ops())
-    Ops.lk_pad = run.BLOCK_N  # one key block: the kernel peels the first and the last, so it needs two
-    assert not run._ws_applies(None, Ops())
-
-    class Fp4Ops:  # the FP4 emulation: its Gluon variant reads K and V in key_slots order only
-        qk_format, pv_format, lk_pad, key_slots = run.FMT_FP4_VALUES, run.FMT_FP4_VALUES, 2 * run.BLOCK_N, True
-
-    assert run._ws_applies(None, Fp4Ops())
-    Fp4Ops.key_slots = False
-    assert not run._ws_applies(None, Fp4Ops())
-    Ops.lk_pad, Ops.pv_format = 2 * run.BLOCK_N, run.FMT_FP8  # INT8 Q.K^T with 8-bit P.V: the TMA kernel's
-    assert not run._ws_applies(None, Ops())
+    assert run._ws_applies(int8, v16, False, two_blocks)
+    # one key block: the kernel peels the first and the last, so it needs two
+    assert not run._ws_applies(int8, v16, False, run.BLOCK_N)
+    # the FP4 emulation: its Gluon variant reads K and V in key_slots order only
+    assert run._ws_applies(fp4, fp4, True, two_blocks)
+    assert not run._ws_applies(fp4, fp4, False, two_blocks)
+    assert not run._ws_applies(int8, run.FMT_FP8, False, two_blocks)  # 8-bit P.V: the TMA kernel's
 
 
 def test_fallback_config_is_the_tma_kernels_measured_one():
@@ -61,3 +54,37 @@ def test_fallback_config_is_the_tma_kernels_measured_one():
     assert fp4.gluon and configs.without_gluon(fp4) == configs.LaunchConfig(8, 3, 128, tma=True)
     fp4_64 = configs.launch_config(90, 64, run.FMT_FP4_VALUES, run.FMT_FP4_VALUES)  # at head dim 64 its own TMA one
     assert fp4_64.gluon and configs.without_gluon(fp4_64) == configs.LaunchConfig(4, 3, 64, tma=True)
+
+
+def test_kernel_route_decides_for_prepare_and_run_alike(monkeypatch):
+    """run.kernel_route: which of sm_90's kernels a call takes, the one decision both `prepare` (whether to write
+    the Gluon kernel's score bound: a fill, Q's norms and two atomic maxima) and `run` use. The Gluon kernel: bf16
+    or fp16 INT8 with 16-bit P.V, >= 2 key blocks, not causal, V TMA-aligned; the TMA kernel without the
+    Gluon kernel for fp16/bf16 with one key block; neither for causal or fp32 calls."""
+    import torch
+
+    from sage_kernels.kernels import configs
+    from sage_kernels.problem import build_problem
+
+    monkeypatch.setattr(run, "interpreter_active", lambda: False)
+    monkeypatch.setattr(run, "HAS_GLUON", True)
+    monkeypatch.setattr(run, "_ws_failure", None)
+    int8, v16 = run.FMT_INT8, run.FMT_V16
+
+    def route(lk=300, dtype=torch.bfloat16, causal=False, v=None):
+        q = torch.zeros(1, 2, 200, 128, dtype=dtype)
+        k = torch.zeros(1, 2, lk, 128, dtype=dtype)
+        v = torch.zeros(1, 2, lk, 128, dtype=dtype) if v is None else v
+        p = build_problem(q, k, v, is_causal=causal)
+        cfg = configs.launch_config(90, 128, int8, v16, v.element_size())
+        return run.kernel_route(p, cfg, int8, v16, 128, False, -(-lk // 128) * 128, p.v)
+
+    assert route() == (True, True)
+    assert route(dtype=torch.float16) == (True, True)
+    assert route(lk=128) == (True, False)  # one key block: the TMA kernel
+    assert route(causal=True) == (False, False)
+    assert route(dtype=torch.float32) == (False, False)
+    odd = torch.zeros(1, 2, 300, 130, dtype=torch.bfloat16)[..., :128]  # rows 260 bytes apart: no TMA descriptor
+    assert route(v=odd) == (False, False)
+    monkeypatch.setattr(run, "_ws_failure", "RuntimeError: no such op")  # the Gluon kernel failed to build here
+    assert route() == (True, False)

@@ -147,10 +147,11 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
     # query-mean groups per head (Q smoothing), so rows of the column-bias table per head
     q_groups = {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
-    # the INT8 Gluon kernel's score bound (Operands.k_norm), where it may run: K's and the table rows' maxima in one
-    # buffer (one fill launch: host time counts at Flux's sizes)
-    bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (
-        not arch or launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()).gluon)
+    # the INT8 Gluon kernel's score bound (Operands.k_norm), where it runs (and in the interpreter, for the tests):
+    # K's and the table rows' maxima in one buffer (one fill launch: host time counts at Flux's sizes)
+    bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (interpreter_active() or kernel_route(
+        p, launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()), qk_fmt, pv_fmt, dp, key_slots, lk_pad,
+        v_buf)[1])
     k_norm = q_norm = table_max = None
     if bound:
         table_rows = b * hq * q_groups
@@ -351,8 +352,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
     try:
         cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
         n_qblocks = ops.lq_pad // BLOCK_M
-        tma = cfg.tma and _tma_applies(p, ops)
-        ws = tma and cfg.gluon and _ws_applies(p, ops)
+        tma, ws = kernel_route(p, cfg, ops.qk_format, ops.pv_format, ops.dp, ops.key_slots, ops.lk_pad, ops.v)
         if not ws:
             cfg = without_gluon(cfg)
         bound = ws and ops.k_norm is not None  # the INT8 Gluon kernel's score bound: the table rows' maxima too
@@ -420,17 +420,18 @@ def _tma_ok(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all((st * es) % 16 == 0 for st in t.stride()[:-1])
 
 
-def _tma_applies(p: AttentionProblem, ops: Operands) -> bool:
+def _tma_applies(p: AttentionProblem, qk_format: int, pv_format: int, dp: int, key_slots: bool,
+                 v: torch.Tensor) -> bool:
     """attention_tma_kernel covers non-causal INT8 Q.K^T with 16-bit/FP8/INT8 P.V, and the FP4 emulation, on
-    fp16/bf16 inputs and head dims
-    <= 128 (what was measured; 256 keeps the pointer kernel's shared-memory-bounded config)."""
-    if p.is_causal or p.len_k == 0 or ops.dp > 128 or p.dtype == torch.float32:
+    fp16/bf16 inputs and head dims <= 128 (what was measured; 256 keeps the pointer kernel's shared-memory-bounded
+    config). v: V's operand (the caller's V for 16-bit P.V)."""
+    if p.is_causal or p.len_k == 0 or dp > 128 or p.dtype == torch.float32:
         return False
-    if ops.qk_format == FMT_FP4_VALUES:
-        return ops.key_slots  # the TMA kernel's FP4 loop takes K and V in key_slots order only
-    if ops.qk_format != FMT_INT8 or ops.pv_format not in TMA_PV_FORMATS:
+    if qk_format == FMT_FP4_VALUES:
+        return key_slots  # the TMA kernel's FP4 loop takes K and V in key_slots order only
+    if qk_format != FMT_INT8 or pv_format not in TMA_PV_FORMATS:
         return False
-    return ops.pv_format != FMT_V16 or _tma_ok(ops.v)
+    return pv_format != FMT_V16 or _tma_ok(v)
 
 
 @device_cache(maxsize=8)
@@ -477,13 +478,21 @@ def _launch_tma(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_
     )
 
 
-def _ws_applies(p: AttentionProblem, ops: Operands) -> bool:
+def _ws_applies(qk_format: int, pv_format: int, key_slots: bool, lk_pad: int) -> bool:
     """attention_ws_kernel (Gluon, sm_90): INT8 Q.K^T with 16-bit P.V, or the FP4 emulation (K and V in key_slots
     order), at least two key blocks (it peels the first and the last), within what _tma_applies allows."""
-    formats = ((ops.qk_format == FMT_INT8 and ops.pv_format == FMT_V16)
-               or (ops.qk_format == FMT_FP4_VALUES and ops.key_slots))
+    formats = ((qk_format == FMT_INT8 and pv_format == FMT_V16)
+               or (qk_format == FMT_FP4_VALUES and key_slots))
     return (HAS_GLUON and _ws_failure is None and not interpreter_active() and formats
-            and ops.lk_pad >= 2 * BLOCK_N)
+            and lk_pad >= 2 * BLOCK_N)
+
+
+def kernel_route(p: AttentionProblem, cfg, qk_format: int, pv_format: int, dp: int, key_slots: bool, lk_pad: int,
+                 v: torch.Tensor) -> tuple[bool, bool]:
+    """(attention_tma_kernel runs, attention_ws_kernel runs) for this problem under its launch config: decided
+    the same way by `prepare` (whether to write the Gluon kernel's score bound) and by `run`."""
+    tma = cfg.tma and _tma_applies(p, qk_format, pv_format, dp, key_slots, v)
+    return tma, tma and cfg.gluon and _ws_applies(qk_format, pv_format, key_slots, lk_pad)
 
 
 _ws_failure: str | None = None  # why attention_ws_kernel could not be built here (then the TMA kernel runs)
