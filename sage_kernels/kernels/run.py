@@ -23,7 +23,7 @@ from ..problem import AttentionProblem
 from .attention import attention_kernel
 from .attention_tma import attention_tma_kernel
 from .attention_ws import HAS_GLUON, WS_CONSUMER_REGS, WS_MAXNREG, WS_WARPS, attention_ws_kernel, gluon_desc
-from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, fp4_key_slots, launch_config,
+from .configs import (PREP_CHUNK_ROWS, PREP_NUM_STAGES, TMA_PV_FORMATS, LaunchConfig, fp4_key_slots, launch_config,
                       prepass_maxnreg, prepass_warps, without_gluon)
 from .key_slots import key_of_slot
 from .means import kv_stats
@@ -65,6 +65,11 @@ class Operands:
     k_norm: torch.Tensor | None = None
     q_norm: torch.Tensor | None = None
     table_max: torch.Tensor | None = None
+    # The attention launch, decided once here for `prepare` (the score bound) and `run` (kernel_route): the arch's
+    # config, and whether attention_tma_kernel / attention_ws_kernel take the call
+    launch: LaunchConfig | None = None
+    tma: bool = False
+    gluon: bool = False
 
     def join(self) -> None:
         """The current stream waits for K's and V's pre-pass (a no-op once done or without a side stream)."""
@@ -147,11 +152,11 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
     # query-mean groups per head (Q smoothing), so rows of the column-bias table per head
     q_groups = {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
+    launch = launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size())
+    tma, gluon = kernel_route(p, launch, qk_fmt, pv_fmt, dp, key_slots, lk_pad, v_buf)
     # the INT8 Gluon kernel's score bound (Operands.k_norm), where it runs (and in the interpreter, for the tests):
     # K's and the table rows' maxima in one buffer (one fill launch: host time counts at Flux's sizes)
-    bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (interpreter_active() or kernel_route(
-        p, launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size()), qk_fmt, pv_fmt, dp, key_slots, lk_pad,
-        v_buf)[1])
+    bound = (qk_fmt, pv_fmt) == (FMT_INT8, FMT_V16) and (gluon or interpreter_active())
     k_norm = q_norm = table_max = None
     if bound:
         table_rows = b * hq * q_groups
@@ -223,7 +228,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         )
         ops = Operands(q_buf, q_scale, q_sf, k_buf, k_scale, k_sf, v_buf, v_scale, v_sf, v_amax, v_mean,
                        shift if return_lse else None, q_means, qk_fmt, pv_fmt, dp, lq_pad, lk_pad, score_factor,
-                       key_slots, column_slots, fork, k_norm, q_norm, table_max)
+                       key_slots, column_slots, fork, k_norm, q_norm, table_max, launch, tma, gluon)
     if join:
         ops.join()
     return ops
@@ -350,9 +355,8 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
         return out, lse
     ops = prepare(p, precision, opts, return_lse, native_fp4, join=False)  # joined before attention runs
     try:
-        cfg = launch_config(device_info(p.device).arch, ops.dp, ops.qk_format, ops.pv_format, ops.v.element_size())
+        cfg, tma, ws = ops.launch, ops.tma, ops.gluon
         n_qblocks = ops.lq_pad // BLOCK_M
-        tma, ws = kernel_route(p, cfg, ops.qk_format, ops.pv_format, ops.dp, ops.key_slots, ops.lk_pad, ops.v)
         if not ws:
             cfg = without_gluon(cfg)
         bound = ws and ops.k_norm is not None  # the INT8 Gluon kernel's score bound: the table rows' maxima too
@@ -489,8 +493,9 @@ def _ws_applies(qk_format: int, pv_format: int, key_slots: bool, lk_pad: int) ->
 
 def kernel_route(p: AttentionProblem, cfg, qk_format: int, pv_format: int, dp: int, key_slots: bool, lk_pad: int,
                  v: torch.Tensor) -> tuple[bool, bool]:
-    """(attention_tma_kernel runs, attention_ws_kernel runs) for this problem under its launch config: decided
-    the same way by `prepare` (whether to write the Gluon kernel's score bound) and by `run`."""
+    """(attention_tma_kernel runs, attention_ws_kernel runs) for this problem under its launch config; `prepare`
+    decides it once (Operands.tma / gluon): whether to write the Gluon kernel's score bound, and what `run`
+    launches."""
     tma = cfg.tma and _tma_applies(p, qk_format, pv_format, dp, key_slots, v)
     return tma, tma and cfg.gluon and _ws_applies(qk_format, pv_format, key_slots, lk_pad)
 
