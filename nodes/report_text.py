@@ -49,7 +49,7 @@ def _labels(keys) -> str:
 
 
 def _by_reason(run: RunStats, totals: Counter, field: str, prefix: str = ""):
-    """One line per reason of `totals` (a SiteStats Counter field summed over sites): calls, sites, reason."""
+    """One line per reason of `totals` (RunStats.totals(field)): calls, sites, reason."""
     for reason, n in totals.most_common():
         sites = [k for k, s in run.sites.items() if reason in getattr(s, field)]
         yield f"  x{n} at {len(sites)} site(s) [{_labels(sites)}]: {reason.removeprefix(prefix)}"
@@ -84,16 +84,16 @@ def report(override) -> str:
         return "\n".join(lines)
     state = "finished" if run.finished else "in progress or ended outside a sampler"
     lines.append(f"run {run.number} ({state}): {_steps(run)}; {run.calls} attention calls at {len(run.sites)} sites")
-    kernels = run.kernel_totals()
+    kernels = run.totals("kernels")
     lines.append("kernels: " + (_counts(kernels) if kernels else "none (every call took the original path)"))
     found = _found(run)
     lines.append("call sites:")
     lines.extend(_site_line(key, stats, (found or {}).get(key)) for key, stats in run.sites.items())
-    choices = run.auto_totals()
+    choices = run.totals("auto_choices")
     if choices:  # precision="auto": per reason, the calls and sites it decided for
         lines.append("precision auto chose:")
         lines.extend(_by_reason(run, choices, "auto_choices", "auto: "))
-    fallbacks = run.fallback_totals()
+    fallbacks = run.totals("fallbacks")
     lines.append("fallbacks: " + ("none" if not fallbacks else f"{sum(fallbacks.values())} calls"))
     lines.extend(_by_reason(run, fallbacks, "fallbacks"))
     calibrated = run.calibrated_sites()
@@ -130,8 +130,8 @@ def run_end_messages(run: RunStats, override) -> tuple[str, str]:
 
 def summary(run: RunStats, override, found: dict | None) -> str:
     """The INFO paragraph of run_end_messages; found: the watch's findings, None when nothing was watched."""
-    kernels = run.kernel_totals()
-    fallbacks = run.fallback_totals()
+    kernels = run.totals("kernels")
+    fallbacks = run.totals("fallbacks")
     steps = f"{len(run.steps_seen)} of {run.total_steps} steps" if run.total_steps else "steps unknown"
     text = (f"Sage3 Attention: run {run.number} finished ({steps}, {run.calls} attention calls at {len(run.sites)} "
             f"sites; {override.settings.describe()}). Kernels: {_counts(kernels) or 'none'}. ")
@@ -139,7 +139,7 @@ def summary(run: RunStats, override, found: dict | None) -> str:
              f"each logged once)." if fallbacks else "No fallbacks.")
     if run.calibrated_sites():
         text += f" Calibration demoted {len(run.demoted_sites())} of {len(run.calibrated_sites())} sites."
-    kept = run.kept_totals()
+    kept = run.totals("kept")
     if kept:
         text += f" High precision: {_counts(kept)}."
     if found is not None:

@@ -63,28 +63,11 @@ class RunStats:
     def calls(self) -> int:
         return sum(s.calls for s in self.sites.values())
 
-    def kernel_totals(self) -> Counter:
+    def totals(self, field: str) -> Counter:
+        """A SiteStats Counter field ("kernels", "fallbacks", "auto_choices", "kept") summed over the sites."""
         total = Counter()
         for s in self.sites.values():
-            total.update(s.kernels)
-        return total
-
-    def fallback_totals(self) -> Counter:
-        total = Counter()
-        for s in self.sites.values():
-            total.update(s.fallbacks)
-        return total
-
-    def auto_totals(self) -> Counter:
-        total = Counter()
-        for s in self.sites.values():
-            total.update(s.auto_choices)
-        return total
-
-    def kept_totals(self) -> Counter:
-        total = Counter()
-        for s in self.sites.values():
-            total.update(s.kept)
+            total.update(getattr(s, field))
         return total
 
     @property

@@ -100,7 +100,7 @@ def test_auto_precision_on_cpu_runs_torch_sdpa():
     over = _override(_patched())
     q = _rand(1, 2, 8, 16, seed=10)
     over(FUNC, q, q, q, 2, skip_reshape=True, transformer_options={}, _inside_attn_wrapper=True)
-    assert _run_stats(over).kernel_totals() == {"torch.sdpa": 1}
+    assert _run_stats(over).totals("kernels") == {"torch.sdpa": 1}
 
 
 @pytest.mark.parametrize("mask_shape", [(7, 7), (1, 7, 7), (1, 1, 7)])
@@ -122,7 +122,7 @@ def test_key_padding_mask_runs_the_int8_kernel_without_touching_inputs():
     kwargs = dict(skip_reshape=True, mask=mask, transformer_options={}, _inside_attn_wrapper=True)
     out = over(FUNC, q, k, v, 2, **kwargs)
     assert _cos(out, FUNC(q, k, v, 2, **kwargs)) > 0.9999
-    assert _run_stats(over).kernel_totals() == {"triton.int8": 1}
+    assert _run_stats(over).totals("kernels") == {"triton.int8": 1}
     for original, now in zip(before, (q, k, v, mask)):
         assert torch.equal(original, now)
 
@@ -137,7 +137,7 @@ def test_low_precision_false_runs_the_original_path_with_kwargs_unchanged():
     (args, seen), = func.calls
     assert args[3] == 2 and seen == kwargs  # nothing dropped (_inside_attn_wrapper stays) or added
     stats = _run_stats(over)
-    assert stats.opt_outs == 1 and not stats.kernel_totals()
+    assert stats.opt_outs == 1 and not stats.totals("kernels")
 
 
 def test_chains_to_the_override_already_on_the_model():
@@ -185,7 +185,7 @@ def test_fallback_sdpa_logs_once_per_reason_over_many_calls(caplog):
     assert len(lines) == 2, lines
     assert any("varies along queries" in line for line in lines)
     assert any("head dim 320 > 256" in line for line in lines)
-    fallbacks = _run_stats(over).fallback_totals()
+    fallbacks = _run_stats(over).totals("fallbacks")
     assert sorted(fallbacks.values()) == [12, 12]
 
 
@@ -220,7 +220,7 @@ def test_a_failing_kernel_is_not_retried_for_the_same_kind_of_call(monkeypatch):
     for x in (q, q, q, q2, q2):
         torch.testing.assert_close(over(FUNC, x, x, x, 2, **kwargs), FUNC(x, x, x, 2, **kwargs))
     assert tried == [(1, 2, 8, 16), (1, 2, 12, 16)]
-    (reason, count), = _run_stats(over).fallback_totals().items()
+    (reason, count), = _run_stats(over).totals("fallbacks").items()
     assert "compile failed" in reason and count == 5
     assert over.with_policy(over.effective_policy).failed is over.failed  # the Quality node's copy shares it
 
@@ -230,7 +230,7 @@ def test_unparseable_call_goes_to_the_original_path():
     func = Recorder()
     q = _rand(1, 8, 32, seed=26)
     assert over(func, q, q, q, transformer_options={}, _inside_attn_wrapper=True) is func.result  # no heads at all
-    assert "call not understood" in next(iter(_run_stats(over).fallback_totals()))
+    assert "call not understood" in next(iter(_run_stats(over).totals("fallbacks")))
 
 
 def test_clone_deepcopy_keeps_one_shared_override():

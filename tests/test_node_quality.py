@@ -46,9 +46,9 @@ def _call(override, step=None, block=("double", 0), q=None, k=None, v=None, seed
 def _kernels_per_step(override, steps=range(10)):
     kernels = []
     for step in steps:
-        before = override.recorder.run.kernel_totals() if override.recorder.run else {}
+        before = override.recorder.run.totals("kernels") if override.recorder.run else {}
         _call(override, step)
-        after = override.recorder.run.kernel_totals()
+        after = override.recorder.run.totals("kernels")
         kernels.append(next(k for k in after if after[k] != before.get(k, 0)))
     return kernels
 

@@ -124,5 +124,5 @@ def test_low_precision_opt_out_inside_a_model(models):
 
     out = tiny.forward(_with_override(patched, flagging))
     run = ours.recorder.run
-    assert run.opt_outs == 2 and run.kernel_totals() == {"triton.int8": 2}
+    assert run.opt_outs == 2 and run.totals("kernels") == {"triton.int8": 2}
     assert _one_minus_cos(out, reference) <= MAX_ONE_MINUS_COS["int8"]
