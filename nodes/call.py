@@ -10,6 +10,7 @@ Nothing here copies or modifies the caller's tensors.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,21 @@ class AttentionCall:
     def len_k(self) -> int:
         return self.k.shape[2 if self.layout == "HND" else 1]
 
+    @functools.cached_property
+    def signature(self) -> tuple:
+        """Everything about the call that sage_kernels' decisions read (shapes, strides, dtypes, device, layout, the
+        mask's shape and dtype, scale, whether autograd records it), never tensor values: calls with equal
+        signatures get the same plan and the same compiled kernels."""
+        mask = self.mask
+        if isinstance(mask, torch.Tensor):
+            mask_sig = (mask.shape, mask.dtype, mask.device)
+        else:  # (None, or an object sage_kernels rejects whatever it holds)
+            mask_sig = None if mask is None else type(mask).__name__
+        q, k, v = self.q, self.k, self.v
+        return (self.layout, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype,
+                v.dtype, q.device, k.device, v.device, mask_sig, self.scale,
+                torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+
     def api_kwargs(self) -> dict:
         """Keyword arguments shared by sage_kernels.explain and sage_kernels.sage_attention."""
         return {"layout": self.layout, "attn_mask": self.mask, "scale": self.scale}
@@ -59,7 +75,8 @@ class AttentionCall:
 def _split_heads(t: torch.Tensor, head_dim: int, name: str) -> torch.Tensor:
     if t.dim() != 3 or t.shape[-1] % head_dim:
         raise CallNotUnderstood(f"{name} of shape {tuple(t.shape)} is not (B, L, heads*{head_dim})")
-    return t.unflatten(-1, (t.shape[-1] // head_dim, head_dim))
+    b, n, width = t.shape
+    return t.view(b, n, width // head_dim, head_dim)  # splitting one axis is always a view (unflatten: slower)
 
 
 def _add_mask_axes(mask):

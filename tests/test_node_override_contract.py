@@ -225,6 +225,55 @@ def test_a_failing_kernel_is_not_retried_for_the_same_kind_of_call(monkeypatch):
     assert over.with_policy(over.effective_policy).failed is over.failed  # the Quality node's copy shares it
 
 
+def test_plans_are_decided_once_per_kind_of_call(monkeypatch):
+    """The override asks sage_kernels.explain once per call signature (shapes, strides, dtype, mask shape, grad) and
+    sampler run, not per call (~20 us of host time each); any difference in the signature asks again."""
+    asked = []
+    explain = sage_kernels.explain
+
+    def counting(q, k, v, **kwargs):
+        asked.append((tuple(q.shape), q.dtype, kwargs["attn_mask"] is not None, q.requires_grad))
+        return explain(q, k, v, **kwargs)
+
+    monkeypatch.setattr(sage_kernels, "explain", counting)
+    over = _override(_patched(precision="sdpa"))
+    kwargs = dict(skip_reshape=True, transformer_options={}, _inside_attn_wrapper=True)
+    q, q2 = _rand(1, 2, 8, 16, seed=40), _rand(1, 2, 12, 16, seed=41)
+    mask = torch.zeros(1, 1, 8)
+    calls = [(q, {}), (q, {}), (q2, {}), (q, {"mask": mask}), (q, {"mask": mask}), (q.double(), {}),
+             (q.clone().requires_grad_(), {}), (q.transpose(2, 3).contiguous().transpose(2, 3), {}), (q, {})]
+    for x, extra in calls:
+        torch.testing.assert_close(over(FUNC, x, x, x, 2, **kwargs, **extra), FUNC(x, x, x, 2, **kwargs, **extra))
+    assert asked == [((1, 2, 8, 16), torch.float32, False, False), ((1, 2, 12, 16), torch.float32, False, False),
+                     ((1, 2, 8, 16), torch.float32, True, False), ((1, 2, 8, 16), torch.float64, False, False),
+                     ((1, 2, 8, 16), torch.float32, False, True), ((1, 2, 8, 16), torch.float32, False, False)]
+    with torch.no_grad():  # a tensor that requires grad, outside autograd: the plain call's kind
+        over(FUNC, calls[6][0], calls[6][0], calls[6][0], 2, **kwargs)
+    assert len(asked) == 6
+    over.begin_sampler_run()  # a new run decides again
+    over(FUNC, q, q, q, 2, **kwargs)
+    assert len(asked) == 7
+    over.end_sampler_run()
+
+
+def test_override_under_torch_compile_runs_outside_the_graph():
+    """torch.compile does not trace into the dispatcher (a graph break): every compiled call still runs it, and
+    eager calls skip torch.compiler.disable's wrapper."""
+    over = _override(_patched(precision="sdpa"))
+    kwargs = dict(skip_reshape=True, transformer_options={}, _inside_attn_wrapper=True)
+
+    def block(x):
+        return over(FUNC, x * 2, x, x, 2, **kwargs) + 1
+
+    breaks = torch._dynamo.explain(block)(_rand(1, 2, 8, 16, seed=49)).break_reasons
+    assert len(breaks) == 1 and "torch.compiler.disable" in str(breaks[0].reason), [b.reason for b in breaks]
+    compiled = torch.compile(block, backend="eager")
+    xs = [_rand(1, 2, 8, 16, seed=50 + i) for i in range(3)]
+    for x in xs:
+        torch.testing.assert_close(compiled(x), block(x))
+    assert _run_stats(over).totals("kernels") == {"torch.sdpa": 7}  # explain's + 3 compiled + 3 eager calls
+
+
 def test_unparseable_call_goes_to_the_original_path():
     over = _override(_patched(precision="int8"))
     func = Recorder()
