@@ -266,7 +266,8 @@ def _dispatch(override: Sage3Override, func, args, kwargs):
 
 # torch.compile must not trace into the dispatcher (dict lookups, .item() calls, Triton launches): a graph break.
 _dispatch_outside_compile = torch.compiler.disable(_dispatch) if hasattr(torch, "compiler") else _dispatch
-_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+# (torch.compiler.is_compiling: torch >= 2.3; older ones have torch._dynamo's)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 class SamplerRunScope:
