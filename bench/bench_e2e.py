@@ -1,7 +1,9 @@
-"""End to end: one denoiser step of ComfyUI's real Flux-dev and HunyuanVideo classes at their released configs
-(random bf16 weights), with ComfyUI's default attention and with "Sage3 Attention Patch" at each precision.
+"""End to end: one denoiser step of ComfyUI's real Flux-dev and HunyuanVideo (and Wan 2.1 14B) classes at their
+released configs (random bf16 weights), with ComfyUI's default attention and with "Sage3 Attention Patch" at each
+precision.
 
     python bench/bench_e2e.py                          # Flux 1024x1024 and HunyuanVideo 544x960x65 (H100/H200)
+    python bench/bench_e2e.py --models wan --precisions sdpa auto      # Wan 2.1 T2V 14B, 832x480, 81 frames
     python bench/bench_e2e.py --models flux --precisions int8
     python bench/bench_e2e.py --precisions int8 int8+watch     # the Quality node's NaN/Inf watch on top
 
@@ -34,6 +36,9 @@ FLUX_DEV = dict(hidden=3072, heads=24, double_blocks=19, single_blocks=38, image
                 context_dim=4096)
 HUNYUAN_VIDEO = dict(hidden=3072, heads=24, double_blocks=20, single_blocks=40, frames=17, height=68, width=120,
                      text_tokens=256, context_dim=4096)
+# Wan 2.1 T2V 14B at 832x480, 81 frames: 21 x 30 x 52 = 32760 tokens (self-attention), 512 text tokens (cross)
+WAN21_14B = dict(hidden=5120, ffn_dim=13824, heads=40, layers=40, frames=21, height=60, width=104, text_tokens=512,
+                 text_dim=4096)
 
 
 def fast_init(module: torch.nn.Module, seed: int = 0) -> None:
@@ -55,6 +60,16 @@ def build(family: str, device, dtype):
     tiny_models.init_weights = fast_init  # the test builders draw weights on the CPU: too slow at 12.8B
     if family == "flux":
         return tiny_models.tiny_flux(**FLUX_DEV, dtype=dtype, device=device), "Flux-dev 1024x1024"
+    if family == "wan":
+        c = WAN21_14B
+        model = tiny_models.tiny_wan(dim=c["hidden"], heads=c["heads"], layers=c["layers"], frames=c["frames"], side=1,
+                                     text_tokens=c["text_tokens"], text_dim=c["text_dim"], ffn_dim=c["ffn_dim"],
+                                     dtype=dtype, device=device)
+        gen = torch.Generator().manual_seed(1)  # the builder makes square latents: replace x by the 832x480 one
+        model.inputs["x"] = torch.randn(1, 16, c["frames"], c["height"], c["width"], generator=gen).to(device, dtype)
+        model.notes["tokens"] = c["frames"] * (c["height"] // 2) * (c["width"] // 2)
+        model.patcher.model.diffusion_model.patch_embedding.float()  # Wan embeds the latent in fp32 (x.float())
+        return model, "Wan2.1-14B 832x480x81f"
     c = HUNYUAN_VIDEO
     model = tiny_models.tiny_hunyuan_video(hidden=c["hidden"], heads=c["heads"], double_blocks=c["double_blocks"],
                                            single_blocks=c["single_blocks"], frames=c["frames"], side=1,
@@ -174,7 +189,7 @@ def gemm_rate(bound: Fp8GemmBound, flops: int, device) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="*", default=["flux", "hunyuan_video"])
+    ap.add_argument("--models", nargs="*", default=["flux", "hunyuan_video"], help="flux, hunyuan_video, wan")
     ap.add_argument("--precisions", nargs="*", default=["sdpa", "int8", "fp4"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bound", action="store_true", help="also time the step with attention replaced by an FP8 GEMM "
@@ -212,7 +227,7 @@ def main():
             bound = Fp8GemmBound()
             _, t_bound = timed(model, with_override(model.patcher, bound), args.reps)
             tokens = model.notes["tokens"]
-            hidden = (FLUX_DEV if family == "flux" else HUNYUAN_VIDEO)["hidden"]  # heads * head dim
+            hidden = {"flux": FLUX_DEV, "wan": WAN21_14B}.get(family, HUNYUAN_VIDEO)["hidden"]  # heads * head dim
             rate = gemm_rate(bound, 4 * tokens * tokens * hidden, device)
             rows.append(dict(model=label, tokens=tokens, params_b=params, variant="fp8 GEMM, same FLOPs",
                              s=t_bound, speedup=t_ref / t_bound, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,

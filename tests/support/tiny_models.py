@@ -126,14 +126,15 @@ def tiny_hunyuan_video(hidden: int = 128, heads: int = 2, double_blocks: int = 1
 
 
 def tiny_wan(dim: int = 128, heads: int = 2, layers: int = 2, frames: int = 2, side: int = 4, text_tokens: int = 9,
-             text_dim: int = 32, dtype=torch.float32, device="cpu", seed: int = 0) -> TinyModel:
+             text_dim: int = 32, ffn_dim: int | None = None, dtype=torch.float32, device="cpu",
+             seed: int = 0) -> TinyModel:
     """Wan 2.1 T2V: self-attention over frames*side^2 tokens and cross-attention to `text_tokens` (Lq != Lk),
-    called with heads as a keyword and (B, L, H*D) tensors."""
+    called with heads as a keyword and (B, L, H*D) tensors. ffn_dim: 2 * dim unless given."""
     import comfy.supported_models
 
     device = torch.device(device)
     config = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=text_tokens, in_dim=16,
-                  dim=dim, ffn_dim=2 * dim, freq_dim=256, text_dim=text_dim, out_dim=16, num_heads=heads,
+                  dim=dim, ffn_dim=ffn_dim or 2 * dim, freq_dim=256, text_dim=text_dim, out_dim=16, num_heads=heads,
                   num_layers=layers, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
     patcher = _patcher(comfy.supported_models.WAN21_T2V(config), dtype, device, seed)
     gen = torch.Generator().manual_seed(seed + 1)
