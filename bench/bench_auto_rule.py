@@ -4,6 +4,7 @@ numbers, docs/BENCHMARKS.md "precision="auto" on Hopper"). A script, not a test.
 
     python bench/bench_auto_rule.py                                   # the measured grid (H200: ~2 minutes)
     python bench/bench_auto_rule.py --shapes 1,24,16384,128 --variants
+    python bench/bench_auto_rule.py --graph --no-variants                 # replayed from CUDA graphs
 
 Each row: SDPA ms, int8 ms, SDPA / int8 (triton.testing.do_bench median, bf16 unless the variant says, HND), and
 what precision="auto" picks for that call here.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import triton  # noqa: E402
 
 import sage_kernels  # noqa: E402
+from profile_call import graph_ms  # noqa: E402  (bench/ is the script's directory)
 from tests.support.distributions import NAMES, make  # noqa: E402
 
 SHAPES = ["1,24,16384,128", "1,24,24576,128", "1,24,32760,128", "1,40,32760,128"]
@@ -39,9 +41,14 @@ VARIANTS = {
 }
 
 
+GRAPH = False  # --graph: time replays of each call captured in a CUDA graph (no host time in the way)
+
+
 def bench(fn) -> float:
     fn()
     torch.cuda.synchronize()
+    if GRAPH:
+        return graph_ms(fn)
     return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
 
 
@@ -55,7 +62,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="*", default=SHAPES, help="B,H,L,D (self-attention)")
     ap.add_argument("--variants", action="store_true", help="only the call variants, at the first shape")
+    ap.add_argument("--graph", action="store_true", help="time each call replayed from a CUDA graph: what a model "
+                    "whose host runs ahead of the GPU sees (do_bench's eager calls start from an idle GPU)")
+    ap.add_argument("--no-variants", action="store_true", help="only the distribution grid")
     args = ap.parse_args()
+    global GRAPH
+    GRAPH = args.graph
     dev = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton {triton.__version__}")
     print("shape | distribution / variant | SDPA ms | int8 ms | SDPA / int8 | auto picks", flush=True)
@@ -69,7 +81,7 @@ def main():
                 del q, k, v
             torch.cuda.empty_cache()
     b, h, l, d = shapes[0]
-    for label, var in VARIANTS.items():
+    for label, var in ({} if args.no_variants else VARIANTS).items():
         vb, vd, lk = b * var.get("b", 1), var.get("d", d), var.get("lk", l)
         q, k, v = (t.to(dev, var.get("dtype", torch.bfloat16)) for t in make("normal", vb, h, l, lk, vd))
         kwargs = {"is_causal": True} if var.get("is_causal") else {}
