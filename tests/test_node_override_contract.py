@@ -257,8 +257,9 @@ def test_plans_are_decided_once_per_kind_of_call(monkeypatch):
 
 
 def test_override_under_torch_compile_runs_outside_the_graph():
-    """torch.compile does not trace into the dispatcher (a graph break): every compiled call still runs it, and
-    eager calls skip torch.compiler.disable's wrapper."""
+    """torch.compile does not trace into the dispatcher: Dynamo reports exactly one graph break, at the disabled
+    dispatcher (eager calls bypass that wrapper, so only the compiling branch keeps it), and every compiled call
+    still runs the dispatcher and is counted."""
     over = _override(_patched(precision="sdpa"))
     kwargs = dict(skip_reshape=True, transformer_options={}, _inside_attn_wrapper=True)
 
