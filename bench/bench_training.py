@@ -4,7 +4,8 @@
     python bench/bench_training.py --sweep    # also time alternative launch configs of the training kernels
     python bench/bench_training.py --profile  # also GPU time per kernel (torch.profiler)
 
-Speed: B=1, H=24, L=16384, D=128, bf16, non-causal (a mid-size video DiT), every method in this one run.
+Speed: B=1, H=24, L=16384, D=128, bf16, non-causal (a mid-size video DiT), every method in this one run. On
+Hopper the default row runs the Gluon backward (training/backward_ws.py); the "Triton bwd" row the Triton kernels.
   FLOP convention (asked for): fwd = 4*B*H*L^2*D and fwd+bwd = 2.5 * fwd. FlashAttention's papers count the
   backward alone as 2.5 * fwd (fwd+bwd = 3.5 * fwd): multiply the fwd+bwd TFLOPS below by 1.4 to compare.
   bwd ms = (fwd+bwd) - fwd. Peak memory: above the inputs, for one fwd+bwd (grads of q, k, v included).
@@ -15,6 +16,7 @@ Needs only torch + triton (run from the repository root).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,20 +28,37 @@ import torch.nn.functional as F  # noqa: E402
 
 from sage_kernels.capabilities import decide  # noqa: E402
 from sage_kernels.problem import build_problem  # noqa: E402
-from sage_kernels.training import attention_with_grad, launch  # noqa: E402
+from sage_kernels.training import attention_with_grad, backward, launch  # noqa: E402
 
 SPEED_SHAPE = (1, 24, 16384, 128)
 ACCURACY_SHAPE = (1, 4, 2048, 128)
 
 
-def sage(qk: str):
+def sage(qk: str, gluon: bool = True):
+    """gluon=False: the Triton backward kernels even where the Gluon one applies (Hopper), for comparison (the
+    switch must hold through .backward(): `method_context`)."""
     def run(q, k, v):
         p = build_problem(q, k, v)
         plan = decide(p, "int8", "triton")
         if plan.backend != "triton":
             raise RuntimeError(plan.reason)
         return attention_with_grad(p, plan, qk=qk)[0]
+    run.gluon = gluon
     return run
+
+
+@contextlib.contextmanager
+def method_context(fn):
+    """Where a method asks for the Triton backward kernels, backward.gluon_applies is False meanwhile."""
+    if getattr(fn, "gluon", True):
+        yield
+        return
+    real = backward.gluon_applies
+    backward.gluon_applies = lambda *a, **kw: False
+    try:
+        yield
+    finally:
+        backward.gluon_applies = real
 
 
 def sdpa(backend_name: str | None):
@@ -57,6 +76,7 @@ def sdpa(backend_name: str | None):
 
 METHODS = {
     "sage int8 (qk 16bit, default)": sage("16bit"),
+    "sage int8 (qk 16bit, Triton bwd)": sage("16bit", gluon=False),
     "sage int8 (qk int8, SageBwd)": sage("int8"),
     "SDPA cuDNN": sdpa("CUDNN_ATTENTION"),
     "SDPA flash": sdpa("FLASH_ATTENTION"),
@@ -77,6 +97,11 @@ def inputs(shape, dist="normal", seed=0):
 
 def time_method(fn, q, k, v, dout):
     """(fwd ms, fwd+bwd ms, peak bytes above the inputs)."""
+    with method_context(fn):
+        return _time_method(fn, q, k, v, dout)
+
+
+def _time_method(fn, q, k, v, dout):
     from triton.testing import do_bench
 
     def step():
@@ -127,7 +152,8 @@ def speed_table():
 
 def grads(fn, q, k, v, dout):
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    fn(q, k, v).backward(dout)
+    with method_context(fn):
+        fn(q, k, v).backward(dout)
     return q.grad.float(), k.grad.float(), v.grad.float()
 
 
@@ -188,14 +214,15 @@ def profile():
 
     q, k, v, dout = (t.bfloat16() for t in inputs(SPEED_SHAPE))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    for name in ("sage int8 (qk 16bit, default)", "SDPA cuDNN"):
+    for name in ("sage int8 (qk 16bit, default)", "sage int8 (qk 16bit, Triton bwd)", "SDPA cuDNN"):
         fn = METHODS[name]
 
         def step():
             fn(q, k, v).backward(dout)
             for t in (q, k, v):
                 t.grad = None
-        times = kernel_times(step, calls=5)
+        with method_context(fn):
+            times = kernel_times(step, calls=5)
         print(f"\nGPU ms per fwd+bwd by kernel, {name}: total {sum(times.values()):.2f}")
         for kname, ms in list(times.items())[:12]:
             print(f"  {ms:8.3f}  {kname}")

@@ -22,3 +22,12 @@ def test_training_kernels_compile_and_fit_hopper_and_consumer_gpus():
             for line in lines if " ok " in line and line.split()[1] == "dkdv_kernel"}
     assert {forms[1:] for forms in dkdv if forms[0] == "sm_90"} == {(True, False), (False, True)}
     assert {forms[1:] for forms in dkdv if forms[0] == "sm_89"} == {(True, True)}
+    # the Gluon backward (sm_90 only): dV, dK and dQ, with and without column bias, each with asynchronous wgmma
+    # (a serialised one would compile and run, several times slower)
+    gluon = [line for line in lines if line.split()[1:2] == ["grad_ws_kernel"]]
+    assert gluon, lines
+    for line in gluon:
+        assert line.startswith("sm_90 ") and " ok " in line and "wgmma async" in line, line
+    assert {(f"'MODE': {m}", f"'HAS_COL': {c}") for m in range(3) for c in (True, False)} <= {
+        tuple(part for part in line.split(", ") if part.startswith(("'MODE'", "'HAS_COL'")))
+        for line in (x.split("{", 1)[1] for x in gluon)}

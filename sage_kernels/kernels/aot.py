@@ -125,10 +125,18 @@ def source_of(launch: Launch):
             signature[name] = _arg_type(value)
             if isinstance(value, torch.Tensor) and not param.do_not_specialize and _tensor_aligned(value):
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    if launch.name == "attention_ws_kernel":
+    if is_gluon(fn):
         from triton.experimental.gluon._runtime import GluonASTSource
         return GluonASTSource(fn, signature, constexprs, attrs), options
     return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
+
+
+def is_gluon(kernel) -> bool:
+    """Whether a kernel is a Gluon function (compiled from a GluonASTSource)."""
+    if not HAS_GLUON:
+        return False
+    from triton.experimental.gluon._runtime import GluonJITFunction
+    return isinstance(kernel, GluonJITFunction)
 
 
 def as_launched(launch: Launch, arch: int) -> Launch:

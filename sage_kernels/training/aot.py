@@ -18,7 +18,7 @@ import torch
 
 from .._triton import interpreter_active, triton
 from ..capabilities import smem_limit
-from ..kernels.aot import Launch, distinct, source_of
+from ..kernels.aot import Launch, distinct, is_gluon, source_of, wgmma_serialized
 from . import launch
 from .config import DKDV_SPLIT_ARCHS
 
@@ -27,7 +27,9 @@ _SITES = {  # module -> kernel names it launches
     "sage_kernels.training.operands": ("quantize_kernel",),
     "sage_kernels.training.forward": ("forward_kernel",),
     "sage_kernels.training.backward": ("row_stats_kernel", "dequant_v_kernel", "dkdv_kernel", "dq_kernel"),
+    "sage_kernels.training.backward_ws": ("grad_ws_kernel",),
 }
+GLUON_ARCHS = (90,)  # where backward.gluon_applies may pick grad_ws_kernel
 
 
 class _Recorder:
@@ -64,14 +66,15 @@ def variants(full: bool = True):
     64 and 128 with and without causal/mask/GQA, the CI subset)."""
     from ..problem import build_problem
 
-    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2, layout="HND"):
-        q = torch.randn(1, hq, 130, d, dtype=dtype).requires_grad_()
-        k, v = (torch.randn(1, hk, 260, d, dtype=dtype).requires_grad_() for _ in range(2))
-        m = torch.ones(1, 1, 1, 260, dtype=torch.bool) if mask else None
+    def prob(dtype=torch.bfloat16, d=128, causal=False, mask=False, hq=2, hk=2, layout="HND", lq=130, lk=260):
+        q = torch.randn(1, hq, lq, d, dtype=dtype).requires_grad_()
+        k, v = (torch.randn(1, hk, lk, d, dtype=dtype).requires_grad_() for _ in range(2))
+        m = torch.ones(1, 1, 1, lk, dtype=torch.bool) if mask else None
         return build_problem(q, k, v, is_causal=causal, attn_mask=m)
 
     for qk in ("16bit", "int8"):
         yield f"{qk} default", prob(), qk
+        yield f"{qk} no padded key", prob(lq=256, lk=256), qk  # (no column bias: the Gluon backward's HAS_COL off)
         yield f"{qk} causal+mask+gqa", prob(causal=True, mask=True, hq=4), qk
         yield f"{qk} d64", prob(d=64), qk
         if full:
@@ -82,20 +85,26 @@ def variants(full: bool = True):
 
 def record(p, qk: str) -> list[Launch]:
     """The launches of one training forward and backward (CPU tensors), the backward in both dK/dV forms (one
-    launch, or one per gradient: config.dkdv_split; `main` compiles the form each GPU runs)."""
+    launch, or one per gradient: config.dkdv_split; `main` compiles the form each GPU runs), and once more as
+    sm_90 runs it where backward.gluon_applies (the Gluon kernel's launches)."""
     from . import backward, forward  # (the recorded modules must be imported)
 
-    split = backward.dkdv_split
+    split, applies = backward.dkdv_split, backward.gluon_applies
     with recording() as launches:
         out = torch.zeros(p.batch, p.heads_q, p.len_q, p.head_dim_v, dtype=p.dtype)
         lse = torch.zeros(p.batch, p.heads_q, p.len_q)
         forward.training_forward(p, qk)
-        for form in (False, True):
-            backward.dkdv_split = lambda device, form=form: form
-            try:
+        backward.gluon_applies = lambda *a: False
+        try:
+            for form in (False, True):
+                backward.dkdv_split = lambda device, form=form: form
                 backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
-            finally:
-                backward.dkdv_split = split
+            backward.gluon_applies = lambda prob, qk_mode, dp: applies(prob, qk_mode, dp, arch=GLUON_ARCHS[0])
+            n = len(launches)
+            backward.training_backward(p, qk, out, lse, torch.ones_like(out), lse)
+            launches[n:] = [x for x in launches[n:] if is_gluon(x.kernel)]
+        finally:
+            backward.dkdv_split, backward.gluon_applies = split, applies
     return launches
 
 
@@ -107,7 +116,10 @@ def config_name(rec: Launch) -> str | None:
 
 
 def runs_on(rec: Launch, arch: int) -> bool:
-    """Whether sm_<arch> launches this: dK/dV as one launch, or as two where config.DKDV_SPLIT_ARCHS lists it."""
+    """Whether sm_<arch> launches this: dK/dV as one launch, or as two where config.DKDV_SPLIT_ARCHS lists it;
+    the Gluon kernel on GLUON_ARCHS."""
+    if is_gluon(rec.kernel):
+        return arch in GLUON_ARCHS
     if rec.name != "dkdv_kernel":
         return True
     return (config_name(rec) != "dkdv") == (arch in DKDV_SPLIT_ARCHS)
@@ -144,13 +156,17 @@ def main(argv=None) -> int:
                                    "num_stages": cfg.num_stages})
                 try:
                     src, options = source_of(Launch(rec.kernel, rec.grid, rec.args, kwargs))
-                    shared = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options).metadata.shared
+                    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                    shared = compiled.metadata.shared
                 except Exception as exc:  # noqa: BLE001 - report every failing variant
                     status = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     break
                 tried.append(f"{shared // 1024}K")
                 if shared <= smem_limit(arch):
                     status = f"ok  {cfg if cfg else ''} shared={shared // 1024}K"
+                    if is_gluon(rec.kernel):  # its speed depends on asynchronous wgmma
+                        why = wgmma_serialized(compiled, arch)
+                        status += f"  wgmma serialised: {why}" if why else "  wgmma async"
                     break
             else:
                 status = f"FAIL no config fits {smem_limit(arch) // 1024}K (tried {', '.join(tried)})"
