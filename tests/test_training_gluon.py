@@ -76,9 +76,7 @@ def test_gluon_backward_agrees_with_the_triton_kernels(monkeypatch, case):
         assert cos >= AGREE_COS and l1 <= AGREE_L1, (case, label, cos, l1)
 
 
-def test_causal_and_int8_scores_keep_the_triton_kernels(monkeypatch):
-    launched = []
-    monkeypatch.setattr(backward, "_launch_gluon", lambda *a: launched.append(1))
+def test_causal_and_int8_scores_keep_the_triton_kernels():
     q, k, v = dist.make("normal", 1, 2, 256, 256, 64)
     p = build_problem(q.cuda().bfloat16(), k.cuda().bfloat16(), v.cuda().bfloat16(), is_causal=True)
     assert not backward.gluon_applies(p, "16bit", 64)
