@@ -201,14 +201,14 @@ _CANDIDATES = {
 # 1.03-1.19x SDPA (sharp logits .. N(0,1); Wan 480p, HunyuanVideo 544x960x65 and larger videos), at 24576 0.97-1.09x,
 # at 16384 0.93-1.08x. Everything else keeps SDPA: causal 0.61x, head dim 64 1.00x, 512 text keys 0.30x, fp16 1.03x
 # (N(0,1) only: fp16 scores never keep the kernel's fixed softmax reference), Flux's 4608 tokens 0.83x, and
-# training (the int8 backward runs at 0.48x of cuDNN's).
+# training (the int8 fwd+bwd runs at 0.59x of cuDNN's).
 HOPPER_INT8_MIN_TOKENS = 30 * 1024
 
 
 def _hopper_sdpa_reason(p: AttentionProblem) -> str:
     """Why precision="auto" keeps SDPA for this call on Hopper, or "" when the int8 kernel measured faster."""
     if p.needs_grad:
-        return "training (the int8 backward measured 0.48x cuDNN on Hopper)"
+        return "training (the int8 fwd+bwd measured 0.59x cuDNN on Hopper)"
     if p.dtype != torch.bfloat16:
         return f"{str(p.dtype).replace('torch.', '')} inputs (int8 measured faster than cuDNN for bf16 only)"
     if max(p.head_dim, p.head_dim_v) != 128:

@@ -22,6 +22,13 @@ def log_once(reason: str, message: str | None = None, level: int = logging.WARNI
     return first
 
 
+def build_error(exc: BaseException) -> str:
+    """A kernel build failure in one line for the log: its type and the last line of its message (compiler errors
+    end with the message, after the source excerpt), at most 300 characters of it."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
+
+
 def counts() -> dict[str, int]:
     with _lock:
         return dict(_counts)

@@ -17,7 +17,7 @@ from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, triton
 from ..capabilities import device_info
 from ..capture import device_cache
 from ..device_guard import on_problem_device
-from ..logs import log_once
+from ..logs import build_error, log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
@@ -514,8 +514,7 @@ def _try_launch_ws(*args) -> bool:
         _launch_ws(*args)
         return True
     except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
-        lines = str(exc).strip().splitlines()  # compiler errors end with the message, after the source excerpt
-        _ws_failure = f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
+        _ws_failure = build_error(exc)
         log_once("gluon kernel unavailable", f"sage_attention: the Gluon sm_90 kernel failed to build "
                  f"({_ws_failure}); using the TMA kernel")
         return False

@@ -9,7 +9,7 @@ import torch
 from .._triton import interpreter_active
 from ..capabilities import device_info
 from ..device_guard import on_problem_device
-from ..logs import log_once
+from ..logs import build_error, log_once
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, dkdv_split
 from .launch import dkdv_launch_name, launch
@@ -106,8 +106,7 @@ def _try_gluon(*args) -> bool:
         _launch_gluon(*args)
         return True
     except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
-        lines = str(exc).strip().splitlines()
-        _gluon_failure = f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
+        _gluon_failure = build_error(exc)
         log_once("gluon training backward unavailable", f"sage_attention: the Gluon sm_90 training backward failed "
                  f"to build ({_gluon_failure}); using the Triton kernels")
         return False
@@ -131,20 +130,18 @@ def _launch_gluon(p: AttentionProblem, ops, vt, m_rows, d_rows, dout_h, do8, qc,
         return ws.gluon_desc(t.view(-1), [n])
 
     k16, q16, vt16, do16 = (t.view(-1, dp) for t in (ops.k, ops.q, vt, do16))
+    k_rows, k_step, q_rows, q_step = rows(k16, ws.ROWS), rows(k16, ws.STEP), rows(q16, ws.ROWS), rows(q16, ws.STEP)
     m_desc, dd_desc = flat(m_rows, ws.STEP), flat(d_rows, ws.STEP)
     common = (ops.q_scale, m_rows, d_rows, ops.col, *col_strides, kbar_pad, dlse_c)
     sizes = (hq, hq // hk, lq, lq_pad, lk, lk_pad)
     dq_h, dk_h, dv_h = grads
-    launches = (  # mode, grid, descriptors r, rd, c, cd, c8, c8s, the gradient, its width
-        ("dv", (lk_pad // ws.ROWS, b * hk), (rows(k16, ws.ROWS), rows(k16, ws.ROWS), rows(q16, ws.STEP),
-                                             rows(q16, ws.STEP), channels(do8[0], lq_pad),
+    launches = (  # mode, grid, descriptors r, rd, c, cd, c8, c8s (dV: rd and cd unused), the gradient, its width
+        ("dv", (lk_pad // ws.ROWS, b * hk), (k_rows, k_rows, q_step, q_step, channels(do8[0], lq_pad),
                                              flat(do8[1], dp)), dv_h, p.head_dim_v),
-        ("dk", (lk_pad // ws.ROWS, b * hk), (rows(k16, ws.ROWS), rows(vt16, ws.ROWS), rows(q16, ws.STEP),
-                                             rows(do16, ws.STEP), channels(qc[0], lq_pad),
-                                             flat(qc[1], dp)), dk_h, p.head_dim),
-        ("dq", (lq_pad // ws.ROWS, b * hq), (rows(q16, ws.ROWS), rows(do16, ws.ROWS), rows(k16, ws.STEP),
-                                             rows(vt16, ws.STEP), channels(kc[0], lk_pad),
-                                             flat(kc[1], dp)), dq_h, p.head_dim),
+        ("dk", (lk_pad // ws.ROWS, b * hk), (k_rows, rows(vt16, ws.ROWS), q_step, rows(do16, ws.STEP),
+                                             channels(qc[0], lq_pad), flat(qc[1], dp)), dk_h, p.head_dim),
+        ("dq", (lq_pad // ws.ROWS, b * hq), (q_rows, rows(do16, ws.ROWS), k_step, rows(vt16, ws.STEP),
+                                             channels(kc[0], lk_pad), flat(kc[1], dp)), dq_h, p.head_dim),
     )
     for mode, grid, descs, grad, width in launches:
         assert grad.stride(3) == 1
