@@ -29,6 +29,19 @@ def build_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
 
 
+def launch_or_fall_back(launch, args: tuple, kernel: str, instead: str) -> str | None:
+    """launch(*args); if that raises (a kernel that cannot be built here, e.g. a Triton whose Gluon API differs
+    from 3.6's), log "<kernel> failed to build (...); using <instead>" once and return the failure's summary
+    (build_error) so that the caller remembers it and runs `instead`. None when the launch went through."""
+    try:
+        launch(*args)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
+        failure = build_error(exc)
+        log_once(f"{kernel} unavailable", f"sage_attention: {kernel} failed to build ({failure}); using {instead}")
+        return failure
+
+
 def counts() -> dict[str, int]:
     with _lock:
         return dict(_counts)

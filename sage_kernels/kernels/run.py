@@ -17,7 +17,7 @@ from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, triton
 from ..capabilities import device_info
 from ..capture import device_cache
 from ..device_guard import on_problem_device
-from ..logs import build_error, log_once
+from ..logs import launch_or_fall_back, log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
 from .attention import attention_kernel
@@ -507,17 +507,11 @@ fixed_max_count: torch.Tensor | None = None
 
 
 def _try_launch_ws(*args) -> bool:
-    """Launch attention_ws_kernel; if it cannot be built (a Triton whose Gluon API differs from 3.6's), log the
-    reason once and return False so that the caller launches attention_tma_kernel instead."""
+    """Launch attention_ws_kernel; if it cannot be built, remember and log why (once) and return False so that the
+    caller launches attention_tma_kernel instead."""
     global _ws_failure
-    try:
-        _launch_ws(*args)
-        return True
-    except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
-        _ws_failure = build_error(exc)
-        log_once("gluon kernel unavailable", f"sage_attention: the Gluon sm_90 kernel failed to build "
-                 f"({_ws_failure}); using the TMA kernel")
-        return False
+    _ws_failure = launch_or_fall_back(_launch_ws, args, "the Gluon sm_90 kernel", "the TMA kernel")
+    return _ws_failure is None
 
 
 @device_cache(maxsize=8)

@@ -9,7 +9,7 @@ import torch
 from .._triton import interpreter_active
 from ..capabilities import device_info
 from ..device_guard import on_problem_device
-from ..logs import build_error, log_once
+from ..logs import launch_or_fall_back
 from ..problem import AttentionProblem
 from .config import DKV_STEP_Q, DQ_STEP_K, FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, dkdv_split
 from .launch import dkdv_launch_name, launch
@@ -99,17 +99,12 @@ def gluon_applies(p: AttentionProblem, qk: str, dp: int, arch: int | None = None
 
 
 def _try_gluon(*args) -> bool:
-    """Run backward_ws; if it cannot be built (a Triton whose Gluon API differs from 3.6's), log the reason once and
-    return False so that the caller runs the Triton kernels (which write every gradient again)."""
+    """Run backward_ws; if it cannot be built, remember and log why (once) and return False so that the caller runs
+    the Triton kernels (which write every gradient again)."""
     global _gluon_failure
-    try:
-        _launch_gluon(*args)
-        return True
-    except Exception as exc:  # noqa: BLE001 - any build failure falls back; the reason is logged
-        _gluon_failure = build_error(exc)
-        log_once("gluon training backward unavailable", f"sage_attention: the Gluon sm_90 training backward failed "
-                 f"to build ({_gluon_failure}); using the Triton kernels")
-        return False
+    _gluon_failure = launch_or_fall_back(_launch_gluon, args, "the Gluon sm_90 training backward",
+                                         "the Triton kernels")
+    return _gluon_failure is None
 
 
 def _launch_gluon(p: AttentionProblem, ops, vt, m_rows, d_rows, dout_h, do8, qc, kc, kbar_pad, dlse_c,
