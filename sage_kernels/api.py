@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
@@ -46,6 +47,10 @@ def _plan(p: AttentionProblem, precision: str, backend: str, opts: QuantOptions)
                                  f"sm_{dev.arch}", plan.requested)
     if plan.precision == "int8":
         plan = dataclasses.replace(plan, pv=opts.pv)
+        smooth_q, why = capabilities.resolve_smooth_q(p, opts.smooth_q, opts.pv)
+        if why:  # (the reference backend too: it mirrors the kernels)
+            log_once("int8: Q smoothing per head (table over V's share)", why + " (logged once)", level=logging.INFO)
+            opts = dataclasses.replace(opts, smooth_q=smooth_q)
     return plan, opts
 
 
@@ -137,7 +142,9 @@ def sage_attention(q, k, v, *, layout="HND", precision="auto", is_causal=False, 
     | "triton" | "reference" (the torch mirror of the kernel math, any device).
     attn_mask: bool (True = attend) or additive, broadcastable to (B, Hq, Lq, Lk); quantized kernels take masks
     that are the same for every query (key padding), others run through SDPA. is_causal is bottom-right aligned.
-    smooth_q: "block" | "global" | "off"; smooth_k, smooth_v: bool; pv (int8 precision): "16bit" (V unquantized,
+    smooth_q: "block" | "global" | "off" ("block" runs as "global", logged once, on int8 calls with 16-bit P.V whose
+    per-block table would exceed INT8 V's share of the memory bar: capabilities.resolve_smooth_q);
+    smooth_k, smooth_v: bool; pv (int8 precision): "16bit" (V unquantized,
     the accurate default) | "auto" (the faster P.V for this GPU: INT8 on RTX 30/40/50-class GPUs, sm_86/89/120,
     where 16-bit tensor cores with fp32 accumulation are slow, else 16-bit; capabilities.resolve_pv) | "int8" |
     "fp8";

@@ -250,6 +250,30 @@ def resolve_pv(pv: str, dev: DeviceInfo) -> str:
     return "int8" if dev.kind == "cuda" and dev.arch in INT8_PV_ARCHS else "16bit"
 
 
+def resolve_smooth_q(p: AttentionProblem, smooth_q: str, pv: str) -> tuple[str, str]:
+    """(the int8 path's Q smoothing for this call, why it differs from `smooth_q` or "").
+
+    Per-block Q smoothing needs a column-bias table: an fp32 row of the padded keys per 128-query block of every
+    query head. With 16-bit P.V, V is not copied, so the table takes INT8 V's share of issue #3's memory bar
+    (kernels.run.chunk_rows splits it into chunks of that size). With more query rows than key rows (Hq*Lq > Hk*Lk:
+    cross-attention, GQA) a table larger than that share would either exceed the bar or run in many small chunks,
+    each a column-bias and an attention launch (Wan's text cross-attention: 9 chunks, 1.1 -> 2.7 ms per eager
+    call). There one query mean per head ("global") is used instead: no per-block table, and as accurate as per
+    block on every test distribution (docs/BENCHMARKS.md, "Q-smoothing modes"). A quantized V (pv int8/fp8) keeps
+    per-block smoothing: its table already comes on top of the three INT8 copies (documented)."""
+    if smooth_q != "block" or pv != "16bit":
+        return smooth_q, ""
+    dp = padded_head_dim(max(p.head_dim, p.head_dim_v))
+    lq_pad, lk_pad = -(-max(p.len_q, 1) // BLOCK_M) * BLOCK_M, -(-max(p.len_k, 1) // BLOCK_N) * BLOCK_N
+    table = p.heads_q * (lq_pad // BLOCK_M) * lk_pad * 4  # bytes per batch entry, as INT8 V's share below
+    v_share = p.heads_kv * lk_pad * dp
+    if table <= v_share or p.heads_q * lq_pad <= p.heads_kv * lk_pad:
+        return smooth_q, ""
+    return "global", (f"int8: Q smoothing per head instead of per block for {p.heads_q} x {p.len_q} queries against "
+                      f"{p.heads_kv} x {p.len_k} keys: the per-block column-bias table ({table * p.batch / 2**20:.1f} "
+                      f"MiB) would exceed INT8 V's share of the memory bar ({v_share * p.batch / 2**20:.1f} MiB)")
+
+
 def attention_flops(p: AttentionProblem) -> int:
     """Multiply-adds x 2 of Q.K^T and P.V: 4 * B * Hq * Lq * Lk * D (D: the larger head dim)."""
     return 4 * p.batch * p.heads_q * p.len_q * p.len_k * max(p.head_dim, p.head_dim_v)

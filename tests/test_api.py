@@ -317,3 +317,46 @@ def test_tensors_past_32_bit_indexing_run_sdpa(monkeypatch):
     q = base[:, :, 0:1].transpose(1, 2)  # (1, 1, 64, 128) with a head stride over the packed dim
     p = build_problem(q, small, small)
     assert capabilities.largest_offset(p) == (64 - 1) * 3 * 128 + 127  # its reach: more than its 64 * 128 elements
+
+
+def test_q_smoothing_goes_per_head_where_the_block_table_would_exceed_v_share():
+    """capabilities.resolve_smooth_q: with 16-bit P.V the per-block column-bias table takes INT8 V's share of the
+    memory bar; with more query rows than key rows and a table beyond that share, Q smoothing is per head."""
+    def rule(hq, lq, lk, hk=None, d=128, smooth_q="block", pv="16bit"):
+        p = build_problem(torch.empty(1, hq, lq, d), torch.empty(1, hk or hq, lk, d), torch.empty(1, hk or hq, lk, d))
+        return capabilities.resolve_smooth_q(p, smooth_q, pv)
+
+    assert rule(40, 32760, 512)[0] == "global"  # Wan's text cross-attention: a 20 MiB table against 2.5 MiB of V
+    assert "(20.0 MiB)" in rule(40, 32760, 512)[1] and "(2.5 MiB)" in rule(40, 32760, 512)[1]
+    assert rule(32, 16384, 16384, hk=8)[0] == "global"  # GQA: V's share is a quarter of Q's
+    assert rule(24, 8192, 2048, d=64)[0] == "global"
+    assert rule(24, 35000, 35000) == ("block", "")  # self-attention: chunks within V's share (= Q's), as before
+    assert rule(24, 4096, 32768) == ("block", "")  # more keys than queries: V's share holds it
+    assert rule(24, 3000, 1024) == ("block", "")  # more queries, but the whole table fits V's share
+    assert rule(24, 1024, 1024, hk=8) == ("block", "")  # GQA whose 3x-smaller V share still holds the table
+    assert rule(40, 32760, 512, pv="int8") == ("block", "")  # a quantized V: the documented table on top
+    assert rule(40, 32760, 512, smooth_q="off") == ("off", "")
+    assert rule(40, 32760, 512, smooth_q="global") == ("global", "")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_q_smoothing_per_head_is_what_runs_and_is_logged_once(backend, caplog):
+    """The call then computes exactly what smooth_q="global" computes, on both backends (the reference mirrors
+    the kernels), and says so once."""
+    torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # (the Triton kernels in the interpreter on CPU)
+    q = (torch.randn(1, 4, 640, 64) + 0.5 * torch.randn(1, 4, 1, 64)).to(dev)
+    k, v = torch.randn(1, 1, 100, 64, device=dev), torch.randn(1, 1, 100, 64, device=dev)
+    logs.reset()
+    with caplog.at_level(logging.INFO, logger="sage3"):
+        outs = [sage_kernels.sage_attention(q, k, v, precision="int8", backend=backend, fallback="error")
+                for _ in range(2)]
+    messages = [r.getMessage() for r in caplog.records if "Q smoothing per head" in r.getMessage()]
+    assert len(messages) == 1 and "4 x 640 queries against 1 x 100 keys" in messages[0], messages
+    expected = sage_kernels.sage_attention(q, k, v, precision="int8", backend=backend, smooth_q="global")
+    assert torch.equal(outs[0], expected) and torch.equal(outs[1], expected)
+    per_block = sage_kernels.sage_attention(q, k[:, :, :96].repeat(1, 1, 8, 1), v[:, :, :96].repeat(1, 1, 8, 1),
+                                            precision="int8", backend=backend)  # 768 keys: the table fits
+    assert torch.equal(per_block, sage_kernels.sage_attention(q, k[:, :, :96].repeat(1, 1, 8, 1),
+                                                              v[:, :, :96].repeat(1, 1, 8, 1), precision="int8",
+                                                              backend=backend, smooth_q="block"))

@@ -145,6 +145,11 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     score_factor = p.scale * T.LOG2E / (dp if rotate else 1)  # (xR)(yR)^T = dp * x y^T
     row_factor = 1.0 if qk_fmt == FMT_FP4_VALUES else score_factor  # fp4 values: the kernel applies it
 
+    # Q's global mean (Q smoothing per head) by K's mean kernels: torch's mean would take a workspace of Q's size in
+    # fp32; taken first, so that its tile sums are freed before the INT8 copies exist (issue #3's memory bar).
+    q_mean = q_mean_rot = None
+    if opts.smooth_q == "global":
+        q_mean, q_mean_rot = kv_stats(p.q, None, True, rotation=rot if rotate else None)[:2]
     # The operand buffers, before the fork: a block this stream freed may still be read by work it queued, which
     # only the fork orders before the side stream's kernels (streams.py).
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
@@ -209,10 +214,10 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
             q_means = torch.empty(b, hq, q_groups, dp, dtype=torch.float32, device=dev)
             mean_mode = 2
         elif opts.smooth_q == "global":
-            q_means = _pad_cols(T.query_means(p.q, "global"), dp)
+            q_means = _pad_cols(q_mean, dp)
             mean_mode = 1
-            if rotate:  # (rare: a torch matmul in float64, rounded once)
-                q_mean_r = (q_means[:, :, 0].double() @ rot.double()).float()
+            if rotate:
+                q_mean_r = q_mean_rot
         else:
             q_means, mean_mode = None, 0
         qm = q_means if q_means is not None else _empty(dev)
