@@ -263,8 +263,7 @@ def resolve_smooth_q(p: AttentionProblem, smooth_q: str, pv: str) -> tuple[str, 
     per-block smoothing: its table already comes on top of the three INT8 copies (documented)."""
     if smooth_q != "block" or pv != "16bit":
         return smooth_q, ""
-    dp = padded_head_dim(max(p.head_dim, p.head_dim_v))
-    lq_pad, lk_pad = -(-max(p.len_q, 1) // BLOCK_M) * BLOCK_M, -(-max(p.len_k, 1) // BLOCK_N) * BLOCK_N
+    lq_pad, lk_pad, dp = p.kernel_sizes
     table = p.heads_q * (lq_pad // BLOCK_M) * lk_pad * 4  # bytes per batch entry, as INT8 V's share below
     v_share = p.heads_kv * lk_pad * dp
     if table <= v_share or p.heads_q * lq_pad <= p.heads_kv * lk_pad:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .options import BLOCK_M, BLOCK_N
+from .transforms import padded_head_dim
+
 LAYOUTS = ("HND", "NHD")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MASKED_BELOW = -1e30  # additive mask values at or below this are treated as -inf (exactly masked out)
@@ -71,6 +74,13 @@ class AttentionProblem:
     @property
     def device(self) -> torch.device:
         return self.q.device
+
+    @property
+    def kernel_sizes(self) -> tuple[int, int, int]:
+        """(Lq, Lk, head dim) as the kernels pad them: lengths to whole 128-token blocks (at least one), the larger
+        head dim to 64, 128 or 256."""
+        return (-(-max(self.len_q, 1) // BLOCK_M) * BLOCK_M, -(-max(self.len_k, 1) // BLOCK_N) * BLOCK_N,
+                padded_head_dim(max(self.head_dim, self.head_dim_v)))
 
     @property
     def needs_grad(self) -> bool:

@@ -130,9 +130,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     the caller must call `ops.join()` before it launches anything that reads them."""
     dev = p.device
     b, hq, hk, lq, lk = p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k
-    dp = T.padded_head_dim(max(p.head_dim, p.head_dim_v))
-    lq_pad = -(-max(lq, 1) // BLOCK_M) * BLOCK_M
-    lk_pad = -(-max(lk, 1) // BLOCK_N) * BLOCK_N
+    lq_pad, lk_pad, dp = p.kernel_sizes
     qk_fmt, pv_fmt = _formats(precision, opts, native_fp4)
     x_fp32 = p.dtype == torch.float32
     rotate = opts.rotate

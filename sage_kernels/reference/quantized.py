@@ -44,8 +44,7 @@ def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 def _common(p: AttentionProblem, o: QuantOptions, return_lse: bool):
-    lk_pad = -(-max(p.len_k, 1) // BLOCK_N) * BLOCK_N
-    dp = T.padded_head_dim(max(p.head_dim, p.head_dim_v))
+    _, lk_pad, dp = p.kernel_sizes
     kbar = T.key_mean(p.k, o.smooth_k)
     qbar = T.query_means(p.q, o.smooth_q)
     q_s = p.q.to(torch.float32) - T.expand_query_means(qbar, p.len_q)
