@@ -13,9 +13,10 @@ from tests.support.compiled_python import ROOT, compiled_python
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
-def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
+def test_every_launch_compiles_and_fits_hopper_ampere_ada_rtx50_and_dgx_spark():
     """Also within each GPU's shared memory per block (a kernel past it compiles, then fails at launch)."""
-    proc = compiled_python("-m", "sage_kernels.kernels.aot", "--arch", "90", "80", "89", "120", "--quick", timeout=1500)
+    proc = compiled_python("-m", "sage_kernels.kernels.aot", "--arch", "90", "80", "89", "120", "121", "--quick",
+                           timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert lines[-1].endswith(", 0 failures")
@@ -23,7 +24,7 @@ def test_every_launch_compiles_and_fits_hopper_ampere_ada_and_rtx50():
     kinds = {line.split()[1] for line in compiled}
     assert kinds == {"tile_stats_kernel", "head_stats_kernel", "prep_rows_kernel", "prep_v_kernel", "column_bias_kernel",
                      "attention_kernel", "attention_tma_kernel", "attention_ws_kernel"}
-    for arch in ("sm_80", "sm_89", "sm_120"):
+    for arch in ("sm_80", "sm_89", "sm_120", "sm_121"):
         assert any(line.startswith(f"{arch} attention_kernel") for line in compiled), arch
     assert {line.split()[0] for line in compiled if " attention_tma_kernel " in line} == {"sm_90"}
     ws = [line for line in compiled if " attention_ws_kernel " in line]  # the Gluon kernel: sm_90's int8 and fp4

@@ -104,6 +104,13 @@ def test_cuda_plans_follow_the_arch_table(monkeypatch):
         assert capabilities.resolve_auto_precision(large, ada)[0] == "int8", large.q.shape
     spec = capabilities.KERNELS["triton.fp4.native"]
     assert "needs sm_100/sm_103/sm_120" in spec.check(p, capabilities.DeviceInfo("cuda", 90))
+    # DGX Spark (GB10, sm_121): int8 (its kernels compile, tests/test_aot_compile.py) and the FP4 emulation, since
+    # Triton 3.6 cannot compile the block-scaled dot for sm_121a (tests/test_compile_check.py)
+    spark = capabilities.DeviceInfo("cuda", 121)
+    assert capabilities.resolve_auto_precision(p, spark)[0] == "int8"
+    assert "needs sm_100/sm_103/sm_120" in spec.check(p, spark)
+    assert capabilities.KERNELS["triton.int8"].check(p, spark) == ""
+    assert "sm_121 has 99 KB" in capabilities.KERNELS["triton.int8"].check(_shaped(1, 2, 256, 256, 256), spark)
     assert "sm_80+" in capabilities.KERNELS["triton.int8"].check(p, capabilities.DeviceInfo("cuda", 75))
 
 

@@ -69,6 +69,16 @@ def test_hopper_fails_with_a_reason_not_a_crash():
     assert attention and all(not r["passed"] and r["reason"].startswith("compile failed") for r in attention)
 
 
+def test_dgx_spark_fails_with_a_reason_not_a_crash():
+    """sm_121a (GB10): Triton 3.6 cannot compile the block-scaled dot there (an assertion in its matmul pass), so
+    the capability table keeps sm_121 off the native kernel and fp4 runs the emulation (tests/test_api.py). When a
+    Triton release compiles it, this test fails: then add 121 to capabilities.NATIVE_FP4_ARCHS."""
+    proc = _cli("--arch", "sm_121a", "--dp", "64", "--attention-only", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    attention = [r for r in json.loads(proc.stdout) if r["kernel"].startswith("attention")]
+    assert attention and all(not r["passed"] and r["reason"].startswith("compile failed") for r in attention)
+
+
 def test_instruction_rules():
     assert cc.capability("sm_100a") == 100 and cc.capability("120") == 120 and cc.capability("sm_90") == 90
     ptx = f"\t@%p8 {SM100_NVFP4} [ %r1 + 0 ], %rd1, %rd2, %r2, [ %r3 + 0 ], [ %r4 + 0 ], %p7;\n" \
