@@ -61,19 +61,13 @@ def test_emulated_kernel_fails_the_check():
         assert not r["passed"] and "other than NVFP4" in r["reason"] and "kind::f16" in r["reason"]
 
 
-def test_hopper_fails_with_a_reason_not_a_crash():
-    """Negative control: Triton 3.6 cannot compile e4m3-scaled dot_scaled for sm_90a."""
-    proc = _cli("--arch", "sm_90a", "--dp", "64", "--attention-only", "--json")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    attention = [r for r in json.loads(proc.stdout) if r["kernel"].startswith("attention")]
-    assert attention and all(not r["passed"] and r["reason"].startswith("compile failed") for r in attention)
-
-
-def test_dgx_spark_fails_with_a_reason_not_a_crash():
-    """sm_121a (GB10): Triton 3.6 cannot compile the block-scaled dot there (an assertion in its matmul pass), so
-    the capability table keeps sm_121 off the native kernel and fp4 runs the emulation (tests/test_api.py). When a
-    Triton release compiles it, this test fails: then add 121 to capabilities.NATIVE_FP4_ARCHS."""
-    proc = _cli("--arch", "sm_121a", "--dp", "64", "--attention-only", "--json")
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_121a"])
+def test_no_block_scaled_dot_fails_with_a_reason_not_a_crash(arch):
+    """Negative controls: Triton 3.6 cannot compile e4m3-scaled dot_scaled for sm_90a (Hopper) nor for sm_121a (DGX
+    Spark's GB10; an assertion in its matmul pass), so the capability table keeps sm_121 off the native kernel and
+    fp4 runs the emulation there (tests/test_api.py). When a Triton release compiles sm_121a, this fails: then add
+    121 to capabilities.NATIVE_FP4_ARCHS."""
+    proc = _cli("--arch", arch, "--dp", "64", "--attention-only", "--json")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     attention = [r for r in json.loads(proc.stdout) if r["kernel"].startswith("attention")]
     assert attention and all(not r["passed"] and r["reason"].startswith("compile failed") for r in attention)
