@@ -13,12 +13,14 @@ replaces attention with q (shows attention's share of the step). --bound adds tw
 backend: "fp8 GEMM, same FLOPs" replaces each attention call by an FP8 GEMM of its FLOP count (4*B*H*Lq*Lk*D,
 torch._scaled_mm), and "8-bit peak" gives each call exactly FLOPs / --peak-tops of GPU time (an FP8 GEMM resized
 to take that long: an attention running at the FP8 GEMM's best measured rate, with free softmax and
-quantization). Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
+quantization). --rope-share times the default with ComfyUI's RoPE skipped; --fused-rope off/both times the patch
+with ComfyUI's RoPE. Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
 $OUT/bench_e2e.json when OUT is set.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -93,6 +95,26 @@ def timed(model_obj, patcher, reps):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return out, statistics.median(times)
+
+
+@contextlib.contextmanager
+def rope_skipped():
+    """ComfyUI's RoPE functions (comfy.ldm.flux.math, and the modules that imported them) return q and k unrotated:
+    the step's cost without RoPE (wrong outputs; for timing only)."""
+    import comfy.ldm.flux.math as flux_math
+
+    originals = {name: getattr(flux_math, name) for name in ("apply_rope", "apply_rope1")}
+    skip = {"apply_rope": lambda xq, xk, freqs_cis: (xq, xk), "apply_rope1": lambda x, freqs_cis: x}
+    swapped = [(module, name, fn) for module_name, module in list(sys.modules.items())
+               if module_name.startswith("comfy.ldm.") for name, fn in originals.items()
+               if getattr(module, name, None) is fn]
+    for module, name, _ in swapped:
+        setattr(module, name, skip[name])
+    try:
+        yield
+    finally:
+        for module, name, fn in swapped:
+            setattr(module, name, fn)
 
 
 def no_attention(patcher):
@@ -194,6 +216,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bound", action="store_true", help="also time the step with attention replaced by an FP8 GEMM "
                     "of its FLOPs and with attention at --peak-tops (ceilings of any 8-bit attention)")
+    ap.add_argument("--rope-share", action="store_true", help="also time ComfyUI's default with RoPE skipped")
+    ap.add_argument("--fused-rope", choices=["on", "off", "both"], default="on",
+                    help="the patch's fused_rope widget: on (its default), off (ComfyUI's RoPE), or both rows")
     ap.add_argument("--peak-tops", type=float, default=1252.0, help="8-bit tensor-core peak for --bound (default: "
                     "the H200's measured torch._scaled_mm rate, shared/docs/peer-measurements.md)")
     args = ap.parse_args()
@@ -223,6 +248,12 @@ def main():
         rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="no attention",
                          s=t_none, speedup=t_ref / t_none, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                          kernels="-"))
+        if args.rope_share:
+            with rope_skipped():
+                _, t_no_rope = timed(model, model.patcher, args.reps)
+            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="default, no RoPE",
+                             s=t_no_rope, speedup=t_ref / t_no_rope, cos=float("nan"), rel_l1=float("nan"),
+                             peak_gb=0, kernels="-"))
         if args.bound:
             bound = Fp8GemmBound()
             _, t_bound = timed(model, with_override(model.patcher, bound), args.reps)
@@ -237,10 +268,13 @@ def main():
             rows.append(dict(model=label, tokens=tokens, params_b=params, variant="8-bit peak",
                              s=t_peak, speedup=t_ref / t_peak, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
                              kernels=f"attention at {args.peak_tops:.0f} TOPS"))
-        for spec in args.precisions:  # "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
+        ropes = {"on": [True], "off": [False], "both": [False, True]}[args.fused_rope]
+        for spec, fused_rope in [(spec, r) for spec in args.precisions for r in ropes]:
+            # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")
-            patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block").args[0]
+            patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block",
+                                    fused_rope=fused_rope).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
             torch.cuda.reset_peak_memory_stats()
@@ -251,14 +285,20 @@ def main():
             rel_l1 = float((a - b).abs().sum() / b.abs().sum())
             text = report.execute(patched, {}).args[0]
             kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
-            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant=f"sage3 {spec}",
-                             s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1, peak_gb=peak, kernels=kernels))
+            kernels += "".join(f"; {ln}" for ln in text.splitlines() if ln.startswith("fused RoPE: "))
+            rope_note = "" if fused_rope else " (ComfyUI RoPE)"
+            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params,
+                             variant=f"sage3 {spec}{rope_note}", s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1,
+                             peak_gb=peak, kernels=kernels))
+        _, t_again = timed(model, model.patcher, args.reps)  # the GPU's drift over the run (clocks, heat)
+        rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="ComfyUI default again",
+                         s=t_again, speedup=t_ref / t_again, cos=1.0, rel_l1=0.0, peak_gb=peak_ref, kernels="comfy"))
         del model, ref
         torch.cuda.empty_cache()
-    print(f"\n{'model':<26} {'tokens':>7} {'variant':<20} {'s/step':>8} {'x default':>9} {'cos':>9} {'relL1':>8} "
+    print(f"\n{'model':<26} {'tokens':>7} {'variant':<34} {'s/step':>8} {'x default':>9} {'cos':>9} {'relL1':>8} "
           f"{'peak GB':>8}  kernels")
     for r in rows:
-        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<20} {r['s']:8.3f} {r['speedup']:9.3f} {r['cos']:9.5f} "
+        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<34} {r['s']:8.3f} {r['speedup']:9.3f} {r['cos']:9.5f} "
               f"{r['rel_l1']:8.4f} {r['peak_gb']:8.1f}  {r['kernels']}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_e2e.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))

@@ -22,6 +22,7 @@ import sage_kernels
 from .call import AttentionCall, CallNotUnderstood, parse_call
 from .log import LogBook, logger
 from .policy import DEFAULT_FP4_HYBRID, Policy
+from .rope_scope import FusedRopeScope
 from .run_stats import RunRecorder, RunStats, SiteStats
 from .sites import SiteKey, SiteTracker
 from .steps import StepLocator
@@ -44,6 +45,7 @@ class PatchSettings:
     fallback: str = "sdpa"
     smooth_q: str = "block"
     pv: str = "16bit"
+    fused_rope: bool = True
 
     def __post_init__(self):
         for name, value, allowed in (("precision", self.precision, PRECISIONS),
@@ -54,7 +56,7 @@ class PatchSettings:
 
     def describe(self) -> str:
         return (f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}, "
-                f"int8 P.V={self.pv}")
+                f"int8 P.V={self.pv}, fused RoPE={'on' if self.fused_rope else 'off'}")
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> float:
@@ -78,6 +80,7 @@ class Sage3Override:
         # compile error costs seconds per attempt), so later calls of the same kind fall back without retrying.
         self.failed = failed if failed is not None else {}
         self.recorder = RunRecorder()
+        self.rope = FusedRopeScope(self.log_book) if settings.fused_rope else None  # wrapper: patching.py
         self._plans: dict = {}  # (precision, call signature) -> plan: _plan
         self._steps = StepLocator()
         self._sites = SiteTracker()
@@ -241,6 +244,8 @@ class Sage3Override:
     def begin_sampler_run(self) -> None:
         self._plans.clear()  # (a new run re-decides: the GPU, Triton or the capability table may have changed)
         self.recorder.enter_sampler()
+        if self.rope is not None:
+            self.rope.reset()
 
     def end_sampler_run(self) -> RunStats | None:
         run = self.recorder.exit_sampler()

@@ -1,11 +1,13 @@
 """Installing an override on a clone of a ComfyUI model, and finding the one a model carries.
 
 The input model is never touched: the clone gets a copy of transformer_options with the override, plus an
-OUTER_SAMPLE wrapper that tells the override where each sampler run starts and ends.
+OUTER_SAMPLE wrapper that tells the override where each sampler run starts and ends, and (fused_rope on) a
+DIFFUSION_MODEL wrapper that binds the fused RoPE while the model runs (rope_scope.py).
 """
 from __future__ import annotations
 
 from .override import SamplerRunScope, Sage3Override
+from .rope_scope import DIFFUSION_MODEL, ROPE_SCOPE_KEY
 
 OVERRIDE_KEY = "optimized_attention_override"
 RUN_SCOPE_KEY = "sage3_attention_run_scope"
@@ -51,4 +53,7 @@ def patched_clone(model, override: Sage3Override):
     if hasattr(clone, "add_wrapper_with_key"):
         clone.remove_wrappers_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY)
         clone.add_wrapper_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY, SamplerRunScope(override))
+        clone.remove_wrappers_with_key(DIFFUSION_MODEL, ROPE_SCOPE_KEY)
+        if override.rope is not None:
+            clone.add_wrapper_with_key(DIFFUSION_MODEL, ROPE_SCOPE_KEY, override.rope)
     return clone

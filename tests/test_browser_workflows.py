@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 ARTIFACTS = REPO / "artifacts"
-PATCH_WIDGETS = ["precision", "fallback", "qk_smoothing", "int8_pv"]
+PATCH_WIDGETS = ["precision", "fallback", "qk_smoothing", "int8_pv", "fused_rope"]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_workflow_opens_without_missing_nodes_and_shows_the_patch_widgets(name, 
     assert [w["name"] for w in patch["widgets"]] == PATCH_WIDGETS
     saved = bw.nodes_of(workflow, "Sage3AttentionPatch")[0]["widgets_values"]
     assert [w["value"] for w in patch["widgets"]] == saved
-    declared = {w.name: w.choices for w in widgets(server.get("/object_info")["Sage3AttentionPatch"])}
-    assert {w["name"]: w["options"] for w in patch["widgets"]} == declared
+    declared = {w.name: w.choices or None for w in widgets(server.get("/object_info")["Sage3AttentionPatch"])}
+    assert {w["name"]: w["options"] for w in patch["widgets"]} == declared  # (a toggle has no choices: None)
     assert patch["on_screen"] and _by_type(state, "Sage3AttentionReport")[0]["on_screen"]
 
 

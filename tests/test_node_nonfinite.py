@@ -86,6 +86,7 @@ def test_a_bad_output_with_bad_inputs_is_blamed_on_the_inputs():
     assert watch.counts() == (1, 0)
 
 
+@pytest.mark.interpreter
 def test_report_separates_upstream_from_attention(monkeypatch):
     import sage_kernels
 
@@ -126,6 +127,7 @@ def test_watch_off_does_no_work(monkeypatch):
         assert "NaN/Inf watch: off" in REPORT.execute(model, samples={}).args[0]
 
 
+@pytest.mark.interpreter
 def test_watch_covers_every_path_a_call_takes():
     """Kept (high precision), opt-out (low_precision_attention=False) and fallback calls are watched too."""
     model = _watched_model(keep_blocks="double:0")

@@ -113,6 +113,7 @@ def test_masks_get_comfyui_batch_and_head_axes(mask_shape):
     torch.testing.assert_close(over(FUNC, q, k, v, 2, **kwargs), FUNC(q, k, v, 2, **kwargs), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.interpreter
 def test_key_padding_mask_runs_the_int8_kernel_without_touching_inputs():
     over = _override(_patched(precision="int8"))
     q, k, v = _rand(1, 2, 16, 16, seed=14), _rand(1, 2, 16, 16, seed=15), _rand(1, 2, 16, 16, seed=16)
@@ -161,6 +162,7 @@ def test_chains_to_the_override_already_on_the_model():
     assert repatched.prior is prior
 
 
+@pytest.mark.interpreter
 def test_fallback_error_raises_with_the_reason():
     over = _override(_patched(precision="int8", fallback="error"))
     q = _rand(1, 2, 8, 16, seed=20)
@@ -170,6 +172,7 @@ def test_fallback_error_raises_with_the_reason():
     assert "varies along queries" in str(info.value) and "fallback" in str(info.value)
 
 
+@pytest.mark.interpreter
 def test_fallback_sdpa_logs_once_per_reason_over_many_calls(caplog):
     over = _override(_patched(precision="int8"))
     q = _rand(1, 2, 8, 16, seed=22)
@@ -189,6 +192,7 @@ def test_fallback_sdpa_logs_once_per_reason_over_many_calls(caplog):
     assert sorted(fallbacks.values()) == [12, 12]
 
 
+@pytest.mark.interpreter
 def test_kernel_exception_becomes_a_fallback_or_propagates(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
@@ -204,6 +208,7 @@ def test_kernel_exception_becomes_a_fallback_or_propagates(monkeypatch, caplog):
         _override(_patched(precision="int8", fallback="error"))(FUNC, q, q, q, 2, **kwargs)
 
 
+@pytest.mark.interpreter
 def test_a_failing_kernel_is_not_retried_for_the_same_kind_of_call(monkeypatch):
     """A kernel failure is deterministic (a compile error costs seconds per attempt): later calls with the same
     signature fall back at once, counted under the same reason; another shape tries the kernel again."""

@@ -12,6 +12,8 @@ from tests.support.sage3_pack import load_pack
 from tests.support.sampling import sample_tiny_flux
 from tests.support.tiny_models import tiny_flux
 
+pytestmark = pytest.mark.interpreter  # CPU models through the Triton interpreter
+
 PACK, COMFY_NODES = load_pack()
 import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
 import comfy.sample  # noqa: E402

@@ -2,6 +2,7 @@
 
 The headless workflow tests read this node's ui text from /history and look for "kernel triton." on site lines.
 """
+import pytest
 import torch
 
 from tests.support.sage3_pack import load_pack
@@ -28,6 +29,7 @@ def _sample_flux(model, steps=2):
                                disable_pbar=True, seed=0)
 
 
+@pytest.mark.interpreter
 def test_report_after_a_sampler_run_names_the_triton_kernel_per_site():
     model = PATCH.execute(FLUX.patcher, precision="int8").args[0]
     samples = {"samples": _sample_flux(model)}
@@ -41,6 +43,7 @@ def test_report_after_a_sampler_run_names_the_triton_kernel_per_site():
     assert "precision=int8" in text and "fallbacks: none" in text
 
 
+@pytest.mark.interpreter
 def test_report_names_the_p_v_that_ran(monkeypatch):
     """On an RTX 40-class GPU (sm_89, simulated for the capability table) int8_pv="auto" runs INT8 P.V, and the
     report says so; the default, "16bit", keeps the plain kernel name."""
@@ -62,6 +65,7 @@ def test_report_without_triton_has_no_triton_lines():
     assert _site_lines(text) and "kernel triton." not in text and "kernel torch.sdpa x1" in text
 
 
+@pytest.mark.interpreter
 def test_report_lists_fallbacks_with_reason_and_counts_and_opt_outs():
     tiny = tiny_hunyuan_video()
     model = PATCH.execute(tiny.patcher, precision="int8").args[0]
@@ -91,6 +95,7 @@ def test_report_on_models_without_data_or_without_the_patch():
     assert "no attention calls recorded yet" in REPORT.execute(fresh, {}).args[0]
 
 
+@pytest.mark.interpreter
 def test_report_says_what_precision_auto_chose_and_why(monkeypatch):
     """precision="auto" resolves per call; the report lists each resolution with its calls and sites. Simulated
     GPUs for the capability table: an H100/H200 keeps SDPA for calls outside its int8 rule (here: the tiny model's

@@ -10,6 +10,8 @@ import torch
 from tests.support.sage3_pack import load_pack
 from tests.support.tiny_models import tiny_flux, tiny_hunyuan_video, tiny_wan
 
+pytestmark = pytest.mark.interpreter  # CPU models through the Triton interpreter
+
 PACK, COMFY_NODES = load_pack()
 PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
 MAX_ONE_MINUS_COS = {"sdpa": 1e-10, "int8": 2e-5, "fp4": 5e-3}

@@ -17,6 +17,8 @@ from sage_kernels.training import qk_mode
 from tests.support.sage3_pack import load_pack
 from tests.support.tiny_models import tiny_flux
 
+pytestmark = pytest.mark.interpreter  # CPU models through the Triton interpreter
+
 PACK, COMFY_NODES = load_pack()
 PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
 STEPS = 4

@@ -26,6 +26,12 @@ class TinyModel:
         model = self.patcher if model is None else model
         options = dict(model.model_options.get("transformer_options", {}))
         options.update(transformer_options or {})
+        wrappers = getattr(model, "wrappers", None)
+        if wrappers:  # what the sampler does (comfy.sampler_helpers): the patcher's wrappers reach the model's forward
+            import comfy.patcher_extension as extension
+
+            options["wrappers"] = extension.copy_nested_dicts(options.get("wrappers", {}))
+            extension.merge_nested_dicts(options["wrappers"], wrappers, copy_dict1=False)
         with torch.no_grad():
             return model.model.diffusion_model(**self.inputs, transformer_options=options)
 

@@ -1,0 +1,104 @@
+"""Fused RoPE while a patched model runs: ComfyUI's pure-torch `apply_rope` / `apply_rope1` swapped for
+sage_kernels.rope's one-pass kernel.
+
+ComfyUI 0.3.x rotates q and k with five fp32 torch ops per tensor (comfy.ldm.flux.math), and Flux, HunyuanVideo,
+Wan, Qwen-Image, Lumina, HiDream and LTX call those functions right before attention: 6-7% of a Flux or
+HunyuanVideo step on an H200 (docs/BENCHMARKS.md). A DIFFUSION_MODEL wrapper rebinds the module-level names that
+still hold ComfyUI's torch functions for the duration of the model's forward and restores them after, so other
+models and other packs never see the swap. Names that hold anything else (comfy-kitchen's fused RoPE in newer
+ComfyUI, another pack's function) are left alone. Calls the kernel cannot take run ComfyUI's function, with the
+reason logged once.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import torch
+
+from sage_kernels import rope
+
+from .log import LogBook
+
+ROPE_SCOPE_KEY = "sage3_fused_rope"
+DIFFUSION_MODEL = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+_TORCH_ROPE_MODULE = "comfy.ldm.flux.math"
+_NAMES = ("apply_rope1", "apply_rope")
+_swap_lock = threading.RLock()
+
+
+def torch_rope_functions() -> dict:
+    """ComfyUI's pure-torch RoPE functions by name, {} when this ComfyUI has none (or replaced them already)."""
+    module = sys.modules.get(_TORCH_ROPE_MODULE)
+    found = {}
+    for name in _NAMES:
+        fn = getattr(module, name, None)
+        if callable(fn) and getattr(fn, "__module__", None) == _TORCH_ROPE_MODULE and fn.__name__ == name:
+            found[name] = fn
+    return found
+
+
+class FusedRopeScope:
+    """DIFFUSION_MODEL wrapper (executor, *args, **kwargs): runs the forward with the fused RoPE bound."""
+
+    def __init__(self, log_book: LogBook | None = None):
+        self.log_book = log_book or LogBook()
+        self._replaced, self._replacements = None, {}
+        self.reset()
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone() deep-copies wrappers: keep one set of counters
+
+    def reset(self) -> None:
+        self.fused_calls = 0
+        self.torch_calls = 0
+
+    def rope1(self, original):
+        def apply_rope1(x, freqs_cis):
+            if torch.compiler.is_compiling():  # torch.compile traces ComfyUI's function (no counters, no logging)
+                return original(x, freqs_cis)
+            reason = rope.unsupported_reason(x, freqs_cis)
+            if reason:
+                self.torch_calls += 1
+                self.log_book.once(f"rope: {reason}", f"Sage3 Attention: fused RoPE not used ({reason}); running "
+                                   f"ComfyUI's RoPE for these calls", logging.INFO)
+                return original(x, freqs_cis)
+            self.fused_calls += 1
+            return rope.fused_rope(x, freqs_cis)
+        return apply_rope1
+
+    def replacements(self, originals: dict) -> dict:
+        """Made once per set of originals: the same function objects every forward (torch.compile guards on them)."""
+        if self._replaced != originals:
+            one = self.rope1(originals["apply_rope1"])
+
+            def apply_rope(xq, xk, freqs_cis):
+                return one(xq, freqs_cis), one(xk, freqs_cis)
+
+            self._replaced, self._replacements = dict(originals), {"apply_rope1": one, "apply_rope": apply_rope}
+        return self._replacements
+
+    def __call__(self, executor, *args, **kwargs):
+        originals = torch_rope_functions()
+        if set(originals) != set(_NAMES):
+            return executor(*args, **kwargs)
+        new = self.replacements(originals)
+        with _swap_lock:
+            swapped = []
+            try:
+                for module in [m for name, m in list(sys.modules.items()) if name.startswith("comfy.ldm.")]:
+                    for name, fn in originals.items():
+                        if getattr(module, name, None) is fn:
+                            setattr(module, name, new[name])
+                            swapped.append((module, name, fn))
+                return executor(*args, **kwargs)
+            finally:
+                for module, name, fn in swapped:
+                    setattr(module, name, fn)
+
+    def describe(self) -> str:
+        if not (self.fused_calls or self.torch_calls):
+            return ("fused RoPE: no call (the model applies no RoPE through comfy.ldm.flux.math, or this ComfyUI's "
+                    "RoPE is already fused)")
+        return f"fused RoPE: {self.fused_calls} calls fused, {self.torch_calls} ran ComfyUI's"
