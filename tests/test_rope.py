@@ -101,8 +101,7 @@ def test_fused_rope_without_grad_records_no_graph():
     (lambda x, f: (x.flatten(0, 1), f), "shapes"),
     (lambda x, f: (x, f.expand(2, 1, 37, 64, 2, 2)), "larger shape"),
     (lambda x, f: (x, f[:, :, :5]), "do not broadcast"),
-    (lambda x, f: (x[..., ::2].repeat_interleave(2, -1)[..., ::1].transpose(-1, -2).contiguous().transpose(-1, -2), f),
-     "strided"),
+    (lambda x, f: (x.transpose(-1, -2).contiguous().transpose(-1, -2), f), "strided"),  # same shape, column-major
     (lambda x, f: (x, f.clone().requires_grad_(True)), "require grad"),
     (lambda x, f: (x, (f[..., 0], f[..., 1])), "not tensors"),
     (lambda x, f: (torch.randn(1, 1, 3, 8192), rotation((1, 1, 3, 4096, 2, 2), device="cpu")), "> 4096"),
