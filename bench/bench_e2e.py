@@ -20,7 +20,6 @@ $OUT/bench_e2e.json when OUT is set.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -97,24 +96,15 @@ def timed(model_obj, patcher, reps):
     return out, statistics.median(times)
 
 
-@contextlib.contextmanager
 def rope_skipped():
-    """ComfyUI's RoPE functions (comfy.ldm.flux.math, and the modules that imported them) return q and k unrotated:
-    the step's cost without RoPE (wrong outputs; for timing only)."""
+    """Context: ComfyUI's RoPE functions (comfy.ldm.flux.math, and the modules that imported them) return q and k
+    unrotated: the step's cost without RoPE (wrong outputs; for timing only)."""
     import comfy.ldm.flux.math as flux_math
+    from tests.support.sage3_pack import load_pack
 
     originals = {name: getattr(flux_math, name) for name in ("apply_rope", "apply_rope1")}
     skip = {"apply_rope": lambda xq, xk, freqs_cis: (xq, xk), "apply_rope1": lambda x, freqs_cis: x}
-    swapped = [(module, name, fn) for module_name, module in list(sys.modules.items())
-               if module_name.startswith("comfy.ldm.") for name, fn in originals.items()
-               if getattr(module, name, None) is fn]
-    for module, name, _ in swapped:
-        setattr(module, name, skip[name])
-    try:
-        yield
-    finally:
-        for module, name, fn in swapped:
-            setattr(module, name, fn)
+    return load_pack()[0].nodes.rope_scope.rebound(originals, skip)
 
 
 def no_attention(patcher):

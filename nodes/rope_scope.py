@@ -2,7 +2,7 @@
 sage_kernels.rope's one-pass kernel.
 
 ComfyUI 0.3.x rotates q and k with five fp32 torch ops per tensor (comfy.ldm.flux.math), and Flux, HunyuanVideo,
-Wan, Qwen-Image, Lumina, HiDream and LTX call those functions right before attention: 6-7% of a Flux or
+Wan, Qwen-Image, Lumina, HiDream and LTX call those functions right before attention: 6-9% of a Flux or
 HunyuanVideo step on an H200 (docs/BENCHMARKS.md). A DIFFUSION_MODEL wrapper rebinds the module-level names that
 still hold ComfyUI's torch functions for the duration of the model's forward and restores them after, so other
 models and other packs never see the swap. Names that hold anything else (comfy-kitchen's fused RoPE in newer
@@ -11,6 +11,7 @@ reason logged once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -37,6 +38,24 @@ def torch_rope_functions() -> dict:
         if callable(fn) and getattr(fn, "__module__", None) == _TORCH_ROPE_MODULE and fn.__name__ == name:
             found[name] = fn
     return found
+
+
+@contextlib.contextmanager
+def rebound(originals: dict, replacements: dict):
+    """Within the block, every comfy.ldm module attribute `name` that holds originals[name] (the defining module's,
+    and any that imported it by name) holds replacements[name]; restored after, also when the block raises."""
+    with _swap_lock:
+        swapped = []
+        try:
+            for module in [m for module_name, m in list(sys.modules.items()) if module_name.startswith("comfy.ldm.")]:
+                for name, fn in originals.items():
+                    if getattr(module, name, None) is fn:
+                        setattr(module, name, replacements[name])
+                        swapped.append((module, name, fn))
+            yield
+        finally:
+            for module, name, fn in swapped:
+                setattr(module, name, fn)
 
 
 class FusedRopeScope:
@@ -83,19 +102,8 @@ class FusedRopeScope:
         originals = torch_rope_functions()
         if set(originals) != set(_NAMES):
             return executor(*args, **kwargs)
-        new = self.replacements(originals)
-        with _swap_lock:
-            swapped = []
-            try:
-                for module in [m for name, m in list(sys.modules.items()) if name.startswith("comfy.ldm.")]:
-                    for name, fn in originals.items():
-                        if getattr(module, name, None) is fn:
-                            setattr(module, name, new[name])
-                            swapped.append((module, name, fn))
-                return executor(*args, **kwargs)
-            finally:
-                for module, name, fn in swapped:
-                    setattr(module, name, fn)
+        with rebound(originals, self.replacements(originals)):
+            return executor(*args, **kwargs)
 
     def describe(self) -> str:
         if not (self.fused_calls or self.torch_calls):
