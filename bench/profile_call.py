@@ -4,6 +4,7 @@ replayed from a CUDA graph (no host overhead). A script, not a test.
     python bench/profile_call.py                                 # issue #3's D=128 shapes, the API default (int8)
     python bench/profile_call.py --shapes 1,24,4608,128 --pv fp8
     python bench/profile_call.py --precision fp4                 # the FP4 emulation (or native FP4 on Blackwell)
+    python bench/profile_call.py --triton-launch                 # without sage_kernels.launch's fast launches
 
 "wall" is triton.testing.do_bench's median of the eager call; "graph" the same call captured once and replayed;
 "kernels" the sum of the GPU kernel times torch.profiler saw per call; "host" the host time to issue one call
@@ -102,7 +103,13 @@ def main():
     ap.add_argument("--smooth-q", default="block")
     ap.add_argument("--host-profile", action="store_true", help="cProfile the host side of the sage call")
     ap.add_argument("--one-chunk", action="store_true", help="compute the column-bias table in one chunk")
+    ap.add_argument("--triton-launch", action="store_true",
+                    help="launch every kernel through Triton's own launch, not sage_kernels.launch's fast path")
     args = ap.parse_args()
+    if args.triton_launch:
+        from sage_kernels import launch
+
+        launch.ENABLED = False
     if args.one_chunk:
         from sage_kernels.kernels import run as kernel_run
 

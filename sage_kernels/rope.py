@@ -11,10 +11,12 @@ where f = freqs_cis broadcast to x.shape[:-1] + (D/2, 2, 2) (torch's addcmul_ co
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
 from ._triton import HAS_TRITON, jit, tl, triton
+from .launch import fast
 
 
 MAX_WIDTH = 4096  # x's last dimension: LTX rotates whole (B, 1, L, heads * head_dim) rows
@@ -28,11 +30,30 @@ def reference_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 
 def unsupported_reason(x: torch.Tensor, freqs: torch.Tensor) -> str:
-    """Why the fused kernel cannot take this call ("" when it can)."""
+    """Why the fused kernel cannot take this call ("" when it can). Remembered per call signature: a model makes
+    the same few calls every step, and the checks cost ~20 us of host time per call."""
     if not HAS_TRITON:
         return "Triton is not importable"
     if not (isinstance(x, torch.Tensor) and isinstance(freqs, torch.Tensor)):
         return f"arguments are {type(x).__name__} / {type(freqs).__name__}, not tensors"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing (it fuses the torch version itself)"
+    key = (x.shape, x.stride(), x.dtype, x.device, freqs.shape, freqs.stride(), freqs.dtype, freqs.device,
+           freqs.requires_grad)
+    reason = _reasons.get(key)
+    if reason is None:
+        if len(_reasons) >= _MAX_SIGNATURES:
+            _reasons.clear()
+        reason = _reasons[key] = _signature_reason(x, freqs)
+    return reason
+
+
+_reasons: dict = {}
+_MAX_SIGNATURES = 256
+
+
+def _signature_reason(x: torch.Tensor, freqs: torch.Tensor) -> str:
+    """unsupported_reason's checks that depend only on the tensors' signature (shapes, strides, dtypes, devices)."""
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or freqs.dtype != torch.float32:
         return f"dtypes {x.dtype} / {freqs.dtype} (the kernel takes fp16/bf16/fp32 x and fp32 freqs)"
     if x.dim() != 4 or freqs.dim() != 6 or x.shape[-1] % 2 or tuple(freqs.shape[-3:]) != (x.shape[-1] // 2, 2, 2):
@@ -51,8 +72,6 @@ def unsupported_reason(x: torch.Tensor, freqs: torch.Tensor) -> str:
         return "a tensor spans 2**31 or more elements (the kernel indexes in int32)"
     if freqs.requires_grad:
         return "freqs require grad (the kernel differentiates x only)"
-    if torch.compiler.is_compiling():
-        return "torch.compile is tracing (it fuses the torch version itself)"
     if x.device != freqs.device or not x.is_cuda:  # (tests launch it on the CPU through the interpreter)
         return "tensors are not on one CUDA device"
     return ""
@@ -86,28 +105,33 @@ def _rope_kernel(x_ptr, f_ptr, o_ptr, n_rows, a_len, c_len,
              mask=live & (cols < D))
 
 
-def _freq_strides(freqs: torch.Tensor, shape) -> tuple[int, int, int]:
-    """freqs' strides over x's first three axes, 0 where it broadcasts; its last three axes must be contiguous."""
-    return tuple(0 if freqs.shape[i] == 1 and shape[i] != 1 else freqs.stride(i) for i in range(3))
-
-
-def _launch(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    if tuple(freqs.stride()[3:]) != (4, 2, 1):
-        freqs = freqs.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    f_strides = _freq_strides(freqs, x.shape)
+@functools.lru_cache(maxsize=256)
+def _launch_plan(shape: torch.Size, x_strides: tuple, f_shape: torch.Size, f_strides: tuple):
+    """(grid, the kernel's integer arguments, its constexprs) for x of `shape` / `x_strides` and contiguous-tailed
+    freqs: the host work of a launch, done once per call signature."""
+    # freqs' strides over x's first three axes, 0 where it broadcasts
+    f_strides = tuple(0 if f_shape[i] == 1 and shape[i] != 1 else f_strides[i] for i in range(3))
+    out_strides = (shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3])  # torch.empty(shape)'s
     # Rows that share a rotation (freqs broadcast over heads) go to neighbouring programs, so each rotation row is
     # read from memory once: row order is x's first three axes with the broadcast ones innermost.
     order = sorted(range(3), key=lambda i: (f_strides[i] == 0, i))
-    xv, ov = x.permute(*order, 3), out.permute(*order, 3)
-    bsz, a_len, c_len, d = xv.shape
+    bsz, a_len, c_len = (shape[i] for i in order)
+    d = shape[3]
     n_rows = bsz * a_len * c_len
     block_rows = max(1, 4096 // triton.next_power_of_2(d))  # ~4k elements per program
-    args = (xv, freqs, ov, n_rows, a_len, c_len, *xv.stride()[:3], *(f_strides[i] for i in order), *ov.stride()[:3])
-    grid = (triton.cdiv(n_rows, block_rows),)
+    ints = (n_rows, a_len, c_len, *(x_strides[i] for i in order), *(f_strides[i] for i in order),
+            *(out_strides[i] for i in order))
+    return (triton.cdiv(n_rows, block_rows),), ints, dict(D=d, D_POW2=triton.next_power_of_2(d), BLOCK_ROWS=block_rows)
+
+
+def _launch(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    if freqs.stride()[3:] != (4, 2, 1):
+        freqs = freqs.contiguous()
+    grid, ints, meta = _launch_plan(x.shape, x.stride(), freqs.shape, freqs.stride())
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     elsewhere = x.is_cuda and x.device.index != torch.cuda.current_device()  # Triton launches on the current GPU
     with torch.cuda.device(x.device) if elsewhere else contextlib.nullcontext():
-        _rope_kernel[grid](*args, D=d, D_POW2=triton.next_power_of_2(d), BLOCK_ROWS=block_rows)
+        fast(_rope_kernel)[grid](x, freqs, out, *ints, **meta)
     return out
 
 

@@ -6,6 +6,7 @@ ComfyUI's function and says so); the tests that run it in the models let it take
 interpreter (fp32 tiny models: equal to ComfyUI's RoPE up to one FMA rounding).
 """
 import logging
+import sys
 
 import pytest
 import torch
@@ -72,6 +73,18 @@ def test_scope_binds_the_fused_rope_during_the_forward_only():
     with pytest.raises(RuntimeError, match="forward failed"):
         scope(failing, 0)
     assert flux_math.apply_rope is ORIGINAL_ROPE and wan_model.apply_rope1 is ORIGINAL_ROPE1
+
+
+def test_a_model_module_imported_after_the_first_forward_is_swapped_too(monkeypatch):
+    """The swap lists comfy.ldm's modules once (host time per step) and lists them again after an import."""
+    scope = rope_scope.FusedRopeScope()
+    scope(lambda: None)  # the module list is made here
+    late = type(sys)("comfy.ldm.sage3_test_late_model")
+    late.apply_rope1 = ORIGINAL_ROPE1  # as `from comfy.ldm.flux.math import apply_rope1` in a new model file
+    monkeypatch.setitem(sys.modules, late.__name__, late)
+    seen = {}
+    scope(lambda: seen.update(late=late.apply_rope1))
+    assert seen["late"] is not ORIGINAL_ROPE1 and late.apply_rope1 is ORIGINAL_ROPE1
 
 
 def test_scope_leaves_a_rope_it_did_not_recognise_alone(monkeypatch):

@@ -17,6 +17,7 @@ import torch
 
 from .._triton import jit, tl, triton
 from ..formats.common import amax_keep_nan, max_keep_nan
+from ..launch import fast
 
 TILE = 128  # tokens per partial result: full 16-byte vector rows, enough programs to fill the GPU at 4608 keys
 TILE_WARPS = 8  # (4: 21.0 -> 19.0 us for K and V of 1x24x4608x128, H200: more loads in flight)
@@ -110,10 +111,10 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     sums_arg, mean_arg = (sums, mean) if sum_k else (vmax, v_amax)
     rot_arg, mean_r_arg = (rotation, mean_r) if rotate else (k, mean_arg)
     v_arg, vmax_arg, v_amax_arg = (v, vmax, v_amax) if max_v else (k, sums_arg, mean_arg)
-    tile_stats_kernel[(n_tiles, b * h)](
+    fast(tile_stats_kernel)[(n_tiles, b * h)](
         k, *k.stride(), sums_arg, v_arg, *v_arg.stride(), vmax_arg, h, lk, d, dv, BL=TILE, DP=dp, DPV=dpv,
         SUM_K=sum_k, MAX_V=max_v, num_warps=TILE_WARPS)
-    head_stats_kernel[(b * h,)](
+    fast(head_stats_kernel)[(b * h,)](
         sums_arg, mean_arg, rot_arg, mean_r_arg, vmax_arg, v_amax_arg, n_tiles, lk, d, v_factor, BT=32, DP=dp,
         SUM_K=sum_k, ROTATE=rotate, MAX_V=max_v, num_warps=4)
     return mean, mean_r, v_amax

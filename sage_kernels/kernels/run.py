@@ -17,6 +17,7 @@ from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, triton
 from ..capabilities import device_info
 from ..capture import device_cache
 from ..device_guard import on_problem_device
+from ..launch import fast
 from ..logs import launch_or_fall_back, log_once
 from ..options import BLOCK_M, BLOCK_N, QuantOptions
 from ..problem import AttentionProblem
@@ -183,7 +184,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
             # (only Q's LSE shift reads K's mean)
             kbar_ready = fork.side_event() if return_lse else None
             # --- K ---
-            prep_rows_kernel[(b * hk * (lk_pad // BLOCK_N),)](
+            fast(prep_rows_kernel)[(b * hk * (lk_pad // BLOCK_N),)](
                 p.k, *p.k.stride()[:3], kbar,
                 *((kbar.stride()[0], kbar.stride()[1], 0) if opts.smooth_k else (0, 0, 0)),
                 k_mean_r if k_mean_r is not None else _empty(dev), _empty(dev), 0, 0, _empty(dev), rot, k_buf, k_scale,
@@ -199,7 +200,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
             if v_amax is None:  # not an FP4 format
                 v_amax = _empty(dev)
             if quantize_v:
-                prep_v_kernel[(lk_pad // BLOCK_N, b * hk)](
+                fast(prep_v_kernel)[(lk_pad // BLOCK_N, b * hk)](
                     p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,
                     hk, lk, lk_pad, p.head_dim_v,
                     BN=BLOCK_N, DP=dp, FORMAT=pv_fmt, SUB_MEAN=v_mean is not None, KEY_SLOTS=key_slots,
@@ -221,7 +222,7 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
         qm = q_means if q_means is not None else _empty(dev)
         sq = qm.stride() if q_means is not None else (0, 0, 0, 0)
         fork.wait(kbar_ready)
-        prep_rows_kernel[(b * hq * (lq_pad // BLOCK_M),)](
+        fast(prep_rows_kernel)[(b * hq * (lq_pad // BLOCK_M),)](
             p.q, *p.q.stride()[:3], qm, sq[0], sq[1], sq[2], q_mean_r, kbar,
             *(kbar.stride()[:2] if kbar.dim() == 3 else (0, 0)), shift, rot, q_buf, q_scale, q_sf,
             q_norm if bound else _empty(dev),
@@ -326,7 +327,7 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int,
     qm = ops.q_means
     bg = min(_BIAS_ROWS, max(16, triton.next_power_of_2(min(g, t1 - t0))))  # no all-masked rows when few
     bh0 = t0 // g
-    column_bias_kernel[(ops.lk_pad // BLOCK_N, -(-min(g, t1 - t0) // bg), -(-t1 // g) - bh0)](
+    fast(column_bias_kernel)[(ops.lk_pad // BLOCK_N, -(-min(g, t1 - t0) // bg), -(-t1 // g) - bh0)](
         qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
         kb if kb is not None else _empty(p.device), *kb_strides, out, out_max if with_max else _empty(p.device),
         p.heads_q, p.heads_q // p.heads_kv, g, t0, t1, bh0, p.len_k, ops.lk_pad, p.head_dim, p.scale * T.LOG2E,
@@ -400,7 +401,7 @@ def run(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse: boo
 def _launch_pointer(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_hnd, lse):
     dummy = _empty(p.device)
     per_head = ops.lq_pad // BLOCK_M
-    attention_kernel[(per_head * (BLOCK_M // cfg.block_m), -(-(t0 + count) // per_head) - t0 // per_head)](
+    fast(attention_kernel)[(per_head * (BLOCK_M // cfg.block_m), -(-(t0 + count) // per_head) - t0 // per_head)](
         ops.q, ops.q_scale, ops.q_sf, ops.k, ops.k_scale, ops.k_sf, ops.v, ops.v_scale, ops.v_sf, table,
         out_hnd, lse if lse is not None else dummy, ops.shift if ops.shift is not None else dummy,
         ops.v_mean if ops.v_mean is not None else dummy, ops.v_amax,
@@ -470,7 +471,7 @@ def _launch_tma(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_
     else:
         v_desc = _rows_desc(ops.v, lk_pad, dp, BLOCK_N)
         vs_desc = _rows_desc(ops.v_scale, dp, 1)
-    attention_tma_kernel[(count * (BLOCK_M // bm),)](
+    fast(attention_tma_kernel)[(count * (BLOCK_M // bm),)](
         _rows_desc(ops.q, dp, bm), unused if fp4 else _row_desc(ops.q_scale, bm),
         _rows_desc(ops.k, dp, BLOCK_N), unused if fp4 else _row_desc(ops.k_scale, BLOCK_N), v_desc, vs_desc, _rows_desc(table, lk_pad, 1, BLOCK_N),
         _rows_desc(ops.v_mean, dp, 1) if ops.v_mean is not None else unused,
@@ -532,7 +533,7 @@ def _launch_ws(p, ops: Operands, cfg, table, col_rows, has_col, t0, count, out_h
     else:
         v_desc, ks_desc = gluon_desc(ops.v, [1, 1, BLOCK_N, dp]), gluon_desc(ops.k_scale.view(-1), [BLOCK_N])
     sms = device_info(p.device).sms  # persistent: at most one program per SM, each taking tiles round-robin
-    attention_ws_kernel[(min(count, sms) if sms else count,)](
+    fast(attention_ws_kernel)[(min(count, sms) if sms else count,)](
         gluon_desc(ops.q.view(-1, dp), [BLOCK_M, dp]), gluon_desc(ops.k.view(-1, dp), [BLOCK_N, dp]),
         v_desc, ks_desc, gluon_desc(table.view(-1), [BLOCK_N]),
         ops.q_scale, out_hnd, lse if lse is not None else _empty(p.device),

@@ -1,0 +1,141 @@
+"""sage_kernels.launch: the key that remembers a compiled kernel is finer than Triton's specialization, and the fast
+path launches the remembered kernel with exactly Triton's arguments (a recording stand-in for the compiled kernel;
+the GPU run is tests/test_gpu_launch.py)."""
+import pytest
+import torch
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from sage_kernels import launch
+
+
+def _example(x_ptr, n, scale, D: tl.constexpr, D_POW2: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    pass
+
+
+EXAMPLE = JITFunction(_example)  # (never compiled: its parameters are what the launcher reads)
+
+
+def test_tensors_are_keyed_by_dtype_and_16_byte_alignment():
+    base = torch.zeros(64, dtype=torch.float32)
+    aligned, off_by_4, off_by_16 = base[:8], base[1:9], base[4:12]
+    assert launch.arg_key(aligned) == launch.arg_key(off_by_16)  # both 16-byte aligned: one variant
+    assert launch.arg_key(aligned) != launch.arg_key(off_by_4)  # Triton assumes alignment in the aligned one
+    assert launch.arg_key(aligned) != launch.arg_key(aligned.to(torch.float16))
+
+
+def test_scalars_are_keyed_by_type_and_value():
+    keys = [launch.arg_key(v) for v in (1, True, 1.0, 16, 17, 0.5, None)]
+    assert len(set(keys)) == len(keys)  # 1, True and 1.0 select different variants
+    assert launch.arg_key(4608) == launch.arg_key(4608)
+
+
+def test_other_arguments_take_tritons_launch():
+    with pytest.raises(launch._Unkeyable):
+        launch.arg_key([1, 2])
+    with pytest.raises(launch._Unkeyable):
+        launch.launch_key((1,), {"X": torch.zeros(1)})  # a tensor passed by keyword
+    assert launch.launch_key((1, 2.0), {"D": 128, "num_warps": 4})[1] == (("D", 128), ("num_warps", 4))
+
+
+def test_trailing_parameters_follow_the_kernel_signature():
+    fast = launch.FastLaunch(EXAMPLE)
+    # keywords in any order, launch options (num_warps) are not parameters
+    assert fast._trailing(3, {"BLOCK_ROWS": 32, "num_warps": 4, "D_POW2": 128, "D": 96}) == (96, 128, 32)
+
+
+class _RecordingKernel:
+    function, packed_metadata = "function handle", "packed metadata"
+
+    def __init__(self):
+        self.launches = []
+
+    def run(self, *args):
+        self.launches.append(args)
+
+
+class _RecordingJit:
+    """Stands in for a JITFunction: `run` is Triton's launch (counted), returning the compiled kernel."""
+
+    def __init__(self):
+        self.params = EXAMPLE.params
+        self.kernel = _RecordingKernel()
+        self.triton_launches = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        self.triton_launches.append((grid, args, kwargs))
+        return self.kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.run(*args, grid=grid, warmup=False, **kwargs)
+
+
+@pytest.fixture
+def fast_path(monkeypatch):
+    monkeypatch.setattr(launch, "_fast_path_applies", lambda fn: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "_raw_stream", lambda device: 1234)
+
+
+def test_the_first_launch_goes_through_triton_later_ones_straight_to_the_kernel(fast_path):
+    jit = _RecordingJit()
+    fast = launch.FastLaunch(jit)
+    x = torch.zeros(32)
+    fast[(7,)](x, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32, num_warps=4)
+    assert len(jit.triton_launches) == 1 and not jit.kernel.launches
+    fast[(9, 2)](x, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32, num_warps=4)
+    assert len(jit.triton_launches) == 1
+    assert jit.kernel.launches == [(9, 2, 1, 1234, "function handle", "packed metadata", None, None, None,
+                                    x, 5, 2.5, 128, 128, 32)]
+
+
+@pytest.mark.parametrize("change", ["int value", "alignment", "constexpr", "launch option", "device"])
+def test_anything_that_may_select_another_variant_goes_through_triton_again(fast_path, monkeypatch, change):
+    jit = _RecordingJit()
+    fast = launch.FastLaunch(jit)
+    base = torch.zeros(64)
+    args, kwargs = [base[:8], 5, 2.5], dict(D=128, D_POW2=128, BLOCK_ROWS=32, num_warps=4)
+    fast[(1,)](*args, **kwargs)
+    if change == "int value":
+        args[1] = 16
+    elif change == "alignment":
+        args[0] = base[1:9]
+    elif change == "constexpr":
+        kwargs["BLOCK_ROWS"] = 64
+    elif change == "launch option":
+        kwargs["num_warps"] = 8
+    else:
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    fast[(1,)](*args, **kwargs)
+    assert len(jit.triton_launches) == 2 and not jit.kernel.launches
+
+
+def test_switched_off_or_unkeyable_every_launch_is_tritons(fast_path, monkeypatch):
+    jit = _RecordingJit()
+    fast = launch.FastLaunch(jit)
+    for _ in range(2):
+        fast[(1,)]([1, 2], 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32)  # a list argument has no key
+    monkeypatch.setattr(launch, "ENABLED", False)
+    for _ in range(2):
+        fast[(1,)](3, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32)
+    assert len(jit.triton_launches) == 4 and not jit.kernel.launches
+
+
+def test_the_interpreter_gets_tritons_launch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not launch._fast_path_applies(EXAMPLE)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert launch._fast_path_applies(EXAMPLE) == launch._supported_triton()
+    assert not launch._fast_path_applies(lambda: None)  # not a JITFunction (the interpreter's kernels)
+
+
+def test_a_profilers_launch_hooks_get_tritons_launch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    chain = launch.knobs.runtime.launch_enter_hook
+    hook = lambda metadata: None  # noqa: E731
+    chain.add(hook)
+    try:
+        assert not launch._fast_path_applies(EXAMPLE)
+    finally:
+        chain.remove(hook)
+    assert launch._fast_path_applies(EXAMPLE) == launch._supported_triton()
