@@ -121,7 +121,12 @@ class Sage3Override:
         site = self._sites.key(call.transformer_options, call.len_q, call.len_k)
         stats = run.site(site)
         stats.calls += 1
-        out = self._run_call(call, step, site, stats, func, args, kwargs)
+        if self.effective_policy.time_attention:
+            started = stats.timer.start(call.q)
+            out = self._run_call(call, step, site, stats, func, args, kwargs)
+            stats.timer.stop(started, call.q)
+        else:
+            out = self._run_call(call, step, site, stats, func, args, kwargs)
         if self.effective_policy.watch_nonfinite:
             stats.watch.observe(call.q, call.k, call.v, out)
         return out

@@ -23,6 +23,7 @@ class Policy:
     calibrate: bool = False
     min_similarity: float = 0.995
     watch_nonfinite: bool = False  # count NaN/inf in every call's inputs and output (nodes/nonfinite.py)
+    time_attention: bool = False  # GPU time of every call (nodes/timing.py)
     only_when_fp4: bool = False  # the built-in hybrid applies to fp4 only
     source: str = "Sage3 Attention Quality"
 
@@ -63,6 +64,7 @@ class Policy:
         calibration = (f"; calibrate on step 1, demote sites below cos {self.min_similarity:g} to {self.high_precision}"
                        if self.calibrate else "")
         watch = "; NaN/Inf watch" if self.watch_nonfinite else ""
+        watch += "; GPU timing" if self.time_attention else ""
         return f"{self.source}: {kept}{calibration}{watch}"
 
 

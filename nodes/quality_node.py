@@ -45,6 +45,11 @@ class Sage3AttentionQuality(io.ComfyNode):
                                          "warning and Report node). Costs one extra read of the four tensors per "
                                          "call (+3-4% per Flux step, +1% per HunyuanVideo step on an H200); "
                                          "nothing waits for the GPU."),
+                io.Boolean.Input("time_attention", default=False, optional=True,
+                                 tooltip="Measure the GPU time of every attention call (CUDA events, whatever ran: "
+                                         "kernel, SDPA or a fallback) and list it per call site and per step in the "
+                                         "Report and the run's log summary. Costs two event records per call; "
+                                         "nothing waits for the GPU before the run ends."),
             ],
             outputs=[io.Model.Output()],
         )
@@ -60,10 +65,10 @@ class Sage3AttentionQuality(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, keep_first_steps=0, keep_last_steps=0, keep_blocks="", high_precision="sdpa",
-                calibrate=False, min_similarity=0.995, watch_nonfinite=True) -> io.NodeOutput:
+                calibrate=False, min_similarity=0.995, watch_nonfinite=True, time_attention=False) -> io.NodeOutput:
         override = sage3_override(model, DISPLAY_NAME)
         policy = Policy(keep_first_steps=int(keep_first_steps), keep_last_steps=int(keep_last_steps),
                         keep_blocks=parse_keep_blocks(keep_blocks), high_precision=high_precision,
                         calibrate=bool(calibrate), min_similarity=float(min_similarity),
-                        watch_nonfinite=bool(watch_nonfinite))
+                        watch_nonfinite=bool(watch_nonfinite), time_attention=bool(time_attention))
         return io.NodeOutput(patched_clone(model, override.with_policy(policy)))

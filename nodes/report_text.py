@@ -34,6 +34,8 @@ def _site_line(key, stats, nonfinite: tuple[int, int] | None) -> str:
         parts.append("high precision: " + _counts(stats.kept))
     if stats.demoted:
         parts.append("DEMOTED")
+    if stats.timer.calls:
+        parts.append(f"GPU {stats.timer.median_ms():.3f} ms per call (median)")
     if nonfinite:
         bad_inputs, bad_output = nonfinite
         if bad_inputs:
@@ -69,6 +71,16 @@ def _nonfinite_findings(found: dict) -> str:
                      f"{len(attention)} site(s) [{_labels(attention)}]: keep those blocks at high precision "
                      "(keep_blocks) or use precision int8/sdpa, and please report it")
     return "; ".join(parts)
+
+
+def _timing(run: RunStats) -> str:
+    """Attention's GPU time over the run's timed calls (per site: its median call x its calls), and per sampling
+    step where the steps are known."""
+    ms = run.attention_ms()
+    text = f"attention {ms:.1f} ms in {run.timed_calls()} calls (medians)"
+    if run.steps_seen:
+        text += f", {ms / len(run.steps_seen):.1f} ms per sampling step ({len(run.steps_seen)} steps)"
+    return text
 
 
 def _found(run: RunStats) -> dict | None:
@@ -113,6 +125,9 @@ def report(override) -> str:
     else:
         lines.append("NaN/Inf watch: " + ("on, no call checked yet" if policy.watch_nonfinite
                                           else "off (Sage3 Attention Quality: watch_nonfinite)"))
+    lines.append("GPU time: " + (_timing(run) if run.timed_calls() else
+                                 "on, no call timed yet" if policy.time_attention
+                                 else "off (Sage3 Attention Quality: time_attention)"))
     opt_outs = {k: s.opt_outs for k, s in run.sites.items() if s.opt_outs}
     lines.append(f"low_precision_attention=False opt-outs: {sum(opt_outs.values()) or 'none'}")
     lines.extend(f"  {k.label()}: x{n}" for k, n in opt_outs.items())
@@ -146,5 +161,7 @@ def summary(run: RunStats, override, found: dict | None) -> str:
         text += f" High precision: {_counts(kept)}."
     if found is not None:
         text += f" NaN/Inf watch: {'found, see the warning' if found else 'none found'}."
+    if run.timed_calls():
+        text += f" GPU time: {_timing(run)}."
     text += f" low_precision_attention=False opt-outs: {run.opt_outs}."
     return text

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .nonfinite import NonFiniteWatch
 from .sites import SiteKey
+from .timing import CallTimer
 from .steps import StepInfo
 
 
@@ -27,6 +28,7 @@ class SiteStats:
     calibration_calls: int = 0  # calls that ran both the kernel and SDPA
     demoted: bool = False
     watch: NonFiniteWatch = field(default_factory=NonFiniteWatch)  # NaN/Inf counts (Quality's watch_nonfinite)
+    timer: CallTimer = field(default_factory=CallTimer)  # GPU time (Quality's time_attention)
 
 
 @dataclass
@@ -82,6 +84,13 @@ class RunStats:
 
     def watched_calls(self) -> int:
         return sum(s.watch.calls for s in self.sites.values())
+
+    def timed_calls(self) -> int:
+        return sum(s.timer.calls for s in self.sites.values())
+
+    def attention_ms(self) -> float:
+        """GPU milliseconds of the timed calls, each site's median call times its calls (waits for the GPU)."""
+        return sum(s.timer.median_ms() * s.timer.calls for s in self.sites.values())
 
     def nonfinite_sites(self) -> dict:
         """SiteKey -> (calls with NaN/inf inputs, calls with a NaN/inf output from finite inputs), for the watched

@@ -48,6 +48,9 @@ def test_quality_node_inputs_and_defaults():
     assert inputs["calibrate"][0] == "BOOLEAN" and inputs["calibrate"][1]["default"] is False
     assert inputs["min_similarity"][0] == "FLOAT" and inputs["min_similarity"][1]["default"] == 0.995
     assert inputs["watch_nonfinite"][0] == "BOOLEAN" and inputs["watch_nonfinite"][1]["default"] is True
+    optional = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionQuality"].INPUT_TYPES()["optional"]
+    assert list(optional) == ["time_attention"]  # optional: workflows saved before it load unchanged
+    assert optional["time_attention"][0] == "BOOLEAN" and optional["time_attention"][1]["default"] is False
 
 
 def test_report_node_is_an_output_node_with_model_and_latent_inputs():

@@ -122,3 +122,49 @@ def test_report_says_what_precision_auto_chose_and_why(monkeypatch):
     model = PATCH.execute(FLUX.patcher, precision="int8").args[0]  # an explicit precision: nothing to explain
     FLUX.forward(model)
     assert "precision auto chose" not in REPORT.execute(model, {}).args[0]
+
+
+def _timed_patch(precision="sdpa", time_attention=True):
+    quality = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionQuality"]
+    model = PATCH.execute(FLUX.patcher, precision=precision).args[0]
+    return quality.execute(model, watch_nonfinite=False, time_attention=time_attention).args[0]
+
+
+def test_report_gives_attention_time_per_site_and_per_step(caplog):
+    model = _timed_patch()
+    with caplog.at_level("INFO", logger="sage3"):
+        samples = {"samples": _sample_flux(model, steps=3)}
+    text = REPORT.execute(model, samples).args[0]
+    run = model.model_options["transformer_options"]["optimized_attention_override"].recorder.run
+    per_site = [s.timer.median_ms() for s in run.sites.values()]
+    assert len(per_site) == 2 and all(ms > 0 for ms in per_site)
+    lines = _site_lines(text)
+    assert all(f"GPU {ms:.3f} ms per call (median)" in line for ms, line in zip(per_site, lines))
+    total = run.attention_ms()
+    assert sum(s.timer.calls for s in run.sites.values()) == run.calls == 6
+    assert total == pytest.approx(sum(ms * 3 for ms in per_site))  # each site: its median call x its 3 calls
+    assert f"GPU time: attention {total:.1f} ms in 6 calls (medians), {total / 3:.1f} ms per sampling step (3 steps)" \
+        in text
+    assert "GPU timing" in text  # the patch description names the policy's timing
+    assert any("GPU time: attention" in r.getMessage() for r in caplog.records)  # the run's log summary
+
+
+def test_timing_is_off_by_default_and_times_nothing():
+    model = _timed_patch(time_attention=False)
+    text = REPORT.execute(model, {"samples": _sample_flux(model)}).args[0]
+    run = model.model_options["transformer_options"]["optimized_attention_override"].recorder.run
+    assert run.timed_calls() == 0
+    assert "GPU time: off (Sage3 Attention Quality: time_attention)" in text
+    assert " ms per call" not in text
+
+
+def test_a_site_reports_its_median_call_so_a_first_call_that_compiles_does_not_count():
+    import time
+
+    timer = PACK.nodes.timing.CallTimer()
+    x = torch.zeros(1)
+    for pause in (0.2, 0.0, 0.0, 0.0):  # the first call waits (as a first call compiling its kernel does)
+        token = timer.start(x)
+        time.sleep(pause)
+        timer.stop(token, x)
+    assert timer.calls == 4 and timer.median_ms() < 20
