@@ -1,10 +1,11 @@
 """Kernel launches with less host time than `kernel[grid](...)`.
 
 Triton's launch specializes every argument again on each call (dtype and 16-byte alignment of each tensor, the
-value class of each integer), hashes that into its cache key, then packs the arguments: ~30-80 us of host time per
-launch on the H200 machine, for kernels whose GPU time is often less. An int8 call at Flux's size launches six
-kernels, and a Flux step makes 57 such calls and 114 RoPE launches, so host time decided whether a step waited on
-the host (docs/BENCHMARKS.md, "Host time per step").
+value class of each integer), hashes that into its cache key, builds launch metadata for its (empty) hook chains,
+then packs the arguments: ~30-90 us of host time per launch on the H200 machine, for kernels whose GPU time is
+often less. An int8 call at Flux's size launches six kernels, and a Flux step makes 57 such calls and 114 RoPE
+launches, so host time decided whether a step waited on the host (docs/BENCHMARKS.md, "Host time per call: the
+compiled kernels launched directly").
 
 `fast(kernel)[grid](*args, **kwargs)` launches the same compiled kernel. The first launch with a given key goes
 through Triton (which compiles or finds the kernel) and remembers it; later launches with that key call the
@@ -25,26 +26,26 @@ ENABLED = True  # tests and benchmarks switch it off to compare with Triton's ow
 _MAX_KEYS = 256  # per kernel; a long-running process with ever new shapes starts over rather than grow
 
 
+_SUPPORTED_TRITON = HAS_TRITON and triton.__version__.startswith(TESTED_TRITON + ".")
+
+
 def _supported_triton() -> bool:
-    return HAS_TRITON and triton.__version__.startswith(TESTED_TRITON + ".")
+    return _SUPPORTED_TRITON
 
 
-if HAS_TRITON:
-    from triton import knobs
-    from triton.runtime.jit import JITFunction
-else:  # pragma: no cover - installs without Triton never launch
-    knobs = JITFunction = None
-
+knobs = JITFunction = None
 _DESCRIPTOR_TYPES: tuple = ()
 if HAS_TRITON:
-    from triton.tools.tensor_descriptor import TensorDescriptor as _HostDescriptor
+    try:  # (the fast path needs the tested Triton's internals; older ones keep Triton's launch)
+        from triton import knobs
+        from triton.runtime.jit import JITFunction
+        from triton.tools.tensor_descriptor import TensorDescriptor as _HostDescriptor
 
-    _DESCRIPTOR_TYPES = (_HostDescriptor,)
-    try:
+        _DESCRIPTOR_TYPES = (_HostDescriptor,)
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as _GluonDescriptor
 
         _DESCRIPTOR_TYPES += (_GluonDescriptor,)
-    except ImportError:  # pragma: no cover - a Triton without Gluon
+    except ImportError:  # pragma: no cover - another Triton
         pass
 
 
@@ -113,7 +114,8 @@ class FastLaunch:
 
 
 def _fast_path_applies(fn) -> bool:
-    return (isinstance(fn, JITFunction) and _supported_triton() and not interpreter_active()
+    return (JITFunction is not None and knobs is not None and isinstance(fn, JITFunction) and _supported_triton()
+            and not interpreter_active()
             and _no_hooks(knobs.runtime.launch_enter_hook) and _no_hooks(knobs.runtime.launch_exit_hook))
 
 
