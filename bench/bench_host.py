@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,17 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sage_kernels  # noqa: E402
+from bench.profile_call import host_us  # noqa: E402
 from sage_kernels import launch, rope  # noqa: E402
-
-
-def host_us(fn, calls: int) -> float:
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return t / calls * 1e6
 
 
 def interleaved(fn, rounds: int, calls: int) -> tuple[float, float]:
