@@ -10,12 +10,12 @@ where f = freqs_cis broadcast to x.shape[:-1] + (D/2, 2, 2) (torch's addcmul_ co
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 
 from ._triton import HAS_TRITON, jit, tl, triton
+from .device_guard import on_device
 from .launch import fast
 
 
@@ -129,8 +129,7 @@ def _launch(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         freqs = freqs.contiguous()
     grid, ints, meta = _launch_plan(x.shape, x.stride(), freqs.shape, freqs.stride())
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    elsewhere = x.is_cuda and x.device.index != torch.cuda.current_device()  # Triton launches on the current GPU
-    with torch.cuda.device(x.device) if elsewhere else contextlib.nullcontext():
+    with on_device(x.device):  # (Triton launches on the current GPU)
         fast(_rope_kernel)[grid](x, freqs, out, *ints, **meta)
     return out
 
