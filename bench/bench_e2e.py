@@ -263,7 +263,7 @@ def main():
             # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")
-            patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "per_block",
+            patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "auto",
                                     fused_rope=fused_rope).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
@@ -275,7 +275,8 @@ def main():
             rel_l1 = float((a - b).abs().sum() / b.abs().sum())
             text = report.execute(patched, {}).args[0]
             kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
-            kernels += "".join(f"; {ln}" for ln in text.splitlines() if ln.startswith("fused RoPE: "))
+            kernels += "".join(f"; {ln}" for ln in text.splitlines()
+                               if ln.startswith(("fused RoPE: ", "qk_smoothing auto: ")))
             rope_note = "" if fused_rope else " (ComfyUI RoPE)"
             rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params,
                              variant=f"sage3 {spec}{rope_note}", s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1,

@@ -29,7 +29,7 @@ from .steps import StepLocator
 
 PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 FALLBACKS = ("sdpa", "error")
-SMOOTH_Q = ("block", "global", "off")
+SMOOTH_Q = ("auto", "block", "global", "off")  # "auto": per call site, q_smoothing.py
 INT8_PV = ("16bit", "auto", "int8")  # sage_kernels' pv for the int8 precision ("auto": per GPU, resolve_pv)
 _MAX_PLANS = 256  # remembered plans per override (a video model makes a handful of call kinds)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -43,7 +43,7 @@ class Sage3FallbackError(RuntimeError):
 class PatchSettings:
     precision: str = "auto"
     fallback: str = "sdpa"
-    smooth_q: str = "block"
+    smooth_q: str = "auto"
     pv: str = "16bit"
     fused_rope: bool = True
 
@@ -150,7 +150,7 @@ class Sage3Override:
             if plan.fallback:
                 return self._fall_back(stats, site, plan.reason, func, args, kwargs)
         try:
-            out = self._attend(call, plan)
+            out = self._attend(call, plan, self._smooth_q(call, plan, stats))
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
         stats.kernels[plan.label] += 1
@@ -182,6 +182,18 @@ class Sage3Override:
             self._plans[key] = plan
         return plan
 
+    def _smooth_q(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats) -> str:
+        """sage_kernels' smooth_q for this call: the patch's, or with "auto" the site's choice for int8 calls
+        (q_smoothing.py; counted for the report) and per block for fp4."""
+        mode = self.settings.smooth_q
+        if mode != "auto":
+            return mode
+        if plan.precision != "int8":
+            return "block"
+        mode = stats.auto_smoothing.choose(call.q, call.layout)
+        stats.q_smoothing[mode] += 1
+        return mode
+
     @staticmethod
     def _kept_because(policy: Policy, precision: str, step, site: SiteKey, stats: SiteStats) -> str:
         if not policy.raises(precision):
@@ -195,13 +207,13 @@ class Sage3Override:
 
     # ---- actions -------------------------------------------------------------------------------------------------
 
-    def _attend(self, call: AttentionCall, plan: sage_kernels.Plan) -> torch.Tensor:
+    def _attend(self, call: AttentionCall, plan: sage_kernels.Plan, smooth_q: str = "block") -> torch.Tensor:
         signature = self._signature(call, plan)
         if signature in self.failed:
             raise _KernelFailed(self.failed[signature])
         try:
             return sage_kernels.sage_attention(
-                call.q, call.k, call.v, precision=plan.precision, smooth_q=self.settings.smooth_q,
+                call.q, call.k, call.v, precision=plan.precision, smooth_q=smooth_q,
                 pv=self.settings.pv, fallback="error", out_layout=call.out_layout, **call.api_kwargs())
         except _OUT_OF_MEMORY:
             raise  # ComfyUI's own memory handling must see it
@@ -214,7 +226,7 @@ class Sage3Override:
 
     def _calibrate(self, call, plan, stats: SiteStats, site: SiteKey, policy: Policy, func, args, kwargs):
         try:
-            low = self._attend(call, plan)
+            low = self._attend(call, plan, self._smooth_q(call, plan, stats))
             full = self._attend(call, self._plan(call, "sdpa"))
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)

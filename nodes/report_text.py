@@ -32,6 +32,8 @@ def _site_line(key, stats, nonfinite: tuple[int, int] | None) -> str:
         parts.append(f"original path x{stats.opt_outs} (low_precision_attention=False)")
     if stats.kept:
         parts.append("high precision: " + _counts(stats.kept))
+    if stats.q_smoothing:
+        parts.append(f"Q smoothing {_counts(stats.q_smoothing)} ({stats.auto_smoothing.describe()})")
     if stats.demoted:
         parts.append("DEMOTED")
     if stats.timer.calls:
@@ -83,6 +85,15 @@ def _timing(run: RunStats) -> str:
     return text
 
 
+def _auto_smoothing(run: RunStats) -> str:
+    """What qk_smoothing="auto" decided over the run's int8 calls; "" when it decided nothing."""
+    decided = Counter(s.auto_smoothing.mode for s in run.sites.values() if s.auto_smoothing.mode is not None)
+    if not decided:
+        return ""
+    text = ", ".join(f"{'per block' if mode == 'block' else mode} at {n} site(s)" for mode, n in decided.most_common())
+    return f"{text} ({_counts(run.totals('q_smoothing'), 'calls ')}; Q smoothed only where its queries share an offset)"
+
+
 def _found(run: RunStats) -> dict | None:
     """The watch's findings (RunStats.nonfinite_sites), None when no call was watched."""
     return run.nonfinite_sites() if run.watched_calls() else None
@@ -105,6 +116,9 @@ def report(override) -> str:
     if choices:  # precision="auto": per reason, the calls and sites it decided for
         lines.append("precision auto chose:")
         lines.extend(_by_reason(run, choices, "auto_choices", "auto: "))
+    smoothing = _auto_smoothing(run)
+    if smoothing:
+        lines.append(f"qk_smoothing auto: {smoothing}")
     fallbacks = run.totals("fallbacks")
     lines.append("fallbacks: " + ("none" if not fallbacks else f"{sum(fallbacks.values())} calls"))
     lines.extend(_by_reason(run, fallbacks, "fallbacks"))
@@ -159,6 +173,9 @@ def summary(run: RunStats, override, found: dict | None) -> str:
     kept = run.totals("kept")
     if kept:
         text += f" High precision: {_counts(kept)}."
+    smoothing = _auto_smoothing(run)
+    if smoothing:
+        text += f" qk_smoothing auto: {smoothing}."
     if found is not None:
         text += f" NaN/Inf watch: {'found, see the warning' if found else 'none found'}."
     if run.timed_calls():

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .nonfinite import NonFiniteWatch
+from .q_smoothing import AutoQSmoothing
 from .sites import SiteKey
 from .timing import CallTimer
 from .steps import StepInfo
@@ -29,6 +30,8 @@ class SiteStats:
     demoted: bool = False
     watch: NonFiniteWatch = field(default_factory=NonFiniteWatch)  # NaN/Inf counts (Quality's watch_nonfinite)
     timer: CallTimer = field(default_factory=CallTimer)  # GPU time (Quality's time_attention)
+    q_smoothing: Counter = field(default_factory=Counter)  # qk_smoothing="auto": Q smoothing mode -> int8 calls
+    auto_smoothing: AutoQSmoothing = field(default_factory=AutoQSmoothing)  # the site's auto choice this run
 
 
 @dataclass
@@ -66,7 +69,8 @@ class RunStats:
         return sum(s.calls for s in self.sites.values())
 
     def totals(self, field: str) -> Counter:
-        """A SiteStats Counter field ("kernels", "fallbacks", "auto_choices", "kept") summed over the sites."""
+        """A SiteStats Counter field ("kernels", "fallbacks", "auto_choices", "kept", "q_smoothing") summed over the
+        sites."""
         total = Counter()
         for s in self.sites.values():
             total.update(getattr(s, field))

@@ -29,8 +29,8 @@ def test_patch_node_inputs_and_defaults():
     assert inputs["precision"][1]["default"] == "auto"
     assert inputs["fallback"][1]["options"] == ["sdpa", "error"]
     assert inputs["fallback"][1]["default"] == "sdpa"
-    assert inputs["qk_smoothing"][1]["options"] == ["per_block", "global", "off"]
-    assert inputs["qk_smoothing"][1]["default"] == "per_block"
+    assert inputs["qk_smoothing"][1]["options"] == ["auto", "per_block", "global", "off"]
+    assert inputs["qk_smoothing"][1]["default"] == "auto"
     assert inputs["int8_pv"][1]["options"] == ["16bit", "auto", "int8"]
     assert inputs["int8_pv"][1]["default"] == "16bit"
     assert list(COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"].RETURN_TYPES) == ["MODEL"]

@@ -1,0 +1,124 @@
+"""qk_smoothing="auto" (nodes/q_smoothing.py): per call site and run, int8 calls smooth Q only where the site's
+queries share an offset; the choice reaches sage_kernels and the report. Direct override calls, int8 in Triton's
+interpreter on CPU; the GPU test checks that deciding never waits for the GPU."""
+import pytest
+import torch
+
+import sage_kernels
+from tests.support.sage3_pack import load_pack
+from tests.support.tiny_models import tiny_flux
+
+PACK, COMFY_NODES = load_pack()
+import comfy.ldm.modules.attention as comfy_attention  # noqa: E402  (after ComfyUI is set up)
+
+FUNC = comfy_attention.attention_pytorch.__wrapped__
+PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
+REPORT = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionReport"]
+AutoQSmoothing = PACK.nodes.q_smoothing.AutoQSmoothing
+BASE = tiny_flux(double_blocks=1, single_blocks=1).patcher
+
+
+def _qkv(offset: float, seed: int, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, 256, 64, generator=gen) for _ in range(3))
+    q = q + offset * torch.randn(1, 1, 1, 64, generator=gen)  # a shared query offset (0: none)
+    return q.to(device), k.to(device), v.to(device)
+
+
+@pytest.fixture
+def smooth_q_seen(monkeypatch):
+    seen = []
+    real = sage_kernels.sage_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("precision"), kwargs.get("smooth_q")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(PACK.nodes.override.sage_kernels, "sage_attention", spy)
+    return seen
+
+
+def _call(over, q, k, v, block_index):
+    options = {"block_type": "double", "block_index": block_index}
+    return over(FUNC, q, k, v, 2, skip_reshape=True, skip_output_reshape=True, transformer_options=options)
+
+
+@pytest.mark.interpreter
+def test_auto_smooths_only_the_site_whose_queries_share_an_offset(smooth_q_seen):
+    model = PATCH.execute(BASE, precision="int8").args[0]  # qk_smoothing defaults to auto
+    over = model.model_options["transformer_options"]["optimized_attention_override"]
+    plain, shifted = _qkv(0.0, seed=1), _qkv(1.5, seed=2)
+    for _ in range(2):  # two model evaluations
+        _call(over, *plain, block_index=0)
+        _call(over, *shifted, block_index=1)
+    assert smooth_q_seen == [("int8", "off"), ("int8", "block")] * 2  # CPU: decided on the first call
+    sites = over.recorder.run.sites
+    by_block = {key.block_index: stats for key, stats in sites.items()}
+    assert by_block[0].q_smoothing == {"off": 2} and by_block[1].q_smoothing == {"block": 2}
+    assert by_block[0].auto_smoothing.ratio < 1.05 < by_block[1].auto_smoothing.ratio
+    text = REPORT.execute(model, {}).args[0]
+    assert "qk_smoothing auto: off at 1 site(s), per block at 1 site(s)" in text
+    assert "Q smoothing off x2 (offset ratio 1.0" in text
+
+
+@pytest.mark.interpreter
+def test_auto_decides_again_in_each_sampler_run(smooth_q_seen):
+    over = PATCH.execute(BASE, precision="int8").args[0].model_options["transformer_options"][
+        "optimized_attention_override"]
+    for offset in (0.0, 1.5):
+        over.begin_sampler_run()
+        _call(over, *_qkv(offset, seed=3), block_index=0)
+        over.end_sampler_run()
+    assert smooth_q_seen == [("int8", "off"), ("int8", "block")]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("widget, expected", [("per_block", "block"), ("global", "global"), ("off", "off")])
+def test_explicit_modes_are_passed_through_and_not_measured(smooth_q_seen, widget, expected):
+    model = PATCH.execute(BASE, precision="int8", qk_smoothing=widget).args[0]
+    over = model.model_options["transformer_options"]["optimized_attention_override"]
+    _call(over, *_qkv(1.5, seed=4), block_index=0)
+    assert smooth_q_seen == [("int8", expected)]
+    stats = next(iter(over.recorder.run.sites.values()))
+    assert not stats.q_smoothing and stats.auto_smoothing.ratio is None
+    assert "qk_smoothing auto" not in REPORT.execute(model, {}).args[0]
+
+
+@pytest.mark.interpreter
+def test_fp4_always_smooths_per_block(smooth_q_seen):
+    over = PATCH.execute(BASE, precision="fp4").args[0].model_options["transformer_options"][
+        "optimized_attention_override"]
+    over.begin_sampler_run()  # (outside a sampler the fp4 hybrid's kept steps are unknown: runs fp4)
+    _call(over, *_qkv(0.0, seed=5), block_index=0)
+    assert smooth_q_seen == [("fp4", "block")]
+
+
+def test_pending_choice_on_cpu_is_immediate():
+    choice = AutoQSmoothing()
+    assert choice.describe() == "offset ratio not measured yet"
+    assert choice.choose(_qkv(0.0, seed=6)[0], "HND") == "off"
+    assert choice.choose(_qkv(1.5, seed=7)[0], "HND") == "off"  # decided once per run: later q are not measured
+    assert "offset ratio 1.0" in choice.describe()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_choice_never_waits_for_the_gpu_and_skips_graph_capture():
+    q = _qkv(0.0, seed=8, device="cuda")[0]
+    choice = AutoQSmoothing()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        first = choice.choose(q, "HND")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first == "block" and choice.mode is None  # measured, not known yet: the accurate mode meanwhile
+    torch.cuda.synchronize()
+    assert choice.choose(q, "HND") == "off" and choice.ratio < 1.05
+
+    captured = AutoQSmoothing()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        assert captured.choose(q, "HND") == "block"
+        q * 2  # (something to capture)
+    assert captured._pending is None and captured.mode is None  # a later eager call measures
