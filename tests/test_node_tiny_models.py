@@ -1,4 +1,5 @@
-"""Tiny random-weight Flux, HunyuanVideo and Wan models from ComfyUI's own classes, patched vs unpatched.
+"""Tiny random-weight Flux, HunyuanVideo, Wan, SD1.5 and SDXL models from ComfyUI's own classes, patched vs
+unpatched.
 
 Tolerances are on the final model output, 1 - cosine similarity vs the unpatched model (ComfyUI's attention on
 --cpu is attention_sub_quad). Measured on these models over seeds 0-2 (docs/NODES.md has the table):
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from tests.support.sage3_pack import load_pack
-from tests.support.tiny_models import tiny_flux, tiny_hunyuan_video, tiny_wan
+from tests.support.tiny_models import tiny_flux, tiny_hunyuan_video, tiny_sd15, tiny_sdxl, tiny_wan
 
 pytestmark = pytest.mark.interpreter  # CPU models through the Triton interpreter
 
@@ -20,7 +21,8 @@ KERNEL = {"sdpa": "torch.sdpa", "int8": "triton.int8", "fp4": "triton.fp4.emulat
 
 @pytest.fixture(scope="module")
 def models():
-    built = {"flux": tiny_flux(), "hunyuan_video": tiny_hunyuan_video(), "wan": tiny_wan()}
+    built = {"flux": tiny_flux(), "hunyuan_video": tiny_hunyuan_video(), "wan": tiny_wan(), "sd15": tiny_sd15(),
+             "sdxl": tiny_sdxl()}
     return {name: (m, m.forward()) for name, m in built.items()}
 
 
@@ -48,7 +50,7 @@ def _with_override(patcher, override):
     return clone
 
 
-@pytest.mark.parametrize("family", ["flux", "hunyuan_video", "wan"])
+@pytest.mark.parametrize("family", ["flux", "hunyuan_video", "wan", "sd15", "sdxl"])
 def test_counting_override_sees_every_attention_site(models, family):
     tiny, reference = models[family]
     counter = CountingOverride()
@@ -61,6 +63,7 @@ def test_counting_override_sees_every_attention_site(models, family):
     ("flux", "sdpa"), ("flux", "int8"), ("flux", "fp4"),
     ("hunyuan_video", "int8"), ("hunyuan_video", "fp4"),
     ("wan", "int8"), ("wan", "fp4"),
+    ("sd15", "int8"), ("sd15", "fp4"), ("sdxl", "sdpa"), ("sdxl", "int8"), ("sdxl", "fp4"),
 ])
 def test_patched_output_matches_unpatched(models, family, precision):
     tiny, reference = models[family]
@@ -78,6 +81,9 @@ def test_patched_output_matches_unpatched(models, family, precision):
             assert dict(stats.kernels) == {KERNEL[precision]: 1}, site
     if family == "wan":  # cross-attention sites (Lq != Lk) ran the kernel too
         assert any(site.len_k == 9 and site.len_q == 32 for site in run.sites)
+    if family in ("sd15", "sdxl"):  # UNets: blocks named by transformer_options["block"], self- then cross-attention
+        assert {(s.block_type, s.call, s.len_q, s.len_k) for s in run.sites} >= {
+            ("input", 0, 64, 64), ("input", 1, 64, 7), ("middle", 0, 16, 16), ("output", 1, 64, 7)}
 
     # The input model is untouched: no override on it, same output as before.
     assert "optimized_attention_override" not in tiny.patcher.model_options["transformer_options"]

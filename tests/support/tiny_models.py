@@ -1,4 +1,5 @@
-"""Tiny random-weight Flux, HunyuanVideo and Wan 2.1 models built from ComfyUI's own classes (no downloads).
+"""Tiny random-weight Flux, HunyuanVideo, Wan 2.1, SD1.5 and SDXL models built from ComfyUI's own classes (no
+downloads).
 
 `import_comfy()` (tests/support/comfy_env.py) must have run before these builders are called. Weights are drawn
 from a seeded generator (fan-in scaled normals, norms at 1), so every build is identical and activations keep
@@ -150,4 +151,45 @@ def tiny_wan(dim: int = 128, heads: int = 2, layers: int = 2, frames: int = 2, s
                      {"tokens": frames * side * side, "text_tokens": text_tokens, "head_dim": dim // heads})
 
 
-BUILDERS = {"flux": tiny_flux, "hunyuan_video": tiny_hunyuan_video, "wan": tiny_wan}
+def _tiny_unet(family: str, model_config_cls, config: dict, side: int, text_tokens: int, adm: int | None, dtype,
+               device, seed: int) -> TinyModel:
+    """A two-level UNet (one res block per level, a transformer of depth 1 after each, in the middle and after
+    each output block) of comfy.ldm.modules.diffusionmodules.openaimodel, as SD1.5 and SDXL build it."""
+    device = torch.device(device)
+    depth = dict(num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1], transformer_depth_middle=1,
+                 transformer_depth_output=[1, 1, 1, 1])
+    unet = dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
+                legacy=False, use_temporal_attention=False, use_temporal_resblock=False, adm_in_channels=adm,
+                **depth, **config)
+    patcher = _patcher(model_config_cls(unet), dtype, device, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    shapes = dict(x=(1, 4, side, side), context=(1, text_tokens, config["context_dim"]))
+    if adm:
+        shapes["y"] = (1, adm)
+    inputs = _inputs(gen, device, dtype, **shapes)
+    inputs["timesteps"] = torch.tensor([700.0], device=device, dtype=dtype)
+    blocks = sum(depth["transformer_depth"]) + depth["transformer_depth_middle"] + sum(depth["transformer_depth_output"])
+    return TinyModel(family, patcher, inputs, 2 * blocks,  # self- and cross-attention per transformer block
+                     {"tokens": side * side, "text_tokens": text_tokens})
+
+
+def tiny_sd15(side: int = 8, text_tokens: int = 7, dtype=torch.float32, device="cpu", seed: int = 0) -> TinyModel:
+    """SD1.5's layout: 8 heads at every level (SD15's unet_extra_config), so SD1.5's own head dims 40 and 80 at its
+    320 and 640 channels; cross-attention to `text_tokens` context tokens through (B, L, H*D) calls."""
+    import comfy.supported_models
+
+    config = dict(model_channels=320, context_dim=32, use_linear_in_transformer=False)
+    return _tiny_unet("sd15", comfy.supported_models.SD15, config, side, text_tokens, None, dtype, device, seed)
+
+
+def tiny_sdxl(side: int = 8, text_tokens: int = 7, dtype=torch.float32, device="cpu", seed: int = 0) -> TinyModel:
+    """SDXL's layout: 64-channel heads, linear projections in the transformers, a class-embedding input y."""
+    import comfy.supported_models
+
+    config = dict(model_channels=128, num_heads=-1, num_head_channels=64, context_dim=32, num_classes="sequential",
+                  use_linear_in_transformer=True)
+    return _tiny_unet("sdxl", comfy.supported_models.SDXL, config, side, text_tokens, 16, dtype, device, seed)
+
+
+BUILDERS = {"flux": tiny_flux, "hunyuan_video": tiny_hunyuan_video, "wan": tiny_wan, "sd15": tiny_sd15,
+            "sdxl": tiny_sdxl}
