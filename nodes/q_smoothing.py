@@ -54,4 +54,4 @@ class AutoQSmoothing:
     def describe(self) -> str:
         if self.ratio is None:
             return "offset ratio not measured yet"
-        return f"offset ratio {self.ratio:.3f} (off at <= {OFFSET_LIMIT:g})"
+        return f"offset ratio {self.ratio:.3f}, off at <= {OFFSET_LIMIT:g}"
