@@ -168,7 +168,8 @@ def _tiny_unet(family: str, model_config_cls, config: dict, side: int, text_toke
         shapes["y"] = (1, adm)
     inputs = _inputs(gen, device, dtype, **shapes)
     inputs["timesteps"] = torch.tensor([700.0], device=device, dtype=dtype)
-    blocks = sum(depth["transformer_depth"]) + depth["transformer_depth_middle"] + sum(depth["transformer_depth_output"])
+    blocks = (sum(depth["transformer_depth"]) + depth["transformer_depth_middle"]
+              + sum(depth["transformer_depth_output"]))
     return TinyModel(family, patcher, inputs, 2 * blocks,  # self- and cross-attention per transformer block
                      {"tokens": side * side, "text_tokens": text_tokens})
 
