@@ -1,9 +1,10 @@
 """qk_smoothing="auto": per call site and sampler run, Q smoothing only where the queries share an offset.
 
-The int8 path's per-block Q smoothing costs 7-15% of a call on Hopper (its column-bias table and the kernel's
-per-key bias) and changes nothing where Q has no shared offset (N(0,1)-like, outlier channels, sharp logits, joint
-text+image all measure the same error with and without it; a shared query offset doubles it without:
-docs/ACCURACY.md). So each site's first int8 call measures sage_kernels.smoothing.q_offset_ratio on its q; once
+The int8 path's per-block Q smoothing costs 3-17% of a call on an H200 (its column-bias table, Q's mean pass and
+the kernel's per-key bias) and changes nothing where Q has no shared offset (N(0,1)-like, outlier channels and
+sharp logits measure the same error with and without it); where queries share an offset, or a block of them has
+its own (joint text+image's text tokens), the error grows without it (1.65x on the biased test distribution)
+(docs/ACCURACY.md). So each site's first int8 call measures sage_kernels.smoothing.q_offset_ratio on its q; once
 that value is on the host, the site runs without Q smoothing if the ratio is at most OFFSET_LIMIT, else per block.
 The value is read when its CUDA event has completed, so nothing waits for the GPU: calls before that (usually
 just the first) run per block. fp4 always smooths (SageAttention3's accuracy depends on it).

@@ -9,7 +9,7 @@ of m_b itself taken out (zero-mean rows then give 1 for any n, not n / (n - 1)):
 
 The int8 path's error without Q smoothing is about r times its error with it (docs/ACCURACY.md, "Q smoothing
 auto"), and a block where it is large shows: joint text+image attention's text block alone makes the text rows'
-error 1.2x. Where r is at most OFFSET_LIMIT the smoothing's column bias costs 7-15% of an int8 call on Hopper for
+error 1.2x. Where r is at most OFFSET_LIMIT the smoothing's column bias costs 3-17% of an int8 call on Hopper for
 no accuracy (docs/BENCHMARKS.md), which is what the Patch node's qk_smoothing="auto" acts on.
 """
 from __future__ import annotations
