@@ -22,6 +22,7 @@ import sage_kernels
 from .call import AttentionCall, CallNotUnderstood, parse_call
 from .log import LogBook, logger
 from .policy import DEFAULT_FP4_HYBRID, Policy
+from .q_smoothing import PROBE
 from .rope_scope import FusedRopeScope
 from .run_stats import RunRecorder, RunStats, SiteStats
 from .sites import SiteKey, SiteTracker
@@ -149,11 +150,19 @@ class Sage3Override:
             plan = self._plan(call, policy.high_precision)
             if plan.fallback:
                 return self._fall_back(stats, site, plan.reason, func, args, kwargs)
+        smooth_q = self._smooth_q(call, plan, stats)
         try:
-            out = self._attend(call, plan, self._smooth_q(call, plan, stats))
+            if smooth_q == PROBE:  # qk_smoothing="auto" measures this site: both ways, the per-block output kept
+                out = self._attend(call, plan, "block")
+                stats.auto_smoothing.probed(out, self._attend(call, plan, "off"))
+                smooth_q = "block"
+            else:
+                out = self._attend(call, plan, smooth_q)
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
         stats.kernels[plan.label] += 1
+        if self.settings.smooth_q == "auto" and plan.precision == "int8":
+            stats.q_smoothing[smooth_q] += 1
         return call.to_comfy(out)
 
     @staticmethod
@@ -184,15 +193,13 @@ class Sage3Override:
 
     def _smooth_q(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats) -> str:
         """sage_kernels' smooth_q for this call: the patch's, or with "auto" the site's choice for int8 calls
-        (q_smoothing.py; counted for the report) and per block for fp4."""
+        (q_smoothing.py; PROBE: run it both ways) and per block for fp4."""
         mode = self.settings.smooth_q
         if mode != "auto":
             return mode
         if plan.precision != "int8":
             return "block"
-        mode = stats.auto_smoothing.choose(call.q, call.layout)
-        stats.q_smoothing[mode] += 1
-        return mode
+        return stats.auto_smoothing.choose(call.q, call.layout)
 
     @staticmethod
     def _kept_because(policy: Policy, precision: str, step, site: SiteKey, stats: SiteStats) -> str:
@@ -226,13 +233,17 @@ class Sage3Override:
 
     def _calibrate(self, call, plan, stats: SiteStats, site: SiteKey, policy: Policy, func, args, kwargs):
         try:
-            low = self._attend(call, plan, self._smooth_q(call, plan, stats))
+            smooth_q = self._smooth_q(call, plan, stats)
+            smooth_q = "block" if smooth_q == PROBE else smooth_q  # (a later call probes)
+            low = self._attend(call, plan, smooth_q)
             full = self._attend(call, self._plan(call, "sdpa"))
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
         similarity = _cosine(low, full)
         stats.kernels[plan.label] += 1
         stats.kernels["torch.sdpa"] += 1
+        if self.settings.smooth_q == "auto" and plan.precision == "int8":
+            stats.q_smoothing[smooth_q] += 1
         stats.calibration_calls += 1
         stats.calibrated_kernel = plan.label
         if stats.similarity is None or math.isnan(similarity) or similarity < stats.similarity:

@@ -36,9 +36,10 @@ class Sage3AttentionPatch(io.ComfyNode):
                 io.Combo.Input("qk_smoothing", options=list(QK_SMOOTHING), default="auto",
                                tooltip="Q smoothing before quantization (K smoothing is always on). per_block: "
                                        "SageAttention3's, per 128 queries. auto: int8 calls smooth Q per block only "
-                                       "at call sites whose queries share an offset (measured once per site and run); "
-                                       "elsewhere it changes nothing and costs 3-17% of an int8 call on an H200. fp4 "
-                                       "always per block. global: one mean per head. off: never."),
+                                       "at call sites where leaving it out would change the output (measured once per "
+                                       "site and run: Q's offset, then if needed both outputs); elsewhere it costs "
+                                       "3-17% of an int8 call on an H200 for nothing. fp4 always per block. global: "
+                                       "one mean per head. off: never."),
                 io.Combo.Input("int8_pv", options=list(INT8_PV), default="16bit",
                                tooltip="P.V of the int8 precision. 16bit: the accurate one (rel L1 ~0.01 against "
                                        "exact attention). auto: the faster one for this GPU: INT8 on RTX 30/40/50-"

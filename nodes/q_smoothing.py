@@ -1,13 +1,18 @@
-"""qk_smoothing="auto": per call site and sampler run, Q smoothing only where the queries share an offset.
+"""qk_smoothing="auto": per call site and sampler run, Q smoothing only where leaving it out costs no accuracy.
 
 The int8 path's per-block Q smoothing costs 3-17% of a call on an H200 (its column-bias table, Q's mean pass and
-the kernel's per-key bias) and changes nothing where Q has no shared offset (N(0,1)-like, outlier channels and
-sharp logits measure the same error with and without it); where queries share an offset, or a block of them has
-its own (joint text+image's text tokens), the error grows without it (1.65x on the biased test distribution)
-(docs/ACCURACY.md). So each site's first int8 call measures sage_kernels.smoothing.q_offset_ratio on its q; once
-that value is on the host, the site runs without Q smoothing if the ratio is at most OFFSET_LIMIT, else per block.
-The value is read when its CUDA event has completed, so nothing waits for the GPU: calls before that (usually
-just the first) run per block. fp4 always smooths (SageAttention3's accuracy depends on it).
+the kernel's per-key bias). Without it the error grows where queries share an offset, or a block of them has its
+own (joint text+image's text tokens): 1.65x on the biased test distribution (docs/ACCURACY.md). Per site:
+
+1. its first int8 call measures sage_kernels.smoothing.q_offset_ratio on q. A ratio <= OFFSET_LIMIT means the
+   error without smoothing is within ~5% of the error with it: the site runs "off";
+2. otherwise its next int8 call runs both ways and measures the relative L1 distance between the two outputs. The
+   error without smoothing is at most the error with it plus that distance (triangle inequality), so a distance
+   <= ADDED_LIMIT (a tenth of issue #3's 0.03 bar) lets the site run "off" too; else it stays "block".
+
+Values come back through a pinned copy and a CUDA event, read once the event has completed: nothing waits for the
+GPU, and calls made meanwhile run per block (the accurate mode; the probe call returns the per-block output). fp4
+always smooths (SageAttention3's accuracy depends on it). A graph capture measures nothing.
 """
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ import torch
 
 from sage_kernels.smoothing import OFFSET_LIMIT, q_offset_ratio
 
-PENDING = "block"  # the mode until the site's ratio is known: the accurate one
+ADDED_LIMIT = 0.003  # relative L1 the outputs without Q smoothing may differ by from those with it
+PENDING = "block"  # the mode while a measurement is in flight: the accurate one
+PROBE = "probe"  # choose(): run the call both ways and hand the outputs to probed()
+_CHUNK = 1 << 24  # elements per step of the distance (video outputs have ~1e8)
 
 
 class AutoQSmoothing:
@@ -23,36 +31,70 @@ class AutoQSmoothing:
 
     def __init__(self):
         self.mode: str | None = None  # "off" | "block" once decided
-        self.ratio: float | None = None
-        self._pending = None  # (pinned host copy, CUDA event) of the ratio in flight
+        self.ratio: float | None = None  # q_offset_ratio
+        self.added: float | None = None  # relative L1 distance of the probe's outputs
+        self._pending = None  # (what: "ratio" | "added", pinned host value, CUDA event) in flight
 
     def choose(self, q: torch.Tensor, layout: str) -> str:
+        """"off", "block", or PROBE (this call should run both ways: probed())."""
+        if self.mode is None and self._pending is not None and not self._arrived():
+            return PENDING
         if self.mode is not None:
             return self.mode
-        if self._pending is None:
-            if q.is_cuda and torch.cuda.is_current_stream_capturing():
-                return PENDING  # (a graph capture cannot copy to the host; a later eager call measures)
-            ratio = q_offset_ratio(q, layout)
-            if not ratio.is_cuda:
-                return self._decide(float(ratio))
-            host = torch.empty((), dtype=torch.float32, pin_memory=True)
-            host.copy_(ratio, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(ratio.device))
-            self._pending = (host, done)
-            return PENDING
-        host, done = self._pending
-        if done.query():
-            self._pending = None
-            return self._decide(float(host))
+        if q.is_cuda and torch.cuda.is_current_stream_capturing():
+            return PENDING  # (a capture cannot copy to the host; a later eager call measures)
+        if self.ratio is None:
+            return self._measure("ratio", q_offset_ratio(q, layout))
+        return PROBE
+
+    def probed(self, with_smoothing: torch.Tensor, without: torch.Tensor) -> None:
+        """The outputs of a PROBE call, per block and without Q smoothing."""
+        self._measure("added", _relative_l1(without, with_smoothing))
+
+    def _measure(self, what: str, value: torch.Tensor) -> str:
+        if not value.is_cuda:
+            self._record(what, float(value))
+            return self.mode or PROBE
+        host = torch.empty((), dtype=torch.float32, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(value.device))
+        self._pending = (what, host, done)
         return PENDING
 
-    def _decide(self, ratio: float) -> str:
-        self.ratio = ratio
-        self.mode = "off" if ratio <= OFFSET_LIMIT else "block"  # (nan and inf: block)
-        return self.mode
+    def _arrived(self) -> bool:
+        what, host, done = self._pending
+        if not done.query():
+            return False
+        self._pending = None
+        self._record(what, float(host))
+        return True
+
+    def _record(self, what: str, value: float) -> None:
+        if what == "ratio":
+            self.ratio = value
+            if value <= OFFSET_LIMIT:  # (nan and inf: not)
+                self.mode = "off"
+        else:
+            self.added = value
+            self.mode = "off" if value <= ADDED_LIMIT else "block"
 
     def describe(self) -> str:
         if self.ratio is None:
             return "offset ratio not measured yet"
-        return f"offset ratio {self.ratio:.3f}, off at <= {OFFSET_LIMIT:g}"
+        text = f"offset ratio {self.ratio:.3f}, off at <= {OFFSET_LIMIT:g}"
+        if self.added is not None:
+            text += f"; outputs without smoothing differ by rel L1 {self.added:.4f}, off at <= {ADDED_LIMIT:g}"
+        elif self.mode is None:
+            text += "; output distance not measured yet"
+        return text
+
+
+def _relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum |a - b| / sum |b| as a 0-dim fp32 tensor on their device, in fp32 chunks."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    diff = norm = torch.zeros((), dtype=torch.float32, device=a.device)
+    for start in range(0, a.numel(), _CHUNK):
+        x, y = a[start:start + _CHUNK].float(), b[start:start + _CHUNK].float()
+        diff, norm = diff + (x - y).abs().sum(), norm + y.abs().sum()
+    return diff / norm

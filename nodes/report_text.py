@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .q_smoothing import ADDED_LIMIT
 from .run_stats import RunStats
 
 NO_RUN = ("no attention calls recorded yet: run a sampler with this model (connect the Report's model input to "
@@ -91,7 +92,8 @@ def _auto_smoothing(run: RunStats) -> str:
     if not decided:
         return ""
     text = ", ".join(f"{'per block' if mode == 'block' else mode} at {n} site(s)" for mode, n in decided.most_common())
-    return f"{text} ({_counts(run.totals('q_smoothing'), 'calls ')}; Q smoothed only where its queries share an offset)"
+    return (f"{text} (calls: {_counts(run.totals('q_smoothing'))}; off where Q has no shared offset or the outputs "
+            f"without smoothing differed by <= {ADDED_LIMIT:g} rel L1)")
 
 
 def _found(run: RunStats) -> dict | None:

@@ -15,6 +15,7 @@ FUNC = comfy_attention.attention_pytorch.__wrapped__
 PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
 REPORT = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionReport"]
 AutoQSmoothing = PACK.nodes.q_smoothing.AutoQSmoothing
+PROBE = PACK.nodes.q_smoothing.PROBE
 BASE = tiny_flux(double_blocks=1, single_blocks=1).patcher
 
 
@@ -44,21 +45,28 @@ def _call(over, q, k, v, block_index):
 
 
 @pytest.mark.interpreter
-def test_auto_smooths_only_the_site_whose_queries_share_an_offset(smooth_q_seen):
+def test_auto_smooths_only_the_site_where_leaving_it_out_changes_the_output(smooth_q_seen):
     model = PATCH.execute(BASE, precision="int8").args[0]  # qk_smoothing defaults to auto
     over = model.model_options["transformer_options"]["optimized_attention_override"]
     plain, shifted = _qkv(0.0, seed=1), _qkv(1.5, seed=2)
+    q, k, v = _qkv(1.5, seed=9)
+    flat = (q, 0.02 * k, v)  # shared query offset, but near-uniform attention: both ways give the same output
     for _ in range(2):  # two model evaluations
         _call(over, *plain, block_index=0)
         _call(over, *shifted, block_index=1)
-    assert smooth_q_seen == [("int8", "off"), ("int8", "block")] * 2  # CPU: decided on the first call
-    sites = over.recorder.run.sites
-    by_block = {key.block_index: stats for key, stats in sites.items()}
-    assert by_block[0].q_smoothing == {"off": 2} and by_block[1].q_smoothing == {"block": 2}
-    assert by_block[0].auto_smoothing.ratio < 1.05 < by_block[1].auto_smoothing.ratio
+        _call(over, *flat, block_index=2)
+    probe = [("int8", "block"), ("int8", "off")]  # CPU: ratio known at once, so the first call probes
+    assert smooth_q_seen == [("int8", "off"), *probe, *probe, ("int8", "off"), ("int8", "block"), ("int8", "off")]
+    by_block = {key.block_index: stats for key, stats in over.recorder.run.sites.items()}
+    assert by_block[0].q_smoothing == {"off": 2} and by_block[0].auto_smoothing.added is None
+    assert by_block[1].q_smoothing == {"block": 2} and by_block[2].q_smoothing == {"block": 1, "off": 1}
+    assert by_block[0].auto_smoothing.ratio < 1.05 < min(by_block[1].auto_smoothing.ratio,
+                                                         by_block[2].auto_smoothing.ratio)
+    assert by_block[2].auto_smoothing.added <= 0.003 < by_block[1].auto_smoothing.added
     text = REPORT.execute(model, {}).args[0]
-    assert "qk_smoothing auto: off at 1 site(s), per block at 1 site(s)" in text
+    assert "qk_smoothing auto: off at 2 site(s), per block at 1 site(s) (calls: off x3, block x3;" in text
     assert "Q smoothing off x2 (offset ratio 1.0" in text
+    assert "outputs without smoothing differ by rel L1 0.00" in text
 
 
 @pytest.mark.interpreter
@@ -69,7 +77,7 @@ def test_auto_decides_again_in_each_sampler_run(smooth_q_seen):
         over.begin_sampler_run()
         _call(over, *_qkv(offset, seed=3), block_index=0)
         over.end_sampler_run()
-    assert smooth_q_seen == [("int8", "off"), ("int8", "block")]
+    assert smooth_q_seen == [("int8", "off"), ("int8", "block"), ("int8", "off")]  # run 2 probed
 
 
 @pytest.mark.interpreter
@@ -93,32 +101,48 @@ def test_fp4_always_smooths_per_block(smooth_q_seen):
     assert smooth_q_seen == [("fp4", "block")]
 
 
-def test_pending_choice_on_cpu_is_immediate():
+def test_choice_on_cpu_is_immediate():
     choice = AutoQSmoothing()
     assert choice.describe() == "offset ratio not measured yet"
     assert choice.choose(_qkv(0.0, seed=6)[0], "HND") == "off"
     assert choice.choose(_qkv(1.5, seed=7)[0], "HND") == "off"  # decided once per run: later q are not measured
     assert "offset ratio 1.0" in choice.describe()
+    shifted = AutoQSmoothing()
+    q = _qkv(1.5, seed=7)[0]
+    assert shifted.choose(q, "HND") == PROBE == shifted.choose(q, "HND")  # until the probe's outputs come
+    assert "output distance not measured yet" in shifted.describe()
+    shifted.probed(torch.ones(10), torch.full((10,), 1.01))
+    assert shifted.choose(q, "HND") == "block" and shifted.added == pytest.approx(0.01, rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_choice_never_waits_for_the_gpu_and_skips_graph_capture():
-    q = _qkv(0.0, seed=8, device="cuda")[0]
-    choice = AutoQSmoothing()
+    plain, shifted = _qkv(0.0, seed=8, device="cuda")[0], _qkv(1.5, seed=8, device="cuda")[0]
+    choices = AutoQSmoothing(), AutoQSmoothing()
+    out = torch.randn(4096, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
     try:
-        first = choice.choose(q, "HND")
+        first = [c.choose(q, "HND") for c, q in zip(choices, (plain, shifted))]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert first == "block" and choice.mode is None  # measured, not known yet: the accurate mode meanwhile
+    assert first == ["block", "block"] and choices[0].mode is None  # measured, not known yet: the accurate mode
     torch.cuda.synchronize()
-    assert choice.choose(q, "HND") == "off" and choice.ratio < 1.05
+    assert choices[0].choose(plain, "HND") == "off" and choices[0].ratio < 1.05
+    assert choices[1].choose(shifted, "HND") == PROBE
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        choices[1].probed(out, out * 1.002)  # (relative L1 0.002 of the second against the first)
+        assert choices[1].choose(shifted, "HND") in ("block", "off")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert choices[1].choose(shifted, "HND") == "off" and choices[1].added == pytest.approx(0.002, rel=1e-3)
 
     captured = AutoQSmoothing()
     graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        assert captured.choose(q, "HND") == "block"
-        q * 2  # (something to capture)
+        assert captured.choose(plain, "HND") == "block"
+        plain * 2  # (something to capture)
     assert captured._pending is None and captured.mode is None  # a later eager call measures
