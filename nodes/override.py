@@ -154,7 +154,7 @@ class Sage3Override:
         try:
             if smooth_q == PROBE:  # qk_smoothing="auto" measures this site: both ways, the per-block output kept
                 out = self._attend(call, plan, "block")
-                stats.auto_smoothing.probed(out, self._attend(call, plan, "off"))
+                self._probe(call, plan, stats, out)
                 smooth_q = "block"
             else:
                 out = self._attend(call, plan, smooth_q)
@@ -200,6 +200,16 @@ class Sage3Override:
         if plan.precision != "int8":
             return "block"
         return stats.auto_smoothing.choose(call.q, call.layout)
+
+    def _probe(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats, with_smoothing) -> None:
+        """The site's output without Q smoothing beside `with_smoothing` (q_smoothing.py). The probe must never cost
+        the run: if that second call runs out of memory or fails, the site keeps per-block smoothing."""
+        try:
+            without = self._attend(call, plan, "off")
+        except (_OUT_OF_MEMORY, _KernelFailed) as exc:
+            stats.auto_smoothing.keep_smoothing(f"probe failed: {type(exc).__name__}")
+            return
+        stats.auto_smoothing.probed(with_smoothing, without)
 
     @staticmethod
     def _kept_because(policy: Policy, precision: str, step, site: SiteKey, stats: SiteStats) -> str:

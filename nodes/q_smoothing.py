@@ -34,6 +34,7 @@ class AutoQSmoothing:
         self.ratio: float | None = None  # q_offset_ratio
         self.added: float | None = None  # relative L1 distance of the probe's outputs
         self._pending = None  # (what: "ratio" | "added", pinned host value, CUDA event) in flight
+        self.note = ""  # why the site was decided without a measurement
 
     def choose(self, q: torch.Tensor, layout: str) -> str:
         """"off", "block", or PROBE (this call should run both ways: probed())."""
@@ -50,6 +51,10 @@ class AutoQSmoothing:
     def probed(self, with_smoothing: torch.Tensor, without: torch.Tensor) -> None:
         """The outputs of a PROBE call, per block and without Q smoothing."""
         self._measure("added", _relative_l1(without, with_smoothing))
+
+    def keep_smoothing(self, why: str) -> None:
+        """Decide per block without a measurement (the probe could not run)."""
+        self.mode, self.note = "block", why
 
     def _measure(self, what: str, value: torch.Tensor) -> str:
         if not value.is_cuda:
@@ -85,6 +90,8 @@ class AutoQSmoothing:
         text = f"offset ratio {self.ratio:.3f}, off at <= {OFFSET_LIMIT:g}"
         if self.added is not None:
             text += f"; outputs without smoothing differ by rel L1 {self.added:.4f}, off at <= {ADDED_LIMIT:g}"
+        elif self.note:
+            text += f"; {self.note}, kept per block"
         elif self.mode is None:
             text += "; output distance not measured yet"
         return text

@@ -146,3 +146,24 @@ def test_gpu_choice_never_waits_for_the_gpu_and_skips_graph_capture():
         assert captured.choose(plain, "HND") == "block"
         plain * 2  # (something to capture)
     assert captured._pending is None and captured.mode is None  # a later eager call measures
+
+
+@pytest.mark.interpreter
+def test_a_probe_that_runs_out_of_memory_keeps_smoothing_and_the_run_goes_on(monkeypatch, smooth_q_seen):
+    over = PATCH.execute(BASE, precision="int8").args[0].model_options["transformer_options"][
+        "optimized_attention_override"]
+    real = PACK.nodes.override.sage_kernels.sage_attention  # (the spy)
+
+    def short_of_memory(*args, **kwargs):
+        if kwargs.get("smooth_q") == "off":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(PACK.nodes.override.sage_kernels, "sage_attention", short_of_memory)
+    q, k, v = _qkv(1.5, seed=10)
+    expected = sage_kernels.sage_attention(q, k, v, precision="int8", smooth_q="block")
+    out = _call(over, q, k, v, block_index=0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    stats = next(iter(over.recorder.run.sites.values()))
+    assert stats.auto_smoothing.mode == "block" and "probe failed: OutOfMemoryError" in stats.auto_smoothing.describe()
+    assert stats.kernels == {"triton.int8": 1} and not stats.fallbacks
