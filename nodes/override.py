@@ -205,11 +205,13 @@ class Sage3Override:
         """The site's output without Q smoothing beside `with_smoothing` (q_smoothing.py). The probe must never cost
         the run: if that second call runs out of memory or fails, the site keeps per-block smoothing."""
         try:
-            without = self._attend(call, plan, "off")
-        except (_OUT_OF_MEMORY, _KernelFailed) as exc:
+            with torch.no_grad():  # (only compared: no graph for a training step to keep)
+                without = self._attend(call, plan, "off")
+        except Exception as exc:  # noqa: BLE001  (out of memory, a kernel failure, even with fallback="error")
+            self.failed.pop(self._signature(call, plan), None)  # (the per-block kernel of this call did run)
             stats.auto_smoothing.keep_smoothing(f"probe failed: {type(exc).__name__}")
             return
-        stats.auto_smoothing.probed(with_smoothing, without)
+        stats.auto_smoothing.probed(with_smoothing.detach(), without)
 
     @staticmethod
     def _kept_because(policy: Policy, precision: str, step, site: SiteKey, stats: SiteStats) -> str:

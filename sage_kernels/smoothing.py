@@ -30,7 +30,7 @@ def q_offset_ratio(q: torch.Tensor, layout: str = "HND") -> torch.Tensor:
     equal its nonzero mean; an all-zero block counts as 1."""
     if layout not in ("HND", "NHD"):
         raise ValueError(f"layout must be 'HND' or 'NHD', got {layout!r}")
-    x = q if layout == "HND" else q.transpose(1, 2)  # (B, H, L, D) view
+    x = (q if layout == "HND" else q.transpose(1, 2)).detach()  # (B, H, L, D) view; a statistic, no gradient
     b, h, length, d = x.shape
     if length < 2 or x.numel() == 0:
         return torch.ones((), dtype=torch.float32, device=q.device)

@@ -167,3 +167,17 @@ def test_a_probe_that_runs_out_of_memory_keeps_smoothing_and_the_run_goes_on(mon
     stats = next(iter(over.recorder.run.sites.values()))
     assert stats.auto_smoothing.mode == "block" and "probe failed: OutOfMemoryError" in stats.auto_smoothing.describe()
     assert stats.kernels == {"triton.int8": 1} and not stats.fallbacks
+
+
+@pytest.mark.interpreter
+def test_auto_under_autograd_keeps_gradients_and_builds_no_graph_for_the_probe(smooth_q_seen):
+    """A LoRA-training step through the patch: the measurement and the probe take no part in autograd."""
+    over = PATCH.execute(BASE, precision="int8").args[0].model_options["transformer_options"][
+        "optimized_attention_override"]
+    q, k, v = (t.requires_grad_() for t in _qkv(1.5, seed=11))
+    out = _call(over, q, k, v, block_index=0)  # (CPU: ratio above the limit, so this call probes)
+    assert [m for _, m in smooth_q_seen] == ["block", "off"] and out.requires_grad
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+    stats = next(iter(over.recorder.run.sites.values()))
+    assert stats.auto_smoothing.mode in ("off", "block") and stats.auto_smoothing.added is not None
