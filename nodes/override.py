@@ -85,6 +85,7 @@ class Sage3Override:
         self._plans: dict = {}  # (precision, call signature) -> plan: _plan
         self._steps = StepLocator()
         self._sites = SiteTracker()
+        self._smoothing_memory: dict = {}  # SiteKey -> its qk_smoothing="auto" Decision, kept across runs
 
     def __deepcopy__(self, memo):
         return self  # ModelPatcher.clone() deep-copies model_options: keep one shared state
@@ -150,11 +151,12 @@ class Sage3Override:
             plan = self._plan(call, policy.high_precision)
             if plan.fallback:
                 return self._fall_back(stats, site, plan.reason, func, args, kwargs)
-        smooth_q = self._smooth_q(call, plan, stats)
+        smooth_q = self._smooth_q(call, plan, stats, site)
         try:
             if smooth_q == PROBE:  # qk_smoothing="auto" measures this site: both ways, the per-block output kept
                 out = self._attend(call, plan, "block")
                 self._probe(call, plan, stats, out)
+                self._remember(site, stats.auto_smoothing)
                 smooth_q = "block"
             else:
                 out = self._attend(call, plan, smooth_q)
@@ -191,15 +193,26 @@ class Sage3Override:
             self._plans[key] = plan
         return plan
 
-    def _smooth_q(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats) -> str:
+    def _smooth_q(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats, site: SiteKey) -> str:
         """sage_kernels' smooth_q for this call: the patch's, or with "auto" the site's choice for int8 calls
-        (q_smoothing.py; PROBE: run it both ways) and per block for fp4."""
+        (q_smoothing.py; PROBE: run it both ways; a site's decision is remembered for later runs) and per block for
+        fp4."""
         mode = self.settings.smooth_q
         if mode != "auto":
             return mode
         if plan.precision != "int8":
             return "block"
-        return stats.auto_smoothing.choose(call.q, call.layout)
+        choice = stats.auto_smoothing
+        if not choice.recalled:
+            choice.recall(self._smoothing_memory.get(site))
+        mode = choice.choose(call.q, call.layout)
+        self._remember(site, choice)
+        return mode
+
+    def _remember(self, site: SiteKey, choice) -> None:
+        if choice.mode is not None and not choice.remembered:
+            self._smoothing_memory[site] = choice.decision
+            choice.remembered = True
 
     def _probe(self, call: AttentionCall, plan: sage_kernels.Plan, stats: SiteStats, with_smoothing) -> None:
         """The site's output without Q smoothing beside `with_smoothing` (q_smoothing.py). The probe must never cost
@@ -245,7 +258,7 @@ class Sage3Override:
 
     def _calibrate(self, call, plan, stats: SiteStats, site: SiteKey, policy: Policy, func, args, kwargs):
         try:
-            smooth_q = self._smooth_q(call, plan, stats)
+            smooth_q = self._smooth_q(call, plan, stats, site)
             smooth_q = "block" if smooth_q == PROBE else smooth_q  # (a later call probes)
             low = self._attend(call, plan, smooth_q)
             full = self._attend(call, self._plan(call, "sdpa"))

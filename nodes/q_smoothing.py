@@ -13,17 +13,31 @@ own (joint text+image's text tokens): 1.65x on the biased test distribution (doc
 Values come back through a pinned copy and a CUDA event, read once the event has completed: nothing waits for the
 GPU, and calls made meanwhile run per block (the accurate mode; the probe call returns the per-block output). fp4
 always smooths (SageAttention3's accuracy depends on it). A graph capture measures nothing.
+
+A probe costs one attention call, as much as 28 calls save at HunyuanVideo's 35k tokens (3.4% each), so a later run
+of the same patched model reuses a site's probed decision while the site's ratio stays within RATIO_SLACK of the
+one it was probed at (the override keeps them: `recall`); only the cheap ratio is measured again.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from sage_kernels.smoothing import OFFSET_LIMIT, q_offset_ratio
 
 ADDED_LIMIT = 0.003  # relative L1 the outputs without Q smoothing may differ by from those with it
+RATIO_SLACK = 1.1  # a later run reuses a probed decision up to this factor above the ratio it was probed at
 PENDING = "block"  # the mode while a measurement is in flight: the accurate one
 PROBE = "probe"  # choose(): run the call both ways and hand the outputs to probed()
 _CHUNK = 1 << 24  # elements per step of the distance (video outputs have ~1e8)
+
+
+class Decision(NamedTuple):
+    """A site's decision, as a later run may reuse it."""
+    mode: str
+    ratio: float | None
+    added: float | None
 
 
 class AutoQSmoothing:
@@ -35,6 +49,9 @@ class AutoQSmoothing:
         self.added: float | None = None  # relative L1 distance of the probe's outputs
         self._pending = None  # (what: "ratio" | "added", pinned host value, CUDA event) in flight
         self.note = ""  # why the site was decided without a measurement
+        self.earlier: Decision | None = None  # the same site's probed decision in an earlier run
+        self.recalled = False  # recall() done
+        self.remembered = False  # the override has this run's decision (`decision`)
 
     def choose(self, q: torch.Tensor, layout: str) -> str:
         """"off", "block", or PROBE (this call should run both ways: probed())."""
@@ -51,6 +68,16 @@ class AutoQSmoothing:
     def probed(self, with_smoothing: torch.Tensor, without: torch.Tensor) -> None:
         """The outputs of a PROBE call, per block and without Q smoothing."""
         self._measure("added", _relative_l1(without, with_smoothing))
+
+    def recall(self, earlier: Decision | None) -> None:
+        """The same site's decision in an earlier run of this patched model (None: none)."""
+        self.recalled = True
+        if earlier is not None and earlier.ratio is not None and earlier.ratio > OFFSET_LIMIT:
+            self.earlier = earlier  # (decisions from the ratio alone are made again as cheaply)
+
+    @property
+    def decision(self) -> Decision | None:
+        return None if self.mode is None else Decision(self.mode, self.ratio, self.added)
 
     def keep_smoothing(self, why: str) -> None:
         """Decide per block without a measurement (the probe could not run)."""
@@ -80,6 +107,9 @@ class AutoQSmoothing:
             self.ratio = value
             if value <= OFFSET_LIMIT:  # (nan and inf: not)
                 self.mode = "off"
+            elif self.earlier is not None and value <= self.earlier.ratio * RATIO_SLACK:
+                self.mode, self.added = self.earlier.mode, self.earlier.added
+                self.note = f"decided in an earlier run at offset ratio {self.earlier.ratio:.3f}"
         else:
             self.added = value
             self.mode = "off" if value <= ADDED_LIMIT else "block"
@@ -90,6 +120,8 @@ class AutoQSmoothing:
         text = f"offset ratio {self.ratio:.3f}, off at <= {OFFSET_LIMIT:g}"
         if self.added is not None:
             text += f"; outputs without smoothing differ by rel L1 {self.added:.4f}, off at <= {ADDED_LIMIT:g}"
+            if self.note:
+                text += f" ({self.note})"
         elif self.note:
             text += f"; {self.note}, kept per block"
         elif self.mode is None:

@@ -181,3 +181,30 @@ def test_auto_under_autograd_keeps_gradients_and_builds_no_graph_for_the_probe(s
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
     stats = next(iter(over.recorder.run.sites.values()))
     assert stats.auto_smoothing.mode in ("off", "block") and stats.auto_smoothing.added is not None
+
+
+@pytest.mark.interpreter
+def test_later_runs_reuse_a_probed_decision_while_the_ratio_holds(smooth_q_seen):
+    """A probe costs a call; a later run of the same patched model measures the ratio again (cheap) and reuses the
+    site's probed decision unless the ratio grew by more than RATIO_SLACK."""
+    over = PATCH.execute(BASE, precision="int8").args[0].model_options["transformer_options"][
+        "optimized_attention_override"]
+    q, k, v = _qkv(1.5, seed=12)
+    flat = (q, 0.02 * k, v)  # probes to "off"
+    larger = (q + 3.0 * q.mean(dim=2, keepdim=True), 0.02 * k, v)  # the same site, a much larger offset
+
+    def run(qkv):
+        smooth_q_seen.clear()
+        over.begin_sampler_run()
+        _call(over, *qkv, block_index=0)
+        over.end_sampler_run()
+        site = next(iter(over.recorder.run.sites.values())).auto_smoothing
+        return [mode for _, mode in smooth_q_seen], site
+
+    seen, first = run(flat)
+    assert seen == ["block", "off"] and first.mode == "off"  # probed
+    seen, second = run(flat)
+    assert seen == ["off"] and second.added == first.added  # recalled: no probe
+    assert "decided in an earlier run at offset ratio" in second.describe()
+    seen, third = run(larger)
+    assert third.ratio > 1.1 * first.ratio and seen == ["block", "off"]  # probed again
