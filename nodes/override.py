@@ -20,6 +20,7 @@ import torch
 import sage_kernels
 
 from .call import AttentionCall, CallNotUnderstood, parse_call
+from .compare import cosine
 from .log import LogBook, logger
 from .policy import DEFAULT_FP4_HYBRID, Policy
 from .q_smoothing import PROBE
@@ -58,16 +59,6 @@ class PatchSettings:
     def describe(self) -> str:
         return (f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}, "
                 f"int8 P.V={self.pv}, fused RoPE={'on' if self.fused_rope else 'off'}")
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> float:
-    """Cosine similarity of two outputs, accumulated in fp32 chunks (video outputs have ~1e8 elements)."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    dot = norm_a = norm_b = torch.zeros((), dtype=torch.float32, device=a.device)
-    for start in range(0, a.numel(), chunk):
-        x, y = a[start:start + chunk].float(), b[start:start + chunk].float()
-        dot, norm_a, norm_b = dot + x @ y, norm_a + x @ x, norm_b + y @ y
-    return float(dot / (norm_a.sqrt() * norm_b.sqrt()).clamp_min(1e-30))
 
 
 class Sage3Override:
@@ -163,7 +154,7 @@ class Sage3Override:
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
         stats.kernels[plan.label] += 1
-        if self.settings.smooth_q == "auto" and plan.precision == "int8":
+        if self._auto_smoothing(plan):
             stats.q_smoothing[smooth_q] += 1
         return call.to_comfy(out)
 
@@ -197,17 +188,18 @@ class Sage3Override:
         """sage_kernels' smooth_q for this call: the patch's, or with "auto" the site's choice for int8 calls
         (q_smoothing.py; PROBE: run it both ways; a site's decision is remembered for later runs) and per block for
         fp4."""
-        mode = self.settings.smooth_q
-        if mode != "auto":
-            return mode
-        if plan.precision != "int8":
-            return "block"
+        if not self._auto_smoothing(plan):
+            return "block" if self.settings.smooth_q == "auto" else self.settings.smooth_q
         choice = stats.auto_smoothing
         if not choice.recalled:
             choice.recall(self._smoothing_memory.get(site))
         mode = choice.choose(call.q, call.layout)
         self._remember(site, choice)
         return mode
+
+    def _auto_smoothing(self, plan: sage_kernels.Plan) -> bool:
+        """qk_smoothing="auto" decides this call's Q smoothing (int8 only: fp4 always smooths per block)."""
+        return self.settings.smooth_q == "auto" and plan.precision == "int8"
 
     def _remember(self, site: SiteKey, choice) -> None:
         if choice.mode is not None and not choice.remembered:
@@ -264,10 +256,10 @@ class Sage3Override:
             full = self._attend(call, self._plan(call, "sdpa"))
         except _KernelFailed as exc:
             return self._fall_back(stats, site, str(exc), func, args, kwargs)
-        similarity = _cosine(low, full)
+        similarity = cosine(low, full)
         stats.kernels[plan.label] += 1
         stats.kernels["torch.sdpa"] += 1
-        if self.settings.smooth_q == "auto" and plan.precision == "int8":
+        if self._auto_smoothing(plan):
             stats.q_smoothing[smooth_q] += 1
         stats.calibration_calls += 1
         stats.calibrated_kernel = plan.label

@@ -26,11 +26,12 @@ import torch
 
 from sage_kernels.smoothing import OFFSET_LIMIT, q_offset_ratio
 
+from .compare import relative_l1
+
 ADDED_LIMIT = 0.003  # relative L1 the outputs without Q smoothing may differ by from those with it
 RATIO_SLACK = 1.1  # a later run reuses a probed decision up to this factor above the ratio it was probed at
 PENDING = "block"  # the mode while a measurement is in flight: the accurate one
 PROBE = "probe"  # choose(): run the call both ways and hand the outputs to probed()
-_CHUNK = 1 << 24  # elements per step of the distance (video outputs have ~1e8)
 
 
 class Decision(NamedTuple):
@@ -67,7 +68,7 @@ class AutoQSmoothing:
 
     def probed(self, with_smoothing: torch.Tensor, without: torch.Tensor) -> None:
         """The outputs of a PROBE call, per block and without Q smoothing."""
-        self._measure("added", _relative_l1(without, with_smoothing))
+        self._measure("added", relative_l1(without, with_smoothing))
 
     def recall(self, earlier: Decision | None) -> None:
         """The same site's decision in an earlier run of this patched model (None: none)."""
@@ -128,12 +129,3 @@ class AutoQSmoothing:
             text += "; output distance not measured yet"
         return text
 
-
-def _relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum |a - b| / sum |b| as a 0-dim fp32 tensor on their device, in fp32 chunks."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    diff = norm = torch.zeros((), dtype=torch.float32, device=a.device)
-    for start in range(0, a.numel(), _CHUNK):
-        x, y = a[start:start + _CHUNK].float(), b[start:start + _CHUNK].float()
-        diff, norm = diff + (x - y).abs().sum(), norm + y.abs().sum()
-    return diff / norm
