@@ -16,6 +16,11 @@ to take that long: an attention running at the FP8 GEMM's best measured rate, wi
 quantization). --rope-share times the default with ComfyUI's RoPE skipped; --fused-rope off/both times the patch
 with ComfyUI's RoPE. Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
 $OUT/bench_e2e.json when OUT is set.
+
+Timing is interleaved: every variant runs two warm-up steps (compilation; qk_smoothing=auto's probe), then --reps
+rounds each time one step of every variant in turn, and a variant's time is its median over the rounds. So the
+GPU's drift over a run (clocks, heat: 2-3% on the H200 between the first and the last variant of a sequential run)
+falls on all variants alike; "spread" is each variant's (slowest - fastest) / median over the rounds.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ HUNYUAN_VIDEO = dict(hidden=3072, heads=24, double_blocks=20, single_blocks=40, 
 # Wan 2.1 T2V 14B at 832x480, 81 frames: 21 x 30 x 52 = 32760 tokens (self-attention), 512 text tokens (cross)
 WAN21_14B = dict(hidden=5120, ffn_dim=13824, heads=40, layers=40, frames=21, height=60, width=104, text_tokens=512,
                  text_dim=4096)
+# heads x head dim per family
+HIDDEN = {"flux": FLUX_DEV["hidden"], "hunyuan_video": HUNYUAN_VIDEO["hidden"], "wan": WAN21_14B["hidden"]}
 
 
 def fast_init(module: torch.nn.Module, seed: int = 0) -> None:
@@ -84,16 +91,36 @@ def build(family: str, device, dtype):
 
 
 def timed(model_obj, patcher, reps):
+    """(last output, median seconds per step) of `reps` steps after a warm-up step: one variant alone."""
+    out, times = interleaved(model_obj, [patcher], reps, warmup=1)
+    return out[0], statistics.median(times[0])
+
+
+def one_step(model_obj, patcher) -> tuple[torch.Tensor, float]:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
     out = model_obj.forward(patcher)
     torch.cuda.synchronize()
-    times = []
+    return out, time.perf_counter() - t0
+
+
+def interleaved(model_obj, patchers, reps, warmup=2):
+    """([last output per patcher], [[seconds per round] per patcher]): `warmup` steps of each, then `reps` rounds
+    of one step of each in turn."""
+    outs = [None] * len(patchers)
+    for i, patcher in enumerate(patchers):
+        for _ in range(warmup):
+            outs[i] = model_obj.forward(patcher)
+    times = [[] for _ in patchers]
     for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = model_obj.forward(patcher)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+        for i, patcher in enumerate(patchers):
+            outs[i], t = one_step(model_obj, patcher)
+            times[i].append(t)
+    return outs, times
+
+
+def spread(times) -> float:
+    return (max(times) - min(times)) / statistics.median(times)
 
 
 def rope_skipped():
@@ -229,35 +256,15 @@ def main():
     for family in args.models:
         model, label = build(family, device, torch.bfloat16)
         params = sum(p.numel() for p in model.patcher.model.diffusion_model.parameters()) / 1e9
-        torch.cuda.reset_peak_memory_stats()
-        ref, t_ref = timed(model, model.patcher, args.reps)
-        peak_ref = torch.cuda.max_memory_allocated() / 2**30
-        _, t_none = timed(model, no_attention(model.patcher), args.reps)
-        rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="ComfyUI default",
-                         s=t_ref, speedup=1.0, cos=1.0, rel_l1=0.0, peak_gb=peak_ref, kernels="comfy"))
-        rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="no attention",
-                         s=t_none, speedup=t_ref / t_none, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
-                         kernels="-"))
-        if args.rope_share:
-            with rope_skipped():
-                _, t_no_rope = timed(model, model.patcher, args.reps)
-            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="default, no RoPE",
-                             s=t_no_rope, speedup=t_ref / t_no_rope, cos=float("nan"), rel_l1=float("nan"),
-                             peak_gb=0, kernels="-"))
+        tokens = model.notes["tokens"]
+        # (row label, patcher, sage spec or None): every variant is timed interleaved with the others
+        variants = [("ComfyUI default", model.patcher, None), ("no attention", no_attention(model.patcher), None)]
+        notes = {}
         if args.bound:
             bound = Fp8GemmBound()
-            _, t_bound = timed(model, with_override(model.patcher, bound), args.reps)
-            tokens = model.notes["tokens"]
-            hidden = {"flux": FLUX_DEV, "wan": WAN21_14B}.get(family, HUNYUAN_VIDEO)["hidden"]  # heads * head dim
-            rate = gemm_rate(bound, 4 * tokens * tokens * hidden, device)
-            rows.append(dict(model=label, tokens=tokens, params_b=params, variant="fp8 GEMM, same FLOPs",
-                             s=t_bound, speedup=t_ref / t_bound, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
-                             kernels=f"its GEMM: {rate:.0f} TOPS at {tokens} tokens"))
-            del bound
-            _, t_peak = timed(model, with_override(model.patcher, PeakBound(args.peak_tops)), args.reps)
-            rows.append(dict(model=label, tokens=tokens, params_b=params, variant="8-bit peak",
-                             s=t_peak, speedup=t_ref / t_peak, cos=float("nan"), rel_l1=float("nan"), peak_gb=0,
-                             kernels=f"attention at {args.peak_tops:.0f} TOPS"))
+            variants.append(("fp8 GEMM, same FLOPs", with_override(model.patcher, bound), None))
+            variants.append(("8-bit peak", with_override(model.patcher, PeakBound(args.peak_tops)), None))
+            notes["8-bit peak"] = f"attention at {args.peak_tops:.0f} TOPS"
         ropes = {"on": [True], "off": [False], "both": [False, True]}[args.fused_rope]
         for spec, fused_rope in [(spec, r) for spec in args.precisions for r in ropes]:
             # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
@@ -267,30 +274,49 @@ def main():
                                     fused_rope=fused_rope).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
-            torch.cuda.reset_peak_memory_stats()
-            out, t = timed(model, patched, args.reps)
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            a, b = out.double().flatten(), ref.double().flatten()
-            cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-            rel_l1 = float((a - b).abs().sum() / b.abs().sum())
-            text = report.execute(patched, {}).args[0]
-            kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
-            kernels += "".join(f"; {ln}" for ln in text.splitlines()
-                               if ln.startswith(("fused RoPE: ", "qk_smoothing auto: ")))
             rope_note = "" if fused_rope else " (ComfyUI RoPE)"
-            rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params,
-                             variant=f"sage3 {spec}{rope_note}", s=t, speedup=t_ref / t, cos=cos, rel_l1=rel_l1,
-                             peak_gb=peak, kernels=kernels))
-        _, t_again = timed(model, model.patcher, args.reps)  # the GPU's drift over the run (clocks, heat)
-        rows.append(dict(model=label, tokens=model.notes["tokens"], params_b=params, variant="ComfyUI default again",
-                         s=t_again, speedup=t_ref / t_again, cos=1.0, rel_l1=0.0, peak_gb=peak_ref, kernels="comfy"))
-        del model, ref
+            variants.append((f"sage3 {spec}{rope_note}", patched, spec))
+        torch.cuda.reset_peak_memory_stats()
+        outs, times = interleaved(model, [v[1] for v in variants], args.reps)
+        peak_all = torch.cuda.max_memory_allocated() / 2**30  # (of the whole interleaved run)
+        ref, t_ref = outs[0], statistics.median(times[0])
+        if args.bound:
+            rate = gemm_rate(bound, 4 * tokens * tokens * HIDDEN[family], device)
+            notes["fp8 GEMM, same FLOPs"] = f"its GEMM: {rate:.0f} TOPS at {tokens} tokens"
+        for (variant, patched, spec), out, ts in zip(variants, outs, times):
+            t = statistics.median(ts)
+            row = dict(model=label, tokens=tokens, params_b=params, variant=variant, s=t, speedup=t_ref / t,
+                       spread=spread(ts), cos=float("nan"), rel_l1=float("nan"), peak_gb=float("nan"),
+                       kernels=notes.get(variant, "-"))
+            if variant == "ComfyUI default" or spec is not None:
+                a, b = out.double().flatten(), ref.double().flatten()
+                row.update(cos=float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                           rel_l1=float((a - b).abs().sum() / b.abs().sum()))
+            if variant == "ComfyUI default":
+                row["kernels"] = "comfy"
+            if spec is not None:
+                text = report.execute(patched, {}).args[0]
+                kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
+                kernels += "".join(f"; {ln}" for ln in text.splitlines()
+                                   if ln.startswith(("fused RoPE: ", "qk_smoothing auto: ")))
+                row["kernels"] = kernels
+            rows.append(row)
+        rows[-len(variants)]["peak_gb"] = peak_all
+        if args.rope_share:  # (patches ComfyUI's functions for its duration: timed on its own, after the others)
+            with rope_skipped():
+                _, t_no_rope = timed(model, model.patcher, args.reps)
+            _, t_again = timed(model, model.patcher, args.reps)
+            rows.append(dict(model=label, tokens=tokens, params_b=params, variant="default, no RoPE",
+                             s=t_no_rope, speedup=t_again / t_no_rope, spread=float("nan"), cos=float("nan"),
+                             rel_l1=float("nan"), peak_gb=float("nan"), kernels="x the default timed right after it"))
+        del model, ref, outs, variants
         torch.cuda.empty_cache()
-    print(f"\n{'model':<26} {'tokens':>7} {'variant':<34} {'s/step':>8} {'x default':>9} {'cos':>9} {'relL1':>8} "
-          f"{'peak GB':>8}  kernels")
+    print(f"\n{'model':<26} {'tokens':>7} {'variant':<34} {'s/step':>8} {'x default':>9} {'spread':>7} {'cos':>9} "
+          f"{'relL1':>8}  kernels   (peak GB of the whole interleaved run: the first row's)")
     for r in rows:
-        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<34} {r['s']:8.3f} {r['speedup']:9.3f} {r['cos']:9.5f} "
-              f"{r['rel_l1']:8.4f} {r['peak_gb']:8.1f}  {r['kernels']}")
+        print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<34} {r['s']:8.4f} {r['speedup']:9.3f} "
+              f"{r['spread']:7.3f} {r['cos']:9.5f} {r['rel_l1']:8.4f}  {r['kernels']}"
+              + (f"  [peak {r['peak_gb']:.1f} GB]" if r['peak_gb'] == r['peak_gb'] else ""))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_e2e.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))
 
