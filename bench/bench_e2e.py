@@ -14,7 +14,7 @@ backend: "fp8 GEMM, same FLOPs" replaces each attention call by an FP8 GEMM of i
 torch._scaled_mm), and "8-bit peak" gives each call exactly FLOPs / --peak-tops of GPU time (an FP8 GEMM resized
 to take that long: an attention running at the FP8 GEMM's best measured rate, with free softmax and
 quantization). --rope-share times the default with ComfyUI's RoPE skipped; --fused-rope off/both times the patch
-with ComfyUI's RoPE. Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
+with ComfyUI's RoPE, --fused-norm-mod off/both with ComfyUI's QK RMSNorm and modulation. Accuracy: cos / rel L1 of the step's output vs the unpatched model's. Results also go to
 $OUT/bench_e2e.json when OUT is set.
 
 Timing is interleaved: every variant runs two warm-up steps (compilation; qk_smoothing=auto's probe), then --reps
@@ -236,6 +236,8 @@ def main():
     ap.add_argument("--rope-share", action="store_true", help="also time ComfyUI's default with RoPE skipped")
     ap.add_argument("--fused-rope", choices=["on", "off", "both"], default="on",
                     help="the patch's fused_rope widget: on (its default), off (ComfyUI's RoPE), or both rows")
+    ap.add_argument("--fused-norm-mod", choices=["on", "off", "both"], default="on",
+                    help="the patch's fused_norm_mod widget: on (its default), off (ComfyUI's functions), or both rows")
     ap.add_argument("--peak-tops", type=float, default=1252.0, help="8-bit tensor-core peak for --bound (default: "
                     "the H200's measured torch._scaled_mm rate, shared/docs/peer-measurements.md)")
     args = ap.parse_args()
@@ -266,16 +268,18 @@ def main():
             variants.append(("8-bit peak", with_override(model.patcher, PeakBound(args.peak_tops)), None))
             notes["8-bit peak"] = f"attention at {args.peak_tops:.0f} TOPS"
         ropes = {"on": [True], "off": [False], "both": [False, True]}[args.fused_rope]
-        for spec, fused_rope in [(spec, r) for spec in args.precisions for r in ropes]:
+        norm_mods = {"on": [True], "off": [False], "both": [False, True]}[args.fused_norm_mod]
+        for spec, fused_rope, fused_norm_mod in [(spec, r, n) for spec in args.precisions for r in ropes
+                                                 for n in norm_mods]:
             # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")
             patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "auto",
-                                    fused_rope=fused_rope).args[0]
+                                    fused_rope=fused_rope, fused_norm_mod=fused_norm_mod).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
-            rope_note = "" if fused_rope else " (ComfyUI RoPE)"
-            variants.append((f"sage3 {spec}{rope_note}", patched, spec))
+            notes_ = ("" if fused_rope else " (ComfyUI RoPE)") + ("" if fused_norm_mod else " (ComfyUI norm/mod)")
+            variants.append((f"sage3 {spec}{notes_}", patched, spec))
         torch.cuda.reset_peak_memory_stats()
         outs, times = interleaved(model, [v[1] for v in variants], args.reps)
         peak_all = torch.cuda.max_memory_allocated() / 2**30  # (of the whole interleaved run)
@@ -298,7 +302,7 @@ def main():
                 text = report.execute(patched, {}).args[0]
                 kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
                 kernels += "".join(f"; {ln}" for ln in text.splitlines()
-                                   if ln.startswith(("fused RoPE: ", "qk_smoothing auto: ")))
+                                   if ln.startswith(("fused RoPE: ", "fused norm/modulation: ", "qk_smoothing auto: ")))
                 row["kernels"] = kernels
             rows.append(row)
         rows[-len(variants)]["peak_gb"] = peak_all

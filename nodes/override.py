@@ -24,6 +24,7 @@ from .compare import cosine
 from .log import LogBook, logger
 from .policy import DEFAULT_FP4_HYBRID, Policy
 from .q_smoothing import PROBE
+from .norm_mod_scope import FusedNormModScope
 from .rope_scope import FusedRopeScope
 from .run_stats import RunRecorder, RunStats, SiteStats
 from .sites import SiteKey, SiteTracker
@@ -48,6 +49,7 @@ class PatchSettings:
     smooth_q: str = "auto"
     pv: str = "16bit"
     fused_rope: bool = True
+    fused_norm_mod: bool = True
 
     def __post_init__(self):
         for name, value, allowed in (("precision", self.precision, PRECISIONS),
@@ -58,7 +60,8 @@ class PatchSettings:
 
     def describe(self) -> str:
         return (f"precision={self.precision}, fallback={self.fallback}, qk smoothing={self.smooth_q}, "
-                f"int8 P.V={self.pv}, fused RoPE={'on' if self.fused_rope else 'off'}")
+                f"int8 P.V={self.pv}, fused RoPE={'on' if self.fused_rope else 'off'}, "
+                f"fused norm/modulation={'on' if self.fused_norm_mod else 'off'}")
 
 
 class Sage3Override:
@@ -73,6 +76,7 @@ class Sage3Override:
         self.failed = failed if failed is not None else {}
         self.recorder = RunRecorder()
         self.rope = FusedRopeScope(self.log_book) if settings.fused_rope else None  # wrapper: patching.py
+        self.norm_mod = FusedNormModScope(self.log_book) if settings.fused_norm_mod else None  # (also)
         self._plans: dict = {}  # (precision, call signature) -> plan: _plan
         self._steps = StepLocator()
         self._sites = SiteTracker()
@@ -289,8 +293,9 @@ class Sage3Override:
     def begin_sampler_run(self) -> None:
         self._plans.clear()  # (a new run re-decides: the GPU, Triton or the capability table may have changed)
         self.recorder.enter_sampler()
-        if self.rope is not None:
-            self.rope.reset()
+        for scope in (self.rope, self.norm_mod):
+            if scope is not None:
+                scope.reset()
 
     def end_sampler_run(self) -> RunStats | None:
         run = self.recorder.exit_sampler()

@@ -52,16 +52,22 @@ class Sage3AttentionPatch(io.ComfyNode):
                                          "torch ops, while this model runs: same result bit for bit, 5-9% of a "
                                          "Flux / HunyuanVideo / Wan step saved on an H200. Only where ComfyUI's "
                                          "RoPE is the pure-torch one (comfy-kitchen already fuses it)."),
+                io.Boolean.Input("fused_norm_mod", default=True, optional=True,
+                                 tooltip="Run ComfyUI's QK RMSNorm and adaLN modulation/gating (Flux, HunyuanVideo, "
+                                         "Chroma) with one-pass kernels while this model runs, on activations of "
+                                         "32M+ elements (video): same result bit for bit (each kind of call is "
+                                         "checked once against ComfyUI's); a HunyuanVideo step 4% faster on an "
+                                         "H200. Smaller calls (Flux images) keep ComfyUI's."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, precision="auto", fallback="sdpa", qk_smoothing="auto",
-                int8_pv="16bit", fused_rope=True) -> io.NodeOutput:
+                int8_pv="16bit", fused_rope=True, fused_norm_mod=True) -> io.NodeOutput:
         if qk_smoothing not in QK_SMOOTHING:
             raise ValueError(f"qk_smoothing must be one of {list(QK_SMOOTHING)}, got {qk_smoothing!r}")
         settings = PatchSettings(precision=precision, fallback=fallback, smooth_q=QK_SMOOTHING[qk_smoothing],
-                                 pv=int8_pv, fused_rope=bool(fused_rope))
+                                 pv=int8_pv, fused_rope=bool(fused_rope), fused_norm_mod=bool(fused_norm_mod))
         override = Sage3Override(settings, policy=None, prior=prior_for_new_patch(model))
         return io.NodeOutput(patched_clone(model, override))

@@ -1,12 +1,14 @@
 """Installing an override on a clone of a ComfyUI model, and finding the one a model carries.
 
 The input model is never touched: the clone gets a copy of transformer_options with the override, plus an
-OUTER_SAMPLE wrapper that tells the override where each sampler run starts and ends, and (fused_rope on) a
-DIFFUSION_MODEL wrapper that binds the fused RoPE while the model runs (rope_scope.py).
+OUTER_SAMPLE wrapper that tells the override where each sampler run starts and ends, and DIFFUSION_MODEL wrappers
+that bind the fused RoPE (fused_rope on: rope_scope.py) and the fused QK RMSNorm and modulation (fused_norm_mod on:
+norm_mod_scope.py) while the model runs.
 """
 from __future__ import annotations
 
 from .override import SamplerRunScope, Sage3Override
+from .norm_mod_scope import NORM_MOD_SCOPE_KEY
 from .rope_scope import DIFFUSION_MODEL, ROPE_SCOPE_KEY
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -53,7 +55,8 @@ def patched_clone(model, override: Sage3Override):
     if hasattr(clone, "add_wrapper_with_key"):
         clone.remove_wrappers_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY)
         clone.add_wrapper_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY, SamplerRunScope(override))
-        clone.remove_wrappers_with_key(DIFFUSION_MODEL, ROPE_SCOPE_KEY)
-        if override.rope is not None:
-            clone.add_wrapper_with_key(DIFFUSION_MODEL, ROPE_SCOPE_KEY, override.rope)
+        for key, scope in ((ROPE_SCOPE_KEY, override.rope), (NORM_MOD_SCOPE_KEY, override.norm_mod)):
+            clone.remove_wrappers_with_key(DIFFUSION_MODEL, key)
+            if scope is not None:
+                clone.add_wrapper_with_key(DIFFUSION_MODEL, key, scope)
     return clone

@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 ARTIFACTS = REPO / "artifacts"
-PATCH_WIDGETS = ["precision", "fallback", "qk_smoothing", "int8_pv", "fused_rope"]
+PATCH_WIDGETS = ["precision", "fallback", "qk_smoothing", "int8_pv", "fused_rope", "fused_norm_mod"]
 
 
 @pytest.fixture(scope="module")

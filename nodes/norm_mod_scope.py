@@ -1,0 +1,176 @@
+"""Fused QK RMSNorm and adaLN modulation while a patched model runs (the Patch node's `fused_norm_mod`).
+
+Outside attention, a Flux or HunyuanVideo step spends a quarter of its non-GEMM GPU time in two ComfyUI functions
+that torch runs slowly (docs/BENCHMARKS.md): `comfy.ldm.flux.layers.apply_mod` (every adaLN scale/shift and gate: a
+broadcast addcmul or mul, 1.3-1.7 TB/s) and `comfy.ldm.common_dit.rms_norm` (QKNorm on strided per-head views of
+the qkv projection: a copy, then a kernel serving one 128-element row per block). A DIFFUSION_MODEL wrapper rebinds
+those module-level names to sage_kernels.modulation / sage_kernels.rmsnorm for the forward (rope_scope's mechanism:
+restored after, other models and packs never see it; names that hold anything else are left alone).
+
+Both kernels compute torch's bits. To keep that promise on any torch, the first call of each call signature runs
+ComfyUI's function too and compares bitwise; a signature that differs keeps ComfyUI's function (logged once).
+Calls the kernels cannot take (training, CPU tensors, odd shapes, modulation_dims) run ComfyUI's function.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+
+from sage_kernels import modulation, rmsnorm
+
+from .log import LogBook
+from .rope_scope import rebound
+
+NORM_MOD_SCOPE_KEY = "sage3_fused_norm_mod"
+# name -> (module that holds ComfyUI's function, the module that defines it)
+_FUNCTIONS = {"apply_mod": ("comfy.ldm.flux.layers", "comfy.ldm.flux.layers"),
+              "rms_norm": ("comfy.ldm.common_dit", "comfy.rmsnorm")}
+_MAX_SIGNATURES = 256
+# Calls on fewer elements keep ComfyUI's function: there the kernels' launch (~20-30 us of host time against torch's
+# ~6) costs about what they save on the GPU, and Flux-sized steps (4608 x 3072 activations) are bound by the host:
+# with every call fused (first kernels) a Flux-dev step measured 4-8% slower, a HunyuanVideo one (35k x 3072) 2.2%
+# faster; with this threshold Flux is unchanged and HunyuanVideo 4% faster (H200, docs/BENCHMARKS.md).
+MIN_ELEMENTS = 1 << 25
+
+
+def comfy_functions() -> dict:
+    """ComfyUI's own apply_mod / rms_norm by name (those this ComfyUI has and nothing replaced yet)."""
+    found = {}
+    for name, (holder, definer) in _FUNCTIONS.items():
+        fn = getattr(sys.modules.get(holder), name, None)
+        if callable(fn) and getattr(fn, "__module__", None) == definer and getattr(fn, "__name__", None) == name:
+            found[name] = fn
+    return found
+
+
+def _zero() -> int:
+    return 0
+
+
+def _signature(*tensors, extra=()) -> tuple:
+    """Everything about the call that the kernels' checks read (never tensor values)."""
+    return tuple((t.shape, t.stride(), t.dtype, t.device, t.requires_grad) if isinstance(t, torch.Tensor) else t
+                 for t in tensors) + (torch.is_grad_enabled(),) + tuple(extra)
+
+
+def bitwise_equal(a, b) -> bool:
+    """The first-call check (tests replace it where the interpreter's rounding differs from CUDA's)."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+        a.dtype == b.dtype and torch.equal(a, b)
+
+
+class FusedNormModScope:
+    """DIFFUSION_MODEL wrapper (executor, *args, **kwargs): runs the forward with the fused functions bound."""
+
+    def __init__(self, log_book: LogBook | None = None):
+        self.log_book = log_book or LogBook()
+        self._replaced, self._replacements = None, {}
+        self._checked: dict = {}  # call signature -> "" (fused) or why ComfyUI's function runs it
+        self.reset()
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone() deep-copies wrappers: keep one set of counters
+
+    def reset(self) -> None:
+        self.fused = {name: 0 for name in _FUNCTIONS}
+        self.comfy = {name: 0 for name in _FUNCTIONS}  # calls the kernels could not take (reason logged once)
+        self.small = {name: 0 for name in _FUNCTIONS}  # calls below MIN_ELEMENTS: ComfyUI's, by design
+
+    def _run(self, name, original, args, kwargs, kernel, reason, signature):
+        """kernel() where this signature may use it, else original(*args, **kwargs); counted."""
+        key = (name,) + signature
+        why = self._checked.get(key)
+        if why is None:
+            why = reason()
+            if not why:  # first call of this signature: both, compared bitwise
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    return original(*args, **kwargs)  # (the comparison would wait for the GPU: decide later)
+                expected = original(*args, **kwargs)
+                try:
+                    fused = kernel()
+                except torch.cuda.OutOfMemoryError:
+                    raise  # ComfyUI's own memory handling must see it
+                except Exception as exc:  # noqa: BLE001  (a kernel that cannot be built here: ComfyUI's, logged)
+                    fused, why = None, f"kernel raised {type(exc).__name__}: {str(exc).strip()[:120]}"
+                if not why:
+                    why = "" if bitwise_equal(fused, expected) else "differs from ComfyUI's result on this torch/GPU"
+                if len(self._checked) >= _MAX_SIGNATURES:
+                    self._checked.clear()
+                self._checked[key] = why
+                self._count(name, why)
+                return expected
+            self._checked[key] = why
+        self._count(name, why)
+        return original(*args, **kwargs) if why else kernel()
+
+    def _count(self, name, why):
+        if why:
+            self.comfy[name] += 1
+            self.log_book.once(f"{name}: {why}", f"Sage3 Attention: fused {name} not used ({why}); running "
+                               f"ComfyUI's {name} for these calls", logging.INFO)
+        else:
+            self.fused[name] += 1
+
+    def _apply_mod(self, original):
+        def apply_mod(tensor, m_mult, m_add=None, modulation_dims=None):
+            if torch.compiler.is_compiling():  # torch.compile traces ComfyUI's function (no counters, no logging)
+                return original(tensor, m_mult, m_add, modulation_dims)
+            if getattr(tensor, "numel", _zero)() < MIN_ELEMENTS:
+                self.small["apply_mod"] += 1
+                return original(tensor, m_mult, m_add, modulation_dims)
+            args = (tensor, m_mult, m_add, modulation_dims)
+            if modulation_dims is not None:
+                return self._run("apply_mod", original, args, {}, None, lambda: "modulation_dims given",
+                                 ("dims",))
+            return self._run("apply_mod", original, args, {}, lambda: modulation.modulate(tensor, m_mult, m_add),
+                             lambda: modulation.unsupported_reason(tensor, m_mult, m_add),
+                             _signature(tensor, m_mult, m_add))
+        return apply_mod
+
+    def _rms_norm(self, original):
+        def rms_norm(x, weight=None, eps=1e-6):
+            if torch.compiler.is_compiling():
+                return original(x, weight, eps)
+            if getattr(x, "numel", _zero)() < MIN_ELEMENTS:
+                self.small["rms_norm"] += 1
+                return original(x, weight, eps)
+            args = (x, weight, eps)
+            if torch.jit.is_tracing() or torch.jit.is_scripting():
+                return original(*args)
+            w = weight
+            if isinstance(weight, torch.Tensor) and isinstance(x, torch.Tensor) and \
+                    (weight.dtype != x.dtype or weight.device != x.device):
+                import comfy.model_management  # (as ComfyUI's rms_norm casts it)
+
+                w = comfy.model_management.cast_to(weight, dtype=x.dtype, device=x.device)
+            return self._run("rms_norm", original, args, {}, lambda: rmsnorm.rms_norm(x, w, eps),
+                             lambda: rmsnorm.unsupported_reason(x, w, eps),
+                             _signature(x, w, extra=(eps,)))
+        return rms_norm
+
+    def replacements(self, originals: dict) -> dict:
+        """Made once per set of originals: the same function objects every forward (torch.compile guards on them)."""
+        if self._replaced != originals:
+            makers = {"apply_mod": self._apply_mod, "rms_norm": self._rms_norm}
+            self._replaced = dict(originals)
+            self._replacements = {name: makers[name](fn) for name, fn in originals.items()}
+        return self._replacements
+
+    def __call__(self, executor, *args, **kwargs):
+        originals = comfy_functions()
+        if not originals:
+            return executor(*args, **kwargs)
+        with rebound(originals, self.replacements(originals)):
+            return executor(*args, **kwargs)
+
+    def describe(self) -> str:
+        total = sum(self.fused.values()) + sum(self.comfy.values()) + sum(self.small.values())
+        if not total:
+            return ("fused norm/modulation: no call (the model calls neither comfy.ldm.flux.layers.apply_mod nor "
+                    "comfy.ldm.common_dit.rms_norm, or this ComfyUI replaced them)")
+        parts = ", ".join(f"{name} {self.fused[name]} fused / {self.comfy[name]} ComfyUI's" for name in _FUNCTIONS)
+        small = sum(self.small.values())
+        note = f" (+{small} calls under {MIN_ELEMENTS:,} elements left to ComfyUI)" if small else ""
+        return f"fused norm/modulation: {parts}{note}"
