@@ -14,14 +14,12 @@ Calls the kernels cannot take (training, CPU tensors, odd shapes, modulation_dim
 from __future__ import annotations
 
 import logging
-import sys
 
 import torch
 
 from sage_kernels import modulation, rmsnorm
 
-from .log import LogBook
-from .rope_scope import rebound
+from .rope_scope import RebindingScope, comfy_own
 
 NORM_MOD_SCOPE_KEY = "sage3_fused_norm_mod"
 # name -> (module that holds ComfyUI's function, the module that defines it)
@@ -35,18 +33,9 @@ _MAX_SIGNATURES = 256
 MIN_ELEMENTS = 1 << 25
 
 
-def comfy_functions() -> dict:
-    """ComfyUI's own apply_mod / rms_norm by name (those this ComfyUI has and nothing replaced yet)."""
-    found = {}
-    for name, (holder, definer) in _FUNCTIONS.items():
-        fn = getattr(sys.modules.get(holder), name, None)
-        if callable(fn) and getattr(fn, "__module__", None) == definer and getattr(fn, "__name__", None) == name:
-            found[name] = fn
-    return found
-
-
-def _zero() -> int:
-    return 0
+def _small(t) -> bool:
+    """Below MIN_ELEMENTS (or not a tensor): ComfyUI's function, by design."""
+    return not isinstance(t, torch.Tensor) or t.numel() < MIN_ELEMENTS
 
 
 def _signature(*tensors, extra=()) -> tuple:
@@ -61,33 +50,28 @@ def bitwise_equal(a, b) -> bool:
         a.dtype == b.dtype and torch.equal(a, b)
 
 
-class FusedNormModScope:
-    """DIFFUSION_MODEL wrapper (executor, *args, **kwargs): runs the forward with the fused functions bound."""
+class FusedNormModScope(RebindingScope):
+    """The fused apply_mod and rms_norm bound while the model runs."""
 
-    def __init__(self, log_book: LogBook | None = None):
-        self.log_book = log_book or LogBook()
-        self._replaced, self._replacements = None, {}
+    def __init__(self, log_book=None):
         self._checked: dict = {}  # call signature -> "" (fused) or why ComfyUI's function runs it
-        self.reset()
-
-    def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone() deep-copies wrappers: keep one set of counters
+        super().__init__(log_book)
 
     def reset(self) -> None:
         self.fused = {name: 0 for name in _FUNCTIONS}
         self.comfy = {name: 0 for name in _FUNCTIONS}  # calls the kernels could not take (reason logged once)
         self.small = {name: 0 for name in _FUNCTIONS}  # calls below MIN_ELEMENTS: ComfyUI's, by design
 
-    def _run(self, name, original, args, kwargs, kernel, reason, signature):
-        """kernel() where this signature may use it, else original(*args, **kwargs); counted."""
+    def _run(self, name, original, args, kernel, reason, signature):
+        """kernel() where this signature may use it, else original(*args); counted."""
         key = (name,) + signature
         why = self._checked.get(key)
         if why is None:
             why = reason()
             if not why:  # first call of this signature: both, compared bitwise
                 if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                    return original(*args, **kwargs)  # (the comparison would wait for the GPU: decide later)
-                expected = original(*args, **kwargs)
+                    return original(*args)  # (the comparison would wait for the GPU: decide later)
+                expected = original(*args)
                 try:
                     fused = kernel()
                 except torch.cuda.OutOfMemoryError:
@@ -103,7 +87,7 @@ class FusedNormModScope:
                 return expected
             self._checked[key] = why
         self._count(name, why)
-        return original(*args, **kwargs) if why else kernel()
+        return original(*args) if why else kernel()
 
     def _count(self, name, why):
         if why:
@@ -115,55 +99,44 @@ class FusedNormModScope:
 
     def _apply_mod(self, original):
         def apply_mod(tensor, m_mult, m_add=None, modulation_dims=None):
-            if torch.compiler.is_compiling():  # torch.compile traces ComfyUI's function (no counters, no logging)
-                return original(tensor, m_mult, m_add, modulation_dims)
-            if getattr(tensor, "numel", _zero)() < MIN_ELEMENTS:
-                self.small["apply_mod"] += 1
-                return original(tensor, m_mult, m_add, modulation_dims)
             args = (tensor, m_mult, m_add, modulation_dims)
-            if modulation_dims is not None:
-                return self._run("apply_mod", original, args, {}, None, lambda: "modulation_dims given",
-                                 ("dims",))
-            return self._run("apply_mod", original, args, {}, lambda: modulation.modulate(tensor, m_mult, m_add),
+            if torch.compiler.is_compiling():  # torch.compile traces ComfyUI's function (no counters, no logging)
+                return original(*args)
+            if _small(tensor):
+                self.small["apply_mod"] += 1
+                return original(*args)
+            if modulation_dims is not None:  # (Kontext-style: in place, by token ranges)
+                self._count("apply_mod", "modulation_dims given")
+                return original(*args)
+            return self._run("apply_mod", original, args, lambda: modulation.modulate(tensor, m_mult, m_add),
                              lambda: modulation.unsupported_reason(tensor, m_mult, m_add),
                              _signature(tensor, m_mult, m_add))
         return apply_mod
 
     def _rms_norm(self, original):
         def rms_norm(x, weight=None, eps=1e-6):
-            if torch.compiler.is_compiling():
-                return original(x, weight, eps)
-            if getattr(x, "numel", _zero)() < MIN_ELEMENTS:
-                self.small["rms_norm"] += 1
-                return original(x, weight, eps)
             args = (x, weight, eps)
-            if torch.jit.is_tracing() or torch.jit.is_scripting():
+            if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+                return original(*args)
+            if _small(x):
+                self.small["rms_norm"] += 1
                 return original(*args)
             w = weight
-            if isinstance(weight, torch.Tensor) and isinstance(x, torch.Tensor) and \
-                    (weight.dtype != x.dtype or weight.device != x.device):
+            if isinstance(weight, torch.Tensor) and (weight.dtype != x.dtype or weight.device != x.device):
                 import comfy.model_management  # (as ComfyUI's rms_norm casts it)
 
                 w = comfy.model_management.cast_to(weight, dtype=x.dtype, device=x.device)
-            return self._run("rms_norm", original, args, {}, lambda: rmsnorm.rms_norm(x, w, eps),
+            return self._run("rms_norm", original, args, lambda: rmsnorm.rms_norm(x, w, eps),
                              lambda: rmsnorm.unsupported_reason(x, w, eps),
                              _signature(x, w, extra=(eps,)))
         return rms_norm
 
-    def replacements(self, originals: dict) -> dict:
-        """Made once per set of originals: the same function objects every forward (torch.compile guards on them)."""
-        if self._replaced != originals:
-            makers = {"apply_mod": self._apply_mod, "rms_norm": self._rms_norm}
-            self._replaced = dict(originals)
-            self._replacements = {name: makers[name](fn) for name, fn in originals.items()}
-        return self._replacements
+    def originals(self) -> dict:
+        return comfy_own(_FUNCTIONS)
 
-    def __call__(self, executor, *args, **kwargs):
-        originals = comfy_functions()
-        if not originals:
-            return executor(*args, **kwargs)
-        with rebound(originals, self.replacements(originals)):
-            return executor(*args, **kwargs)
+    def make_replacements(self, originals: dict) -> dict:
+        makers = {"apply_mod": self._apply_mod, "rms_norm": self._rms_norm}
+        return {name: makers[name](fn) for name, fn in originals.items()}
 
     def describe(self) -> str:
         total = sum(self.fused.values()) + sum(self.comfy.values()) + sum(self.small.values())

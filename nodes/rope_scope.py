@@ -29,15 +29,20 @@ _NAMES = ("apply_rope1", "apply_rope")
 _swap_lock = threading.RLock()
 
 
-def torch_rope_functions() -> dict:
-    """ComfyUI's pure-torch RoPE functions by name, {} when this ComfyUI has none (or replaced them already)."""
-    module = sys.modules.get(_TORCH_ROPE_MODULE)
+def comfy_own(functions: dict) -> dict:
+    """{name: function} for each `functions` entry name -> (module holding it, module defining it) whose holder still
+    holds ComfyUI's own function (not one that comfy-kitchen, another pack or a newer ComfyUI put there)."""
     found = {}
-    for name in _NAMES:
-        fn = getattr(module, name, None)
-        if callable(fn) and getattr(fn, "__module__", None) == _TORCH_ROPE_MODULE and fn.__name__ == name:
+    for name, (holder, definer) in functions.items():
+        fn = getattr(sys.modules.get(holder), name, None)
+        if callable(fn) and getattr(fn, "__module__", None) == definer and getattr(fn, "__name__", None) == name:
             found[name] = fn
     return found
+
+
+def torch_rope_functions() -> dict:
+    """ComfyUI's pure-torch RoPE functions by name, {} when this ComfyUI has none (or replaced them already)."""
+    return comfy_own({name: (_TORCH_ROPE_MODULE, _TORCH_ROPE_MODULE) for name in _NAMES})
 
 
 @contextlib.contextmanager
@@ -70,8 +75,10 @@ def _ldm_modules() -> list:
     return _ldm_cache[1]
 
 
-class FusedRopeScope:
-    """DIFFUSION_MODEL wrapper (executor, *args, **kwargs): runs the forward with the fused RoPE bound."""
+class RebindingScope:
+    """DIFFUSION_MODEL wrapper (executor, *args, **kwargs): runs the forward with the functions `originals()` finds
+    rebound to `make_replacements(originals)`, or unchanged when it finds none. Subclasses count their calls
+    (`reset`) and say what ran (`describe`)."""
 
     def __init__(self, log_book: LogBook | None = None):
         self.log_book = log_book or LogBook()
@@ -80,6 +87,33 @@ class FusedRopeScope:
 
     def __deepcopy__(self, memo):
         return self  # ModelPatcher.clone() deep-copies wrappers: keep one set of counters
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def originals(self) -> dict:
+        """ComfyUI's functions to replace by name ({}: nothing to do this forward)."""
+        raise NotImplementedError
+
+    def make_replacements(self, originals: dict) -> dict:
+        raise NotImplementedError
+
+    def replacements(self, originals: dict) -> dict:
+        """Made once per set of originals: the same function objects every forward (torch.compile guards on them)."""
+        if self._replaced != originals:
+            self._replaced, self._replacements = dict(originals), self.make_replacements(originals)
+        return self._replacements
+
+    def __call__(self, executor, *args, **kwargs):
+        originals = self.originals()
+        if not originals:
+            return executor(*args, **kwargs)
+        with rebound(originals, self.replacements(originals)):
+            return executor(*args, **kwargs)
+
+
+class FusedRopeScope(RebindingScope):
+    """The fused RoPE bound while the model runs."""
 
     def reset(self) -> None:
         self.fused_calls = 0
@@ -99,23 +133,17 @@ class FusedRopeScope:
             return rope.fused_rope(x, freqs_cis)
         return apply_rope1
 
-    def replacements(self, originals: dict) -> dict:
-        """Made once per set of originals: the same function objects every forward (torch.compile guards on them)."""
-        if self._replaced != originals:
-            one = self.rope1(originals["apply_rope1"])
+    def originals(self) -> dict:
+        found = torch_rope_functions()
+        return found if set(found) == set(_NAMES) else {}  # (apply_rope is made from apply_rope1's replacement)
 
-            def apply_rope(xq, xk, freqs_cis):
-                return one(xq, freqs_cis), one(xk, freqs_cis)
+    def make_replacements(self, originals: dict) -> dict:
+        one = self.rope1(originals["apply_rope1"])
 
-            self._replaced, self._replacements = dict(originals), {"apply_rope1": one, "apply_rope": apply_rope}
-        return self._replacements
+        def apply_rope(xq, xk, freqs_cis):
+            return one(xq, freqs_cis), one(xk, freqs_cis)
 
-    def __call__(self, executor, *args, **kwargs):
-        originals = torch_rope_functions()
-        if set(originals) != set(_NAMES):
-            return executor(*args, **kwargs)
-        with rebound(originals, self.replacements(originals)):
-            return executor(*args, **kwargs)
+        return {"apply_rope1": one, "apply_rope": apply_rope}
 
     def describe(self) -> str:
         if not (self.fused_calls or self.torch_calls):
