@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sage_kernels import replay  # noqa: E402
 from tests.support.comfy_env import import_comfy  # noqa: E402
 
 FLUX_DEV = dict(hidden=3072, heads=24, double_blocks=19, single_blocks=38, image_side=64, text_tokens=512,
@@ -104,18 +105,23 @@ def one_step(model_obj, patcher) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - t0
 
 
-def interleaved(model_obj, patchers, reps, warmup=2):
+def interleaved(model_obj, patchers, reps, warmup=2, replays=None):
     """([last output per patcher], [[seconds per round] per patcher]): `warmup` steps of each, then `reps` rounds
-    of one step of each in turn."""
+    of one step of each in turn; replays: per patcher whether small calls are replayed from CUDA graphs (default:
+    all)."""
+    replays = replays or [True] * len(patchers)
     outs = [None] * len(patchers)
     for i, patcher in enumerate(patchers):
+        replay.set_enabled(replays[i], forget=False)
         for _ in range(warmup):
             outs[i] = model_obj.forward(patcher)
     times = [[] for _ in patchers]
     for _ in range(reps):
         for i, patcher in enumerate(patchers):
+            replay.set_enabled(replays[i], forget=False)
             outs[i], t = one_step(model_obj, patcher)
             times[i].append(t)
+    replay.set_enabled(True, forget=False)
     return outs, times
 
 
@@ -238,6 +244,8 @@ def main():
                     help="the patch's fused_rope widget: on (its default), off (ComfyUI's RoPE), or both rows")
     ap.add_argument("--fused-norm-mod", choices=["on", "off", "both"], default="on",
                     help="the patch's fused_norm_mod widget: on (its default), off (ComfyUI's functions), or both rows")
+    ap.add_argument("--graph-replay", choices=["on", "off", "both"], default="on",
+                    help="small calls replayed from CUDA graphs (sage_kernels.replay): on (the default), off, or both rows")
     ap.add_argument("--peak-tops", type=float, default=1252.0, help="8-bit tensor-core peak for --bound (default: "
                     "the H200's measured torch._scaled_mm rate, shared/docs/peer-measurements.md)")
     args = ap.parse_args()
@@ -269,8 +277,10 @@ def main():
             notes["8-bit peak"] = f"attention at {args.peak_tops:.0f} TOPS"
         ropes = {"on": [True], "off": [False], "both": [False, True]}[args.fused_rope]
         norm_mods = {"on": [True], "off": [False], "both": [False, True]}[args.fused_norm_mod]
-        for spec, fused_rope, fused_norm_mod in [(spec, r, n) for spec in args.precisions for r in ropes
-                                                 for n in norm_mods]:
+        graph_replays = {"on": [True], "off": [False], "both": [False, True]}[args.graph_replay]
+        replays = [True] * len(variants)
+        for spec, fused_rope, fused_norm_mod, graphs in [(spec, r, n, g) for spec in args.precisions for r in ropes
+                                                         for n in norm_mods for g in graph_replays]:
             # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")
@@ -279,9 +289,11 @@ def main():
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
             notes_ = ("" if fused_rope else " (ComfyUI RoPE)") + ("" if fused_norm_mod else " (ComfyUI norm/mod)")
+            notes_ += "" if graphs else " (eager)"
             variants.append((f"sage3 {spec}{notes_}", patched, spec))
+            replays.append(graphs)
         torch.cuda.reset_peak_memory_stats()
-        outs, times = interleaved(model, [v[1] for v in variants], args.reps)
+        outs, times = interleaved(model, [v[1] for v in variants], args.reps, replays=replays)
         peak_all = torch.cuda.max_memory_allocated() / 2**30  # (of the whole interleaved run)
         ref, t_ref = outs[0], statistics.median(times[0])
         if args.bound:

@@ -1,6 +1,7 @@
-"""Host time of the launches: sage_kernels.launch's fast path against Triton's own launch, interleaved in one
-process (host time drifts by 2x between samples on the H200 machine's host, so alternating rounds is the only fair
-comparison). A script, not a test.
+"""Host time of the launches: sage_kernels.launch's fast path against Triton's own launch, then eager calls against
+calls replayed from CUDA graphs (sage_kernels.replay), each pair interleaved in one process (host time drifts by 2x
+between samples on the H200 machine's host, so alternating rounds is the only fair comparison). A script, not a
+test.
 
     python bench/bench_host.py                   # int8 and fp4 calls at Flux's size, the fused RoPE, a Flux step
     python bench/bench_host.py --rounds 9 --no-step
@@ -23,20 +24,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sage_kernels  # noqa: E402
 from bench.profile_call import host_us  # noqa: E402
-from sage_kernels import launch, rope  # noqa: E402
+from sage_kernels import launch, replay, rope  # noqa: E402
 
 
-def interleaved(fn, rounds: int, calls: int) -> tuple[float, float]:
-    """(median host us per call through Triton's launch, through the fast launch)."""
+def _fast_launch(on: bool) -> None:
+    launch.ENABLED = on
+
+
+def _graph_replay(on: bool) -> None:
+    replay.set_enabled(on, forget=False)
+
+
+def interleaved(fn, rounds: int, calls: int, switch=_fast_launch) -> tuple[float, float]:
+    """(median host us per call with switch(False), with switch(True)): by default Triton's launch against the fast
+    launch (graph replay off for both), with switch=_graph_replay eager calls against replayed ones."""
     times = {False: [], True: []}
-    for enabled in (False, True):  # warm both paths (compiles, the fast path's first launch)
-        launch.ENABLED = enabled
+    replay.set_enabled(switch is _graph_replay)
+    for enabled in (False, True, True):  # warm both paths (compiles, the fast path's first launch, the capture)
+        switch(enabled)
         fn()
     for _ in range(rounds):
         for enabled in (False, True):
-            launch.ENABLED = enabled
+            switch(enabled)
             times[enabled].append(host_us(fn, calls))
-    launch.ENABLED = True
+    switch(True)
+    replay.set_enabled(True)
     return statistics.median(times[False]), statistics.median(times[True])
 
 
@@ -73,15 +85,18 @@ def main():
                                                                                fallback="error"),
         "fused_rope (1 launch)": lambda: rope.fused_rope(x, freqs),
     }
-    print(f"{'host time per call':<40} {'Triton launch':>14} {'fast launch':>12}  saved")
-    for name, fn in cases.items():
-        slow, fast = interleaved(fn, args.rounds, args.calls)
-        print(f"{name:<40} {slow:11.0f} us {fast:9.0f} us  {slow - fast:5.0f} us ({1 - fast / slow:.0%})")
-    if not args.no_step:
-        step = flux_step()
-        slow, fast = interleaved(step, args.rounds, 1)
-        print(f"{'Flux step, int8 + fused RoPE (57 + 114)':<40} {slow / 1e3:11.1f} ms {fast / 1e3:9.1f} ms  "
-              f"{(slow - fast) / 1e3:5.1f} ms ({1 - fast / slow:.0%})")
+    step = None if args.no_step else flux_step()
+    for switch, labels in ((_fast_launch, ("Triton launch", "fast launch")), (_graph_replay, ("eager", "replayed"))):
+        print(f"\n{'host time per call':<40} {labels[0]:>14} {labels[1]:>12}  saved")
+        for name, fn in cases.items():
+            if switch is _graph_replay and "rope" in name:
+                continue  # (not an attention call)
+            slow, fast = interleaved(fn, args.rounds, args.calls, switch)
+            print(f"{name:<40} {slow:11.0f} us {fast:9.0f} us  {slow - fast:5.0f} us ({1 - fast / slow:.0%})")
+        if step is not None:
+            slow, fast = interleaved(step, args.rounds, 1, switch)
+            print(f"{'Flux step, int8 + fused RoPE (57 + 114)':<40} {slow / 1e3:11.1f} ms {fast / 1e3:9.1f} ms  "
+                  f"{(slow - fast) / 1e3:5.1f} ms ({1 - fast / slow:.0%})")
 
 
 if __name__ == "__main__":

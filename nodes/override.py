@@ -298,6 +298,7 @@ class Sage3Override:
                 scope.reset()
 
     def end_sampler_run(self) -> RunStats | None:
+        sage_kernels.replay.clear()  # (the graphs of small calls hold memory: the next run captures its own)
         run = self.recorder.exit_sampler()
         if run is not None:
             self._steps.forget()

@@ -7,6 +7,7 @@ pure-torch reference that mirrors their math. Importable without ComfyUI.
     from sage_kernels import sage_attention, explain
     out = sage_attention(q, k, v, precision="auto")
 """
+from . import replay
 from .api import SageAttentionUnsupported, explain, sage_attention, sageattn
 from .capabilities import Plan
 from .capabilities import table as capability_table

@@ -21,3 +21,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("interpreter"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _eager_calls_unless_replay(request):
+    """Small repeated GPU calls are replayed from CUDA graphs (sage_kernels/replay.py). Tests that switch kernels,
+    launch paths or fallbacks between two calls of the same signature must see each call run eagerly, so replay is
+    off except in tests marked `replay` (tests/test_gpu_replay.py and test_replay.py)."""
+    from sage_kernels import replay
+
+    keep = request.node.get_closest_marker("replay") is not None
+    was = replay.enabled()
+    replay.set_enabled(keep and was)
+    try:
+        yield
+    finally:
+        replay.set_enabled(was)

@@ -1,0 +1,244 @@
+"""Small attention calls replayed from CUDA graphs, to cut their host time.
+
+An int8 or fp4 call costs ~0.5 ms of host time whatever its size (the pre-pass's Python, five or six kernel
+launches); at Flux's 4608 tokens that is as much as its GPU time, so a Flux step of 57 such calls waits on a slow
+host (docs/BENCHMARKS.md, "Host time per call"). A model makes the same few kinds of call every step, so the
+second call of a kind (its signature: shapes, strides, dtypes, device, stream and every argument) is captured into
+a CUDA graph, on static copies of its inputs with the caller's shapes and strides, and the calls after it replay
+that graph: three copies in, the replay, one copy out (the output must not be overwritten by the next replay).
+Those copies cost the GPU ~4% of the call at Flux's size, so a call is replayed only when the GPU has finished
+the previous call of its signature (an event recorded after each call): then the GPU is waiting on the host, or
+soon will be. While the GPU is still behind that point (a model's other work since then, at least a block's, is
+queued), the host is ahead, its time per call is hidden, and the call runs eagerly.
+
+The graph runs the kernels the eager call runs, on tensors that select the same compiled variants (same shapes,
+strides, dtypes, 16-byte alignment), so its output bits are the eager call's (tests/test_gpu_replay.py). Calls
+that are not replayed: CPU tensors, masks, `return_lse`, autograd, `torch.compile` tracing, calls made during
+someone else's capture, calls above MAX_FLOPS (their host time is hidden behind their GPU time), plans that run
+SDPA (its host time is small) and signatures whose capture failed (logged once, eager from then on).
+
+Memory: per signature the static inputs; the graphs of one stream share one private memory pool (they replay one
+after another on that stream, and each output is copied out before the next replay), so the pool holds about the
+largest call's quantized operands. `clear()` frees it all (the ComfyUI node calls it after each sampler run).
+Set SAGE3_GRAPH_REPLAY=0 (or `set_enabled(False)`) to run every call eagerly.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .logs import log_once
+
+MAX_FLOPS = 2 ** 39  # 4*B*H*Lq*Lk*D: Flux 1024^2 is 2.6e11 (~0.4 ms on an H200); 2^39 ~ 0.8 ms there
+MAX_ENTRIES = 16  # signatures remembered (least recently used dropped first)
+_enabled = os.environ.get("SAGE3_GRAPH_REPLAY", "1").strip().lower() not in ("0", "false", "off", "no")
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def set_enabled(on: bool, forget: bool = True) -> None:
+    """Switch replay on or off for the process; off also frees what is held, unless forget=False (benchmarks
+    alternating both ways)."""
+    global _enabled
+    _enabled = bool(on)
+    if not on and forget:
+        clear()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+@dataclass
+class _Entry:
+    calls: int = 0  # eager calls of this signature so far
+    graph: object = None  # the captured graph, once made
+    static: tuple = ()  # its inputs
+    out: torch.Tensor | None = None  # its output (in the pool)
+    eager_only: bool = False  # capture failed or the plan is not a kernel's: never try again
+    done: object = None  # a CUDA event at the end of the previous call (_behind)
+
+
+@dataclass
+class _Cache:
+    entries: OrderedDict = field(default_factory=OrderedDict)
+    pools: dict = field(default_factory=dict)  # (device, stream) -> graph memory pool handle
+    side_streams: dict = field(default_factory=dict)  # device -> the stream captures run on
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_cache = _Cache()
+counts: Counter = Counter()  # calls by what happened to them: "replayed", "eager: GPU behind", "captured", ...
+
+
+def clear() -> None:
+    """Forget every captured graph and its buffers (the memory returns to torch's allocator)."""
+    with _cache.lock:
+        _cache.entries.clear()
+        _cache.pools.clear()
+
+
+def held() -> int:
+    """How many signatures have a captured graph (tests, diagnostics)."""
+    return sum(1 for e in _cache.entries.values() if e.graph is not None)
+
+
+def _flops(q: torch.Tensor, k: torch.Tensor, layout: str) -> int:
+    if layout == "NHD":
+        b, lq, h, d = q.shape
+        lk = k.shape[1]
+    else:
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
+    return 4 * b * h * lq * lk * d
+
+
+def signature(q, k, v, settings: tuple, layout: str, attn_mask, return_lse: bool, precision: str, backend: str):
+    """The replay key of a call, or None when this call must run eagerly (cheap checks only: the API validates the
+    arguments itself). settings: every other argument of the call, hashable."""
+    if not _enabled or attn_mask is not None or return_lse or precision == "sdpa" or backend == "reference":
+        return None
+    tensors = (q, k, v)
+    if not all(isinstance(t, torch.Tensor) and _on_gpu(t) and t.dim() == 4 for t in tensors):
+        return None
+    if layout not in ("HND", "NHD") or any(t.data_ptr() % 16 for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if _compiling is not None and _compiling():
+        return None
+    if _capturing() or _flops(q, k, layout) > MAX_FLOPS:
+        return None
+    # (inference mode too: the static inputs made under it cannot be written outside it, and the results' kind
+    # follows the caller's mode as an eager call's does)
+    return (q.device, _stream_id(q.device), torch.is_inference_mode_enabled(), layout, precision, backend, settings,
+            *((tuple(t.shape), t.stride(), t.dtype) for t in tensors))
+
+
+# (the CUDA specifics, one function each: tests/test_replay.py runs the bookkeeping on the CPU through stand-ins)
+def _on_gpu(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_current_stream_capturing()
+
+
+def _stream_id(device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _behind(done) -> bool:
+    """Whether the GPU has not yet reached the end of this signature's previous call (an event query: ~1 us)."""
+    return done is not None and not done.query()
+
+
+def _mark(device, event):
+    """An event recorded on the caller's stream now (`event` reused when there is one)."""
+    event = event or torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+def call(key, inputs: tuple, run):
+    """run(*inputs) -> (out, replayable), where replayable says the call ran a kernel (not SDPA); returns out,
+    from the signature's graph when there is one."""
+    with _cache.lock:
+        entry = _cache.entries.get(key)
+        if entry is None:
+            entry = _cache.entries[key] = _Entry()
+            while len(_cache.entries) > MAX_ENTRIES:
+                _cache.entries.popitem(last=False)
+        else:
+            _cache.entries.move_to_end(key)
+    if entry.graph is not None:
+        if _behind(entry.done):  # the host is ahead of the GPU: eager host time is hidden, spare the GPU the copies
+            counts["eager: GPU behind"] += 1
+            out = run(*inputs)[0]
+        else:
+            counts["replayed"] += 1
+            out = _replay(entry, inputs)
+        entry.done = _mark(key[0], entry.done)
+        return out
+    entry.calls += 1
+    if entry.eager_only or entry.calls < 2:  # the first call compiles and warms up outside any capture
+        try:
+            out, replayable = run(*inputs)
+        except BaseException:
+            entry.eager_only = True  # (a call that raises, e.g. fallback="error", is not captured either)
+            raise
+        entry.eager_only = entry.eager_only or not replayable
+        return out
+    return _capture(key, entry, inputs, run)
+
+
+def _replay(entry: _Entry, inputs: tuple) -> torch.Tensor:
+    for static, x in zip(entry.static, inputs):
+        static.copy_(x)
+    entry.graph.replay()
+    return entry.out.clone()
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    with _cache.lock:
+        stream = _cache.side_streams.get(device)
+        if stream is None:
+            stream = _cache.side_streams[device] = torch.cuda.Stream(device)
+        return stream
+
+
+def _pool(device: torch.device, stream_id: int):
+    with _cache.lock:
+        pool = _cache.pools.get((device, stream_id))
+        if pool is None:
+            pool = _cache.pools[(device, stream_id)] = torch.cuda.graph_pool_handle()
+        return pool
+
+
+def _capture(key, entry: _Entry, inputs: tuple, run) -> torch.Tensor:
+    """Capture run on static copies of the inputs, then replay it for this call. Any failure leaves the signature
+    eager, logged once per reason."""
+    static = tuple(torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) for x in inputs)
+    for s, x in zip(static, inputs):
+        s.copy_(x)
+    try:
+        graph, out, replayable = _capture_graph(key[0], key[1], run, static)
+    except Exception as exc:  # noqa: BLE001  (the call itself is retried eagerly: an error there is the caller's)
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+        log_once(f"graph replay: capture failed: {reason}",
+                 f"sage_attention: could not capture a call in a CUDA graph ({reason}); such calls run eagerly "
+                 f"(logged once)")
+        graph = None
+        counts["capture failed"] += 1
+    if graph is None or not replayable:  # (not replayable: not expected, the first call said it was)
+        entry.eager_only = True
+        out, _ = run(*inputs)
+        return out
+    entry.graph, entry.static, entry.out = graph, static, out
+    counts["captured"] += 1
+    graph.replay()  # (the static inputs already hold this call's)
+    result = out.clone()
+    entry.done = _mark(key[0], None)
+    return result
+
+
+def _capture_graph(device, stream_id: int, run, static: tuple):
+    """(graph, its output, replayable) of run(*static) recorded on a side stream that waits for the caller's (the
+    static inputs were filled there); the caller's stream then waits for the side stream."""
+    current = torch.cuda.current_stream(device)
+    side = _side_stream(device)
+    side.wait_stream(current)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.stream(side):
+            graph.capture_begin(pool=_pool(device, stream_id), capture_error_mode="thread_local")
+            try:
+                out, replayable = run(*static)
+            finally:
+                graph.capture_end()
+    finally:
+        current.wait_stream(side)
+    return graph, out, replayable

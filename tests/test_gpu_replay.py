@@ -1,0 +1,180 @@
+"""Small repeated calls replayed from CUDA graphs (sage_kernels/replay.py) on the GPU (skipped without one): the
+replayed outputs equal the eager calls' bit for bit, results are never overwritten by a later replay, calls that
+must stay eager do, a capture that fails leaves the call eager and the GPU usable. Bookkeeping without a GPU:
+tests/test_replay.py."""
+import pytest
+import torch
+
+import sage_kernels
+from sage_kernels import api, replay
+
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.replay]
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    replay.set_enabled(True)
+    replay.clear()
+    yield
+    replay.clear()
+
+
+def _inputs(seed, b=1, h=8, lq=1000, lk=1000, d=128, dtype=torch.bfloat16, layout="NHD"):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    shape_q, shape_k = ((b, lq, h, d), (b, lk, h, d)) if layout == "NHD" else ((b, h, lq, d), (b, h, lk, d))
+    q = torch.randn(*shape_q, device="cuda", dtype=dtype, generator=g)
+    k, v = (torch.randn(*shape_k, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    return q, k, v
+
+
+def _eager(x, **kw):
+    was = replay.enabled()
+    replay.set_enabled(False)
+    try:
+        return sage_kernels.sage_attention(*x, **kw)
+    finally:
+        replay.set_enabled(was)
+
+
+CASES = {
+    "int8 NHD bf16": (dict(precision="int8"), {}),
+    "int8 HND fp16 d64": (dict(precision="int8", layout="HND"), dict(layout="HND", d=64, dtype=torch.float16)),
+    "int8 no smoothing, out_layout HND": (dict(precision="int8", smooth_q="off", out_layout="HND"), {}),
+    "int8 causal, GQA-free odd sizes": (dict(precision="int8", is_causal=True), dict(lq=777, lk=777)),
+    "fp4": (dict(precision="fp4"), {}),
+    "int8 Flux size": (dict(precision="int8"), dict(h=24, lq=4608, lk=4608)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_replayed_calls_equal_eager_calls_bit_for_bit(case):
+    kw, shape = CASES[case]
+    kw = dict(kw, layout=shape.get("layout", "NHD"), fallback="error")
+    inputs = [_inputs(seed, **shape) for seed in range(4)]
+    got = [sage_kernels.sage_attention(*x, **kw) for x in inputs]
+    assert replay.held() == 1, "captured at the second call"
+    for out, x in zip(got, inputs):
+        want = _eager(x, **kw)
+        assert out.shape == want.shape and out.stride() == want.stride()
+        assert torch.equal(out, want), case
+
+
+def test_results_are_fresh_tensors_never_overwritten():
+    inputs = [_inputs(seed) for seed in range(4)]
+    outs = [sage_kernels.sage_attention(*x, precision="int8", layout="NHD") for x in inputs[:3]]
+    kept = [o.clone() for o in outs]
+    sage_kernels.sage_attention(*inputs[3], precision="int8", layout="NHD")
+    assert all(torch.equal(o, c) for o, c in zip(outs, kept))
+    assert len({o.data_ptr() for o in outs}) == 3
+
+
+def test_strided_views_of_a_packed_qkv_replay_correctly():
+    """ComfyUI's single blocks hand q, k, v as views of one (B, L, 3, H, D) tensor: the static inputs copy the
+    strides, so the graph runs the variant the eager call runs."""
+    outs, packed = [], []
+    for seed in range(3):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        qkv = torch.randn(1, 1000, 3, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        packed.append(qkv)
+        outs.append(sage_kernels.sage_attention(*qkv.unbind(2), precision="int8", layout="NHD"))
+    assert replay.held() == 1
+    for out, qkv in zip(outs, packed):
+        assert torch.equal(out, _eager(qkv.unbind(2), precision="int8", layout="NHD"))
+
+
+def test_calls_that_stay_eager():
+    x = _inputs(0)
+    mask = torch.ones(1, 1, 1, 1000, dtype=torch.bool, device="cuda")
+    for _ in range(3):
+        sage_kernels.sage_attention(*x, precision="int8", layout="NHD", attn_mask=mask)
+        sage_kernels.sage_attention(*x, precision="int8", layout="NHD", return_lse=True)
+        sage_kernels.sage_attention(*x, precision="sdpa", layout="NHD")
+        sage_kernels.sage_attention(*x, precision="int8", layout="NHD", backend="reference")
+    big = _inputs(0, h=24, lq=8192, lk=8192)
+    for _ in range(3):
+        sage_kernels.sage_attention(*big, precision="int8", layout="NHD")
+    assert replay.held() == 0
+    xg = tuple(t.clone().requires_grad_() for t in x)
+    for _ in range(3):
+        sage_kernels.sage_attention(*xg, precision="int8", layout="NHD").float().sum().backward()
+    assert replay.held() == 0
+
+
+def test_another_stream_gets_its_own_graph():
+    x = _inputs(0)
+    for _ in range(2):
+        sage_kernels.sage_attention(*x, precision="int8", layout="NHD")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        outs = [sage_kernels.sage_attention(*x, precision="int8", layout="NHD") for _ in range(2)]
+    torch.cuda.current_stream().wait_stream(side)
+    assert replay.held() == 2
+    assert all(torch.equal(o, _eager(x, precision="int8", layout="NHD")) for o in outs)
+
+
+def test_a_failed_capture_leaves_the_call_eager_and_the_gpu_usable(monkeypatch, caplog):
+    real = api._run_triton
+
+    def syncs_when_captured(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not allowed while capturing: the capture fails
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_run_triton", syncs_when_captured)
+    inputs = [_inputs(seed) for seed in range(3)]
+    with caplog.at_level("INFO"):
+        outs = [sage_kernels.sage_attention(*x, precision="int8", layout="NHD") for x in inputs]
+    assert replay.held() == 0
+    assert any("could not capture" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(api, "_run_triton", real)
+    for out, x in zip(outs, inputs):
+        assert torch.equal(out, _eager(x, precision="int8", layout="NHD"))
+    torch.cuda.synchronize()
+
+
+def test_clear_frees_the_graphs_and_a_later_call_captures_again():
+    x = _inputs(0, h=24, lq=4608, lk=4608)
+    for _ in range(2):
+        sage_kernels.sage_attention(*x, precision="int8", layout="NHD")
+    assert replay.held() == 1
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_reserved()
+    replay.clear()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved() < held
+    for _ in range(3):
+        out = sage_kernels.sage_attention(*x, precision="int8", layout="NHD")
+    assert replay.held() == 1 and torch.equal(out, _eager(x, precision="int8", layout="NHD"))
+
+
+def test_calls_run_eagerly_while_the_gpu_is_behind():
+    inputs = [_inputs(seed) for seed in range(4)]
+    kw = dict(precision="int8", layout="NHD")
+    for x in inputs[:2]:
+        sage_kernels.sage_attention(*x, **kw)
+    torch.cuda.synchronize()
+    before = dict(replay.counts)
+    torch.cuda._sleep(500_000_000)  # ~0.25 s of queued GPU work
+    outs = [sage_kernels.sage_attention(*x, **kw) for x in inputs[2:]]  # the first replays, the second waits behind
+    assert replay.counts["replayed"] == before.get("replayed", 0) + 1
+    assert replay.counts["eager: GPU behind"] == before.get("eager: GPU behind", 0) + 1
+    torch.cuda.synchronize()
+    for out, x in zip(outs, inputs[2:]):
+        assert torch.equal(out, _eager(x, **kw))
+
+
+def test_inference_mode_and_normal_calls_keep_apart():
+    """ComfyUI samples under torch.inference_mode: static inputs made there cannot be written outside it, so the
+    mode is part of the signature; each mode's results are what an eager call in that mode gives."""
+    inputs = [_inputs(seed) for seed in range(3)]
+    kw = dict(precision="int8", layout="NHD")
+    with torch.inference_mode():
+        inside = [sage_kernels.sage_attention(*x, **kw) for x in inputs]
+    with torch.no_grad():
+        outside = [sage_kernels.sage_attention(*x, **kw) for x in inputs]
+    assert replay.held() == 2
+    assert all(o.is_inference() for o in inside) and not any(o.is_inference() for o in outside)
+    for a, b, x in zip(inside, outside, inputs):
+        want = _eager(x, **kw)
+        assert torch.equal(a, want) and torch.equal(b, want)

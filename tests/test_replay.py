@@ -1,0 +1,205 @@
+"""sage_kernels.replay's bookkeeping on the CPU: which calls get a signature, when a signature is captured,
+replayed, left eager or forgotten. The CUDA graph is a stand-in here that re-runs the captured function on the
+static inputs when replayed; the real graphs are tests/test_gpu_replay.py's."""
+import pytest
+import torch
+
+import sage_kernels
+from sage_kernels import replay
+
+pytestmark = pytest.mark.replay
+
+
+GPU_BEHIND = [False]  # what the stand-in for replay._behind answers
+
+
+class FakeGraph:
+    def __init__(self, run, static, out):
+        self.run, self.static, self.out, self.replays = run, static, out, 0
+
+    def replay(self):
+        self.replays += 1
+        self.out.copy_(self.run(*self.static)[0])
+
+
+@pytest.fixture
+def gpu_free(monkeypatch):
+    """replay's CUDA specifics replaced: CPU tensors count as GPU tensors, one stream, graphs are FakeGraphs.
+    Returns the list of captures made."""
+    captures = []
+
+    def capture(device, stream_id, run, static):
+        out, replayable = run(*static)
+        graph = FakeGraph(run, static, out)
+        captures.append(graph)
+        return graph, out, replayable
+
+    monkeypatch.setattr(replay, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(replay, "_capturing", lambda: False)
+    monkeypatch.setattr(replay, "_stream_id", lambda device: 7)
+    monkeypatch.setattr(replay, "_capture_graph", capture)
+    monkeypatch.setattr(replay, "_mark", lambda device, event: "event")
+    monkeypatch.setattr(replay, "_behind", lambda done: GPU_BEHIND[0])
+    GPU_BEHIND[0] = False
+    replay.set_enabled(True)
+    yield captures
+    replay.clear()
+
+
+def _qkv(seed, shape=(1, 2, 64, 32), dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g).to(dtype) for _ in range(3))
+
+
+def _key(q, k, v, **kw):
+    args = dict(settings=("s",), layout="HND", attn_mask=None, return_lse=False, precision="int8", backend="auto")
+    args.update(kw)
+    return replay.signature(q, k, v, **args)
+
+
+def _attention(q, k, v, replayable=True, log=None):
+    if log is not None:
+        log.append((q, k, v))
+    return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v, replayable
+
+
+def test_signature_only_for_calls_that_may_be_replayed(gpu_free):
+    q, k, v = _qkv(0)
+    key = _key(q, k, v)
+    assert key is not None and key == _key(*_qkv(1))  # same kind of call, other values
+    assert _key(q, k, v, settings=("t",)) != key
+    assert _key(q.half(), k.half(), v.half()) != key
+    assert _key(q.transpose(2, 3).contiguous().transpose(2, 3), k, v) != key  # other strides
+    with torch.inference_mode():
+        assert _key(q, k, v) != key  # (static inputs made there cannot be written outside it)
+    assert _key(q, k, v, attn_mask=torch.ones(64, dtype=torch.bool)) is None
+    assert _key(q, k, v, return_lse=True) is None
+    assert _key(q, k, v, precision="sdpa") is None
+    assert _key(q, k, v, backend="reference") is None
+    assert _key(q[0], k[0], v[0]) is None  # not 4-D: the API's own checks run eagerly
+    assert _key(q, k, v, layout="BHLD") is None
+    off = torch.empty(q.numel() + 1)[1:].view(q.shape)  # 4 bytes past a 16-byte boundary
+    assert _key(off, k, v) is None
+    with torch.enable_grad():
+        assert _key(q.requires_grad_(), k, v) is None
+    big = torch.empty(1, 24, 8192, 128)  # 4*24*8192^2*128 flops > MAX_FLOPS
+    assert _key(big, big, big) is None
+    replay.set_enabled(False)
+    assert _key(*_qkv(2)) is None
+
+
+def test_second_call_is_captured_later_calls_replay_with_their_own_inputs(gpu_free):
+    log = []
+    inputs = [_qkv(seed) for seed in range(4)]
+    key = _key(*inputs[0])
+    outs = [replay.call(key, x, lambda q, k, v: _attention(q, k, v, log=log)) for x in inputs]
+    assert len(gpu_free) == 1, "captured once, at the second call"
+    graph = gpu_free[0]
+    assert log[0][0] is inputs[0][0]  # the first call ran eagerly on the caller's tensors
+    assert all(s is not x and s.shape == x.shape and s.stride() == x.stride() for s, x in zip(graph.static, inputs[1]))
+    assert graph.replays == 3  # the capturing call's own result comes from a replay too
+    for out, x in zip(outs, inputs):
+        assert torch.equal(out, _attention(*x)[0])
+    assert len({o.data_ptr() for o in outs} | {graph.out.data_ptr()}) == 5, "every result is a fresh tensor"
+    assert replay.held() == 1
+
+
+def test_a_result_is_not_overwritten_by_the_next_replay(gpu_free):
+    a, b, c = (_qkv(seed) for seed in range(3))
+    key = _key(*a)
+    for x in (a, b):
+        replay.call(key, x, _attention)
+    first = replay.call(key, a, _attention)
+    kept = first.clone()
+    replay.call(key, c, _attention)
+    assert torch.equal(first, kept)
+
+
+def test_kernel_less_plans_and_raising_calls_stay_eager(gpu_free):
+    x = _qkv(0)
+    sdpa_key = _key(*x, settings=("sdpa plan",))
+    for _ in range(3):
+        replay.call(sdpa_key, x, lambda q, k, v: _attention(q, k, v, replayable=False))
+    raising_key = _key(*x, settings=("raises",))
+
+    def fails(q, k, v):
+        raise ValueError("fallback='error'")
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            replay.call(raising_key, x, fails)
+    assert gpu_free == [] and replay.held() == 0
+
+
+def test_a_failed_capture_is_logged_once_and_the_signature_stays_eager(gpu_free, monkeypatch, caplog):
+    def broken_capture(device, stream_id, run, static):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(replay, "_capture_graph", broken_capture)
+    inputs = [_qkv(seed) for seed in range(4)]
+    key = _key(*inputs[0])
+    calls = []
+    with caplog.at_level("INFO"):
+        outs = [replay.call(key, x, lambda q, k, v: _attention(q, k, v, log=calls)) for x in inputs]
+    for out, x in zip(outs, inputs):
+        assert torch.equal(out, _attention(*x)[0])
+    assert len(calls) == 4 and all(c[0] is x[0] for c, x in zip(calls, inputs)), "each call ran eagerly"
+    assert sum("could not capture" in r.getMessage() for r in caplog.records) == 1
+    assert replay.held() == 0
+
+
+def test_least_recently_used_signatures_are_dropped_and_clear_forgets_all(gpu_free, monkeypatch):
+    monkeypatch.setattr(replay, "MAX_ENTRIES", 2)
+    shapes = [(1, 2, n, 32) for n in (16, 32, 48)]
+    keys = []
+    for shape in shapes:
+        x = _qkv(0, shape)
+        keys.append(_key(*x))
+        for _ in range(2):
+            replay.call(keys[-1], x, _attention)
+    assert replay.held() == 2 and len(gpu_free) == 3
+    x = _qkv(1, shapes[0])  # dropped: warms up and captures again
+    replay.call(keys[0], x, _attention)
+    assert len(gpu_free) == 3
+    replay.call(keys[0], x, _attention)
+    assert len(gpu_free) == 4
+    replay.clear()
+    assert replay.held() == 0
+
+
+def test_sage_attention_goes_through_replay(gpu_free):
+    """Through the API (the int8 kernel, in Triton's interpreter on a CPU machine): captured at the second call,
+    replayed for the second and third, results equal to the eager calls'; an SDPA plan never captured."""
+    inputs = [_qkv(seed, (1, 2, 64, 64), torch.bfloat16) for seed in range(3)]
+    got = [sage_kernels.sage_attention(*x, precision="int8") for x in inputs]
+    plan = sage_kernels.explain(*inputs[0], precision="int8")
+    assert len(gpu_free) == (0 if plan.backend == "torch" else 1)
+    if gpu_free:
+        assert gpu_free[0].replays == 2
+    for x in inputs:
+        sage_kernels.sage_attention(*x, precision="auto", backend="auto", smooth_q="off")  # SDPA on a CPU
+    assert len(gpu_free) <= 1
+    replay.set_enabled(False)
+    want = [sage_kernels.sage_attention(*x, precision="int8") for x in inputs]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_calls_run_eagerly_while_the_gpu_is_behind(gpu_free):
+    """Once captured, a call replays only when the GPU has finished the signature's previous call; while it has
+    not (the host is ahead, its time is hidden), the call runs eagerly on the caller's tensors."""
+    inputs = [_qkv(seed) for seed in range(5)]
+    key = _key(*inputs[0])
+    log = []
+    for x in inputs[:2]:
+        replay.call(key, x, lambda q, k, v: _attention(q, k, v, log=log))
+    before = dict(replay.counts)
+    GPU_BEHIND[0] = True
+    out = replay.call(key, inputs[2], lambda q, k, v: _attention(q, k, v, log=log))
+    assert log[-1][0] is inputs[2][0] and gpu_free[0].replays == 1
+    GPU_BEHIND[0] = False
+    later = [replay.call(key, x, lambda q, k, v: _attention(q, k, v, log=log)) for x in inputs[3:]]
+    assert gpu_free[0].replays == 3 and log[-1][0] is not inputs[4][0]
+    for o, x in zip([out] + later, inputs[2:]):
+        assert torch.equal(o, _attention(*x)[0])
+    assert replay.counts["eager: GPU behind"] == before.get("eager: GPU behind", 0) + 1
+    assert replay.counts["replayed"] == before.get("replayed", 0) + 2
