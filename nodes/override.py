@@ -298,9 +298,9 @@ class Sage3Override:
                 scope.reset()
 
     def end_sampler_run(self) -> RunStats | None:
-        sage_kernels.replay.clear()  # (the graphs of small calls hold memory: the next run captures its own)
         run = self.recorder.exit_sampler()
         if run is not None:
+            sage_kernels.replay.clear()  # (the graphs of small calls hold memory: the next run captures its own)
             self._steps.forget()
             self._sites.forget()
             from .report_text import run_end_messages  # local: report_text imports this module's names

@@ -96,6 +96,19 @@ def _auto_smoothing(run: RunStats) -> str:
             f"without smoothing differed by <= {ADDED_LIMIT:g} rel L1)")
 
 
+def _graph_replay(run: RunStats) -> str:
+    """sage_kernels.replay's work in this run ("" when it did nothing: no call small enough, or replay off)."""
+    counts = run.graph_replays()
+    if not counts:
+        return ""
+    parts = [f"{counts['replayed']} calls replayed from CUDA graphs",
+             f"{counts['eager: GPU behind']} eager while the GPU was behind (host ahead)",
+             f"{counts['captured']} call signatures captured"]
+    if counts["capture failed"]:
+        parts.append(f"{counts['capture failed']} captures failed (those signatures ran eagerly, logged once)")
+    return "; ".join(parts)
+
+
 def _found(run: RunStats) -> dict | None:
     """The watch's findings (RunStats.nonfinite_sites), None when no call was watched."""
     return run.nonfinite_sites() if run.watched_calls() else None
@@ -148,6 +161,9 @@ def report(override) -> str:
     lines.append(f"low_precision_attention=False opt-outs: {sum(opt_outs.values()) or 'none'}")
     lines.extend(f"  {k.label()}: x{n}" for k, n in opt_outs.items())
     lines.extend(scope.describe() for scope in (override.rope, override.norm_mod) if scope is not None)
+    replays = _graph_replay(run)
+    if replays:
+        lines.append(f"graph replay: {replays}")
     return "\n".join(lines)
 
 
@@ -182,4 +198,7 @@ def summary(run: RunStats, override, found: dict | None) -> str:
     if run.timed_calls():
         text += f" GPU time: {_timing(run)}."
     text += f" low_precision_attention=False opt-outs: {run.opt_outs}."
+    replays = _graph_replay(run)
+    if replays:
+        text += f" Graph replay: {replays}."
     return text

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from sage_kernels import replay
+
 from .nonfinite import NonFiniteWatch
 from .q_smoothing import AutoQSmoothing
 from .sites import SiteKey
@@ -44,6 +46,13 @@ class RunStats:
     last_step: int | None = None
     sites: dict = field(default_factory=dict)  # SiteKey -> SiteStats
     finished: bool = False
+    # sage_kernels.replay's process-wide counts when the run began, and what the run added (frozen when it ends)
+    replay_start: Counter = field(default_factory=lambda: Counter(replay.counts))
+    replay_counts: Counter | None = None
+
+    def graph_replays(self) -> Counter:
+        """Small calls by what sage_kernels.replay did with them during this run ("replayed", "captured", ...)."""
+        return self.replay_counts if self.replay_counts is not None else Counter(replay.counts) - self.replay_start
 
     def site(self, key: SiteKey) -> SiteStats:
         stats = self.sites.get(key)
@@ -132,6 +141,7 @@ class RunRecorder:
         if self._sampler_depth or self.run is None:
             return None
         self.run.finished = True
+        self.run.replay_counts = self.run.graph_replays()
         return self.run
 
     def observe(self, step: StepInfo | None) -> RunStats:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.support.sage3_pack import load_pack
+from tests.support.replay_standins import gpu_free  # noqa: F401  (a fixture)
 from tests.support.tiny_models import tiny_flux, tiny_hunyuan_video
 
 PACK, COMFY_NODES = load_pack()
@@ -168,3 +169,22 @@ def test_a_site_reports_its_median_call_so_a_first_call_that_compiles_does_not_c
         time.sleep(pause)
         timer.stop(token, x)
     assert timer.calls == 4 and timer.median_ms() < 20
+
+
+@pytest.mark.interpreter
+@pytest.mark.replay
+def test_report_counts_graph_replays_and_the_run_end_frees_them(gpu_free):
+    """Small calls are replayed from CUDA graphs (sage_kernels.replay; stand-ins for CUDA here): the report counts
+    what happened in the run, and the graphs are freed when the sampler run ends."""
+    from sage_kernels import replay
+
+    model = PATCH.execute(FLUX.patcher, precision="int8").args[0]
+    _sample_flux(model, steps=3)
+    text = REPORT.execute(model, {}).args[0]
+    line = next(ln for ln in text.splitlines() if ln.startswith("graph replay: "))
+    signatures = len(gpu_free)
+    assert signatures >= 1 and f"{signatures} call signatures captured" in line
+    # 6 calls (2 blocks x 3 steps); per signature an eager first call and the capturing call, then replays
+    replayed = int(line[len("graph replay: "):].split(" calls replayed")[0])
+    assert 1 <= replayed <= 6 - 2 * signatures, line
+    assert replay.held() == 0, "freed when the sampler run ended"

@@ -6,44 +6,9 @@ import torch
 
 import sage_kernels
 from sage_kernels import replay
+from tests.support.replay_standins import GPU_BEHIND, gpu_free  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.replay
-
-
-GPU_BEHIND = [False]  # what the stand-in for replay._behind answers
-
-
-class FakeGraph:
-    def __init__(self, run, static, out):
-        self.run, self.static, self.out, self.replays = run, static, out, 0
-
-    def replay(self):
-        self.replays += 1
-        self.out.copy_(self.run(*self.static)[0])
-
-
-@pytest.fixture
-def gpu_free(monkeypatch):
-    """replay's CUDA specifics replaced: CPU tensors count as GPU tensors, one stream, graphs are FakeGraphs.
-    Returns the list of captures made."""
-    captures = []
-
-    def capture(device, stream_id, run, static):
-        out, replayable = run(*static)
-        graph = FakeGraph(run, static, out)
-        captures.append(graph)
-        return graph, out, replayable
-
-    monkeypatch.setattr(replay, "_on_gpu", lambda t: True)
-    monkeypatch.setattr(replay, "_capturing", lambda: False)
-    monkeypatch.setattr(replay, "_stream_id", lambda device: 7)
-    monkeypatch.setattr(replay, "_capture_graph", capture)
-    monkeypatch.setattr(replay, "_mark", lambda device, event: "event")
-    monkeypatch.setattr(replay, "_behind", lambda done: GPU_BEHIND[0])
-    GPU_BEHIND[0] = False
-    replay.set_enabled(True)
-    yield captures
-    replay.clear()
 
 
 def _qkv(seed, shape=(1, 2, 64, 32), dtype=torch.float32):
