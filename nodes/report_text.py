@@ -101,9 +101,7 @@ def _graph_replay(run: RunStats) -> str:
     counts = run.graph_replays()
     if not counts:
         return ""
-    parts = [f"{counts['replayed']} calls replayed from CUDA graphs",
-             f"{counts['eager: GPU behind']} eager while the GPU was behind (host ahead)",
-             f"{counts['captured']} call signatures captured"]
+    parts = [f"{counts['replayed']} calls replayed from CUDA graphs", f"{counts['captured']} call signatures captured"]
     if counts["capture failed"]:
         parts.append(f"{counts['capture failed']} captures failed (those signatures ran eagerly, logged once)")
     return "; ".join(parts)

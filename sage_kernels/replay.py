@@ -6,16 +6,16 @@ host (docs/BENCHMARKS.md, "Host time per call"). A model makes the same few kind
 second call of a kind (its signature: shapes, strides, dtypes, device, stream and every argument) is captured into
 a CUDA graph, on static copies of its inputs with the caller's shapes and strides, and the calls after it replay
 that graph: three copies in, the replay, one copy out (the output must not be overwritten by the next replay).
-Those copies cost the GPU ~4% of the call at Flux's size, so a call is replayed only when the GPU has finished
-the previous call of its signature (an event recorded after each call): then the GPU is waiting on the host, or
-soon will be. While the GPU is still behind that point (a model's other work since then, at least a block's, is
-queued), the host is ahead, its time per call is hidden, and the call runs eagerly.
+Those copies cost the GPU ~4% of the call at Flux's size. (Replaying only when the GPU had caught up with the
+signature's previous call, eager otherwise, was tried: in a loop of calls it alternated between the two and was
+slower than either: docs/BENCHMARKS.md.)
 
 The graph runs the kernels the eager call runs, on tensors that select the same compiled variants (same shapes,
 strides, dtypes, 16-byte alignment), so its output bits are the eager call's (tests/test_gpu_replay.py). Calls
 that are not replayed: CPU tensors, masks, `return_lse`, autograd, `torch.compile` tracing, calls made during
 someone else's capture, calls above MAX_FLOPS (their host time is hidden behind their GPU time), plans that run
-SDPA (its host time is small) and signatures whose capture failed (logged once, eager from then on).
+SDPA (its host time is small), signatures whose capture failed (logged once, eager from then on) and every call
+under an allocator other than torch's own (`_native_allocator`: ComfyUI's default cudaMallocAsync).
 
 Memory: per signature the static inputs; the graphs of one stream share one private memory pool (they replay one
 after another on that stream, and each output is copied out before the next replay), so the pool holds about the
@@ -24,6 +24,8 @@ Set SAGE3_GRAPH_REPLAY=0 (or `set_enabled(False)`) to run every call eagerly.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import threading
 from collections import Counter, OrderedDict
@@ -59,7 +61,6 @@ class _Entry:
     static: tuple = ()  # its inputs
     out: torch.Tensor | None = None  # its output (in the pool)
     eager_only: bool = False  # capture failed or the plan is not a kernel's: never try again
-    done: object = None  # a CUDA event at the end of the previous call (_behind)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class _Cache:
 
 
 _cache = _Cache()
-counts: Counter = Counter()  # calls by what happened to them: "replayed", "eager: GPU behind", "captured", ...
+counts: Counter = Counter()  # calls by what happened to them: "replayed", "captured", "capture failed"
 
 
 def clear() -> None:
@@ -110,7 +111,7 @@ def signature(q, k, v, settings: tuple, layout: str, attn_mask, return_lse: bool
         return None
     if _compiling is not None and _compiling():
         return None
-    if _capturing() or _flops(q, k, layout) > MAX_FLOPS:
+    if _capturing() or _flops(q, k, layout) > MAX_FLOPS or not _native_allocator():
         return None
     # (inference mode too: the static inputs made under it cannot be written outside it, and the results' kind
     # follows the caller's mode as an eager call's does)
@@ -127,20 +128,24 @@ def _capturing() -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
+@functools.lru_cache(maxsize=1)
+def _native_allocator() -> bool:
+    """Whether torch runs its own caching allocator (the backend is fixed once CUDA is initialised). Under
+    cudaMallocAsync, which ComfyUI selects by default (its cuda_malloc.py; `--disable-cuda-malloc` turns it off),
+    a tensor made during capture is a graph allocation that Triton's launcher rejects ("Pointer argument cannot be
+    accessed from Triton"), and freeing what a failed capture made aborts the process: no replay there."""
+    backend = torch.cuda.memory.get_allocator_backend()
+    if backend != "native":
+        log_once("graph replay: allocator", f"sage_attention: small calls are not replayed from CUDA graphs under "
+                                            f"PyTorch's {backend} allocator (ComfyUI's default; --disable-cuda-malloc "
+                                            f"selects torch's own, where they are: ~0.5 ms less host time per call)",
+                 level=logging.INFO)
+    return backend == "native"
+
+
 def _stream_id(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
-
-def _behind(done) -> bool:
-    """Whether the GPU has not yet reached the end of this signature's previous call (an event query: ~1 us)."""
-    return done is not None and not done.query()
-
-
-def _mark(device, event):
-    """An event recorded on the caller's stream now (`event` reused when there is one)."""
-    event = event or torch.cuda.Event()
-    event.record(torch.cuda.current_stream(device))
-    return event
 
 
 def call(key, inputs: tuple, run):
@@ -155,14 +160,8 @@ def call(key, inputs: tuple, run):
         else:
             _cache.entries.move_to_end(key)
     if entry.graph is not None:
-        if _behind(entry.done):  # the host is ahead of the GPU: eager host time is hidden, spare the GPU the copies
-            counts["eager: GPU behind"] += 1
-            out = run(*inputs)[0]
-        else:
-            counts["replayed"] += 1
-            out = _replay(entry, inputs)
-        entry.done = _mark(key[0], entry.done)
-        return out
+        counts["replayed"] += 1
+        return _replay(entry, inputs)
     entry.calls += 1
     if entry.eager_only or entry.calls < 2:  # the first call compiles and warms up outside any capture
         try:
@@ -220,9 +219,7 @@ def _capture(key, entry: _Entry, inputs: tuple, run) -> torch.Tensor:
     entry.graph, entry.static, entry.out = graph, static, out
     counts["captured"] += 1
     graph.replay()  # (the static inputs already hold this call's)
-    result = out.clone()
-    entry.done = _mark(key[0], None)
-    return result
+    return out.clone()
 
 
 def _capture_graph(device, stream_id: int, run, static: tuple):

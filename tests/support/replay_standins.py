@@ -5,9 +5,6 @@ import pytest
 
 from sage_kernels import replay
 
-GPU_BEHIND = [False]  # what the stand-in for replay._behind answers
-
-
 class FakeGraph:
     def __init__(self, run, static, out):
         self.run, self.static, self.out, self.replays = run, static, out, 0
@@ -31,11 +28,9 @@ def gpu_free(monkeypatch):
 
     monkeypatch.setattr(replay, "_on_gpu", lambda t: True)
     monkeypatch.setattr(replay, "_capturing", lambda: False)
+    monkeypatch.setattr(replay, "_native_allocator", lambda: True)
     monkeypatch.setattr(replay, "_stream_id", lambda device: 7)
     monkeypatch.setattr(replay, "_capture_graph", capture)
-    monkeypatch.setattr(replay, "_mark", lambda device, event: "event")
-    monkeypatch.setattr(replay, "_behind", lambda done: GPU_BEHIND[0])
-    GPU_BEHIND[0] = False
     was = replay.enabled()
     replay.set_enabled(True)
     yield captures
