@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import sage_kernels
+
 from .q_smoothing import ADDED_LIMIT
 from .run_stats import RunStats
 
@@ -97,10 +99,12 @@ def _auto_smoothing(run: RunStats) -> str:
 
 
 def _graph_replay(run: RunStats) -> str:
-    """sage_kernels.replay's work in this run ("" when it did nothing: no call small enough, or replay off)."""
+    """sage_kernels.replay's work in this run; why it did none when Triton kernels ran ("" when no call was small
+    enough for it, or none ran a kernel)."""
     counts = run.graph_replays()
     if not counts:
-        return ""
+        ran_triton = any(name.startswith("triton.") for name in run.totals("kernels"))
+        return sage_kernels.replay.off_reason() if ran_triton else ""
     parts = [f"{counts['replayed']} calls replayed from CUDA graphs", f"{counts['captured']} call signatures captured"]
     if counts["capture failed"]:
         parts.append(f"{counts['capture failed']} captures failed (those signatures ran eagerly, logged once)")

@@ -82,6 +82,16 @@ def clear() -> None:
         _cache.pools.clear()
 
 
+def off_reason() -> str:
+    """Why no call is replayed in this process ("" when calls can be)."""
+    if not _enabled:
+        return "off (SAGE3_GRAPH_REPLAY=0 or set_enabled(False))"
+    if torch.cuda.is_available() and torch.cuda.is_initialized() and not _native_allocator():
+        return (f"off under PyTorch's {torch.cuda.memory.get_allocator_backend()} allocator (ComfyUI's default; "
+                f"start ComfyUI with --disable-cuda-malloc to replay small calls from CUDA graphs)")
+    return ""
+
+
 def held() -> int:
     """How many signatures have a captured graph (tests, diagnostics)."""
     return sum(1 for e in _cache.entries.values() if e.graph is not None)

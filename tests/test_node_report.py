@@ -188,3 +188,19 @@ def test_report_counts_graph_replays_and_the_run_end_frees_them(gpu_free):
     replayed = int(line[len("graph replay: "):].split(" calls replayed")[0])
     assert 1 <= replayed <= 6 - 2 * signatures, line
     assert replay.held() == 0, "freed when the sampler run ended"
+
+
+@pytest.mark.interpreter
+def test_report_says_why_nothing_was_replayed(monkeypatch):
+    """A run whose kernel calls were not replayed says why (under ComfyUI's default cudaMallocAsync allocator:
+    sage_kernels.replay.off_reason)."""
+    from sage_kernels import replay
+
+    monkeypatch.setattr(replay, "off_reason", lambda: "off under PyTorch's cudaMallocAsync allocator (hint)")
+    model = PATCH.execute(FLUX.patcher, precision="int8").args[0]
+    FLUX.forward(model)
+    text = REPORT.execute(model, {}).args[0]
+    assert "graph replay: off under PyTorch's cudaMallocAsync allocator (hint)" in text.splitlines()
+    sdpa = PATCH.execute(FLUX.patcher, precision="sdpa").args[0]
+    FLUX.forward(sdpa)
+    assert "graph replay" not in REPORT.execute(sdpa, {}).args[0]  # (no kernel ran: nothing to say)
