@@ -333,6 +333,8 @@ def main():
         print(f"{r['model']:<26} {r['tokens']:>7} {r['variant']:<34} {r['s']:8.4f} {r['speedup']:9.3f} "
               f"{r['spread']:7.3f} {r['cos']:9.5f} {r['rel_l1']:8.4f}  {r['kernels']}"
               + (f"  [peak {r['peak_gb']:.1f} GB]" if r['peak_gb'] == r['peak_gb'] else ""))
+    if replay.counts:
+        print(f"graph replay over the whole run (all variants): {dict(replay.counts)}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_e2e.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))
 

@@ -4,11 +4,14 @@ An int8 or fp4 call costs ~0.5 ms of host time whatever its size (the pre-pass's
 launches); at Flux's 4608 tokens that is as much as its GPU time, so a Flux step of 57 such calls waits on a slow
 host (docs/BENCHMARKS.md, "Host time per call"). A model makes the same few kinds of call every step, so the
 second call of a kind (its signature: shapes, strides, dtypes, device, stream and every argument) is captured into
-a CUDA graph, on static copies of its inputs with the caller's shapes and strides, and the calls after it replay
-that graph: three copies in, the replay, one copy out (the output must not be overwritten by the next replay).
-Those copies cost the GPU ~4% of the call at Flux's size. (Replaying only when the GPU had caught up with the
-signature's previous call, eager otherwise, was tried: in a loop of calls it alternated between the two and was
-slower than either: docs/BENCHMARKS.md.)
+a CUDA graph on the call's own tensors, and later calls replay it: the replay and one copy out (the output must
+not be overwritten by the next replay). The graph reads its inputs where the second call's tensors were, which is
+where a model's later calls usually put theirs (the caching allocator hands the same blocks back each block and
+step); the tensors themselves are not held, so that their memory goes back to be reused. A call whose inputs sit
+elsewhere replays a second graph captured on static copies: three copies in first (~40 µs of GPU time at Flux's
+size, copies that cost as much as the host time saved on a fast host). (Replaying only when the GPU had caught up
+with the signature's previous call, eager otherwise, was tried: in a loop of calls it alternated between the two
+and was slower than either: docs/BENCHMARKS.md.)
 
 The graph runs the kernels the eager call runs, on tensors that select the same compiled variants (same shapes,
 strides, dtypes, 16-byte alignment), so its output bits are the eager call's (tests/test_gpu_replay.py). Calls
@@ -17,7 +20,8 @@ someone else's capture, calls above MAX_FLOPS (their host time is hidden behind 
 SDPA (its host time is small), signatures whose capture failed (logged once, eager from then on) and every call
 under an allocator other than torch's own (`_native_allocator`: ComfyUI's default cudaMallocAsync).
 
-Memory: per signature the static inputs; the graphs of one stream share one private memory pool (they replay one
+Memory: per signature the static inputs of its copied graph, if any; the graphs of one stream share one private
+memory pool (they replay one
 after another on that stream, and each output is copied out before the next replay), so the pool holds about the
 largest call's quantized operands. `clear()` frees it all (the ComfyUI node calls it after each sampler run).
 Set SAGE3_GRAPH_REPLAY=0 (or `set_enabled(False)`) to run every call eagerly.
@@ -55,11 +59,18 @@ def enabled() -> bool:
 
 
 @dataclass
+class _Graph:
+    graph: object  # torch.cuda.CUDAGraph
+    out: torch.Tensor  # its output (in the pool)
+    addresses: tuple = ()  # in place: the data pointers of the inputs it reads (the tensors themselves not held)
+    static: tuple = ()  # copied: the static inputs it reads
+
+
+@dataclass
 class _Entry:
     calls: int = 0  # eager calls of this signature so far
-    graph: object = None  # the captured graph, once made
-    static: tuple = ()  # its inputs
-    out: torch.Tensor | None = None  # its output (in the pool)
+    in_place: _Graph | None = None  # captured on the second call's own tensors
+    copied: _Graph | None = None  # captured on static copies, at the first call whose inputs are elsewhere
     eager_only: bool = False  # capture failed or the plan is not a kernel's: never try again
 
 
@@ -72,7 +83,7 @@ class _Cache:
 
 
 _cache = _Cache()
-counts: Counter = Counter()  # calls by what happened to them: "replayed", "captured", "capture failed"
+counts: Counter = Counter()  # calls: "replayed" (of which "inputs copied"), "captured", "capture failed"
 
 
 def clear() -> None:
@@ -94,7 +105,7 @@ def off_reason() -> str:
 
 def held() -> int:
     """How many signatures have a captured graph (tests, diagnostics)."""
-    return sum(1 for e in _cache.entries.values() if e.graph is not None)
+    return sum(1 for e in _cache.entries.values() if e.in_place is not None)
 
 
 def _flops(q: torch.Tensor, k: torch.Tensor, layout: str) -> int:
@@ -169,9 +180,18 @@ def call(key, inputs: tuple, run):
                 _cache.entries.popitem(last=False)
         else:
             _cache.entries.move_to_end(key)
-    if entry.graph is not None:
+    if entry.in_place is not None and not entry.eager_only:
         counts["replayed"] += 1
-        return _replay(entry, inputs)
+        if _addresses(inputs) == entry.in_place.addresses:  # the caller's tensors sit where the graph reads
+            entry.in_place.graph.replay()
+            return entry.in_place.out.clone()
+        counts["inputs copied"] += 1
+        if entry.copied is not None:
+            for static, x in zip(entry.copied.static, inputs):
+                static.copy_(x)
+            entry.copied.graph.replay()
+            return entry.copied.out.clone()
+        return _capture(key, entry, inputs, run, copied=True)
     entry.calls += 1
     if entry.eager_only or entry.calls < 2:  # the first call compiles and warms up outside any capture
         try:
@@ -181,14 +201,11 @@ def call(key, inputs: tuple, run):
             raise
         entry.eager_only = entry.eager_only or not replayable
         return out
-    return _capture(key, entry, inputs, run)
+    return _capture(key, entry, inputs, run, copied=False)
 
 
-def _replay(entry: _Entry, inputs: tuple) -> torch.Tensor:
-    for static, x in zip(entry.static, inputs):
-        static.copy_(x)
-    entry.graph.replay()
-    return entry.out.clone()
+def _addresses(inputs: tuple) -> tuple:
+    return tuple(x.data_ptr() for x in inputs)
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
@@ -207,14 +224,18 @@ def _pool(device: torch.device, stream_id: int):
         return pool
 
 
-def _capture(key, entry: _Entry, inputs: tuple, run) -> torch.Tensor:
-    """Capture run on static copies of the inputs, then replay it for this call. Any failure leaves the signature
-    eager, logged once per reason."""
-    static = tuple(torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) for x in inputs)
-    for s, x in zip(static, inputs):
-        s.copy_(x)
+def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tensor:
+    """Capture run on this call's own tensors (in place: the graph then serves every later call whose inputs sit at
+    the same addresses, which a model's steady allocation pattern makes the usual case) or on static copies of them
+    (copied: any other call), then replay it for this call. A failure leaves the signature eager, logged once per
+    reason."""
+    graph_inputs = inputs
+    if copied:
+        graph_inputs = tuple(torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) for x in inputs)
+        for s, x in zip(graph_inputs, inputs):
+            s.copy_(x)
     try:
-        graph, out, replayable = _capture_graph(key[0], key[1], run, static)
+        graph, out, replayable = _capture_graph(key[0], key[1], run, graph_inputs)
     except Exception as exc:  # noqa: BLE001  (the call itself is retried eagerly: an error there is the caller's)
         reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
         log_once(f"graph replay: capture failed: {reason}",
@@ -226,9 +247,12 @@ def _capture(key, entry: _Entry, inputs: tuple, run) -> torch.Tensor:
         entry.eager_only = True
         out, _ = run(*inputs)
         return out
-    entry.graph, entry.static, entry.out = graph, static, out
+    if copied:
+        entry.copied = _Graph(graph, out, static=graph_inputs)
+    else:  # (the tensors are not held: their memory must go back to the allocator for later calls to reuse it)
+        entry.in_place = _Graph(graph, out, addresses=_addresses(inputs))
     counts["captured"] += 1
-    graph.replay()  # (the static inputs already hold this call's)
+    graph.replay()  # (its inputs already hold this call's)
     return out.clone()
 
 

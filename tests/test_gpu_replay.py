@@ -28,12 +28,13 @@ def _inputs(seed, b=1, h=8, lq=1000, lk=1000, d=128, dtype=torch.bfloat16, layou
 
 
 def _eager(x, **kw):
+    """The call with replay off, the graphs kept (forgetting them would restart the signature's warm-up)."""
     was = replay.enabled()
-    replay.set_enabled(False)
+    replay.set_enabled(False, forget=False)
     try:
         return sage_kernels.sage_attention(*x, **kw)
     finally:
-        replay.set_enabled(was)
+        replay.set_enabled(was, forget=False)
 
 
 CASES = {
@@ -57,6 +58,33 @@ def test_replayed_calls_equal_eager_calls_bit_for_bit(case):
         want = _eager(x, **kw)
         assert out.shape == want.shape and out.stride() == want.stride()
         assert torch.equal(out, want), case
+
+
+def test_in_place_graph_reads_the_callers_memory_at_replay():
+    """The graph captured on the second call's tensors replays without copies for calls whose inputs sit at those
+    addresses, reading what is there at replay time: new values in the same tensors, or new tensors the allocator
+    placed there. Inputs elsewhere go through the copied graph. Every result equals the eager call's."""
+    kw = dict(precision="int8", layout="NHD")
+    x = _inputs(0)
+    sage_kernels.sage_attention(*_inputs(1), **kw)
+    sage_kernels.sage_attention(*x, **kw)  # captured on x's tensors
+    copied = replay.counts["inputs copied"]
+    for seed in (2, 3):
+        for t, fresh in zip(x, _inputs(seed)):
+            t.copy_(fresh)
+        out = sage_kernels.sage_attention(*x, **kw)
+        assert replay.counts["inputs copied"] == copied, "replayed in place"
+        assert torch.equal(out, _eager(x, **kw))
+    addresses = [t.data_ptr() for t in x]
+    del x, out
+    y = _inputs(4)  # (the caching allocator usually hands the same blocks back)
+    out = sage_kernels.sage_attention(*y, **kw)
+    in_place = [t.data_ptr() for t in y] == addresses
+    assert replay.counts["inputs copied"] == copied + (0 if in_place else 1)
+    assert torch.equal(out, _eager(y, **kw))
+    z = tuple(t.clone() for t in y)  # certainly elsewhere while y lives
+    assert torch.equal(sage_kernels.sage_attention(*z, **kw), _eager(z, **kw))
+    assert replay.counts["inputs copied"] >= copied + 1
 
 
 def test_results_are_fresh_tensors_never_overwritten():
