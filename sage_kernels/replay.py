@@ -168,7 +168,6 @@ def _stream_id(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-
 def call(key, inputs: tuple, run):
     """run(*inputs) -> (out, replayable), where replayable says the call ran a kernel (not SDPA); returns out,
     from the signature's graph when there is one."""
