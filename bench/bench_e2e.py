@@ -25,6 +25,7 @@ falls on all variants alike; "spread" is each variant's (slowest - fastest) / me
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -123,6 +124,11 @@ def interleaved(model_obj, patchers, reps, warmup=2, replays=None):
             times[i].append(t)
     replay.set_enabled(True, forget=False)
     return outs, times
+
+
+def _settings(choice: str) -> list[bool]:
+    """An on/off/both option as the values to time."""
+    return {"on": [True], "off": [False], "both": [False, True]}[choice]
 
 
 def spread(times) -> float:
@@ -275,12 +281,10 @@ def main():
             variants.append(("fp8 GEMM, same FLOPs", with_override(model.patcher, bound), None))
             variants.append(("8-bit peak", with_override(model.patcher, PeakBound(args.peak_tops)), None))
             notes["8-bit peak"] = f"attention at {args.peak_tops:.0f} TOPS"
-        ropes = {"on": [True], "off": [False], "both": [False, True]}[args.fused_rope]
-        norm_mods = {"on": [True], "off": [False], "both": [False, True]}[args.fused_norm_mod]
-        graph_replays = {"on": [True], "off": [False], "both": [False, True]}[args.graph_replay]
-        replays = [True] * len(variants)
-        for spec, fused_rope, fused_norm_mod, graphs in [(spec, r, n, g) for spec in args.precisions for r in ropes
-                                                         for n in norm_mods for g in graph_replays]:
+        replays = [True] * len(variants)  # per variant: small calls replayed from CUDA graphs
+        for spec, fused_rope, fused_norm_mod, graphs in itertools.product(
+                args.precisions, _settings(args.fused_rope), _settings(args.fused_norm_mod),
+                _settings(args.graph_replay)):
             # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")

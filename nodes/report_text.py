@@ -105,8 +105,8 @@ def _graph_replay(run: RunStats) -> str:
     if not counts:
         ran_triton = any(name.startswith("triton.") for name in run.totals("kernels"))
         return sage_kernels.replay.off_reason() if ran_triton else ""
-    parts = [f"{counts['replayed']} calls replayed from CUDA graphs ({counts['inputs copied']} with their inputs "
-             f"copied in)", f"{counts['captured']} graphs captured"]
+    parts = [f"{counts['replayed']} calls replayed from CUDA graphs", f"{counts['captured']} graphs captured",
+             f"{counts['inputs copied']} calls with their inputs copied in (not where the graph reads them)"]
     if counts["capture failed"]:
         parts.append(f"{counts['capture failed']} captures failed (those signatures ran eagerly, logged once)")
     return "; ".join(parts)

@@ -83,7 +83,7 @@ class _Cache:
 
 
 _cache = _Cache()
-counts: Counter = Counter()  # calls: "replayed" (of which "inputs copied"), "captured", "capture failed"
+counts: Counter = Counter()  # calls: "replayed", "captured" (served by their own capture), "inputs copied", "capture failed"
 
 
 def clear() -> None:
@@ -132,7 +132,7 @@ def signature(q, k, v, settings: tuple, layout: str, attn_mask, return_lse: bool
         return None
     if _compiling is not None and _compiling():
         return None
-    if _capturing() or _flops(q, k, layout) > MAX_FLOPS or not _native_allocator():
+    if _flops(q, k, layout) > MAX_FLOPS or _capturing() or not _native_allocator():  # (cheapest first)
         return None
     # (inference mode too: the static inputs made under it cannot be written outside it, and the results' kind
     # follows the caller's mode as an eager call's does)
@@ -180,17 +180,14 @@ def call(key, inputs: tuple, run):
         else:
             _cache.entries.move_to_end(key)
     if entry.in_place is not None and not entry.eager_only:
-        counts["replayed"] += 1
         if _addresses(inputs) == entry.in_place.addresses:  # the caller's tensors sit where the graph reads
-            entry.in_place.graph.replay()
-            return entry.in_place.out.clone()
+            return _replay(entry.in_place)
         counts["inputs copied"] += 1
-        if entry.copied is not None:
-            for static, x in zip(entry.copied.static, inputs):
-                static.copy_(x)
-            entry.copied.graph.replay()
-            return entry.copied.out.clone()
-        return _capture(key, entry, inputs, run, copied=True)
+        if entry.copied is None:
+            return _capture(key, entry, inputs, run, copied=True)
+        for static, x in zip(entry.copied.static, inputs):
+            static.copy_(x)
+        return _replay(entry.copied)
     entry.calls += 1
     if entry.eager_only or entry.calls < 2:  # the first call compiles and warms up outside any capture
         try:
@@ -203,24 +200,31 @@ def call(key, inputs: tuple, run):
     return _capture(key, entry, inputs, run, copied=False)
 
 
+def _replay(graph: _Graph) -> torch.Tensor:
+    """A later call served by a captured graph (its inputs already in place): its output, copied out."""
+    counts["replayed"] += 1
+    graph.graph.replay()
+    return graph.out.clone()
+
+
 def _addresses(inputs: tuple) -> tuple:
     return tuple(x.data_ptr() for x in inputs)
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+def _held(table: dict, key, make):
+    """table[key], made by make() the first time (under the cache's lock)."""
     with _cache.lock:
-        stream = _cache.side_streams.get(device)
-        if stream is None:
-            stream = _cache.side_streams[device] = torch.cuda.Stream(device)
-        return stream
+        if key not in table:
+            table[key] = make()
+        return table[key]
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return _held(_cache.side_streams, device, lambda: torch.cuda.Stream(device))
 
 
 def _pool(device: torch.device, stream_id: int):
-    with _cache.lock:
-        pool = _cache.pools.get((device, stream_id))
-        if pool is None:
-            pool = _cache.pools[(device, stream_id)] = torch.cuda.graph_pool_handle()
-        return pool
+    return _held(_cache.pools, (device, stream_id), torch.cuda.graph_pool_handle)
 
 
 def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tensor:

@@ -179,14 +179,15 @@ def test_report_counts_graph_replays_and_the_run_end_frees_them(gpu_free):
     from sage_kernels import replay
 
     model = PATCH.execute(FLUX.patcher, precision="int8").args[0]
-    _sample_flux(model, steps=3)
+    _sample_flux(model, steps=4)
     text = REPORT.execute(model, {}).args[0]
     line = next(ln for ln in text.splitlines() if ln.startswith("graph replay: "))
     captured = len(gpu_free)
     assert captured >= 1 and f"{captured} graphs captured" in line
-    # 6 calls (2 blocks x 3 steps): per signature an eager first call and a capturing call, then replays
+    # 8 calls (2 blocks x 4 steps): per signature an eager first call, the in-place capture, on the CPU (inputs
+    # elsewhere each call) the copied capture, then replays
     replayed = int(line[len("graph replay: "):].split(" calls replayed")[0])
-    assert replayed >= 1 and replayed + captured <= 6, line
+    assert replayed >= 1 and replayed + captured <= 8, line
     assert replay.held() == 0, "freed when the sampler run ended"
 
 
