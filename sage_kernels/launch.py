@@ -7,14 +7,22 @@ often less. An int8 call at Flux's size launches six kernels, and a Flux step ma
 launches, so host time decided whether a step waited on the host (docs/BENCHMARKS.md, "Host time per call: the
 compiled kernels launched directly").
 
-`fast(kernel)[grid](*args, **kwargs)` launches the same compiled kernel. The first launch with a given key goes
-through Triton (which compiles or finds the kernel) and remembers it; later launches with that key call the
-compiled kernel's launcher directly. The key is finer than Triton's specialization, so it can never pick another
-variant than Triton would: every int, float and bool argument by value (they are fixed per call signature here),
-each tensor by dtype and whether its address is 16-byte aligned, each TMA descriptor by everything but its
-address, the keyword arguments (constexprs and launch options) by value, and the current device. Anything else
-(an argument of another type, launch hooks set by a profiler, the interpreter, another Triton than the tested
-one) takes Triton's own launch.
+`fast(kernel)[grid](*args, **kwargs)` launches the same compiled kernel. The first launch with a given key asks
+Triton for the compiled kernel (compiling it or finding it in its caches) and remembers it; every launch with that
+key calls the compiled kernel's launcher directly. The key is finer than Triton's specialization, so it can never
+pick another variant than Triton would: every int, float and bool argument by value (they are fixed per call
+signature here), each tensor by dtype and whether its address is 16-byte aligned, each TMA descriptor by everything
+but its address, the keyword arguments (constexprs and launch options) by value, and the current device. Anything
+else (a CPU tensor, an argument of another type, launch hooks set by a profiler, the interpreter, another Triton
+than the tested one) takes Triton's own launch.
+
+Tensors reach the compiled launcher as their addresses. Triton's launcher would ask the driver about each tensor's
+pointer (cuPointerGetAttribute), which fails for memory that a CUDA graph being captured allocates under the
+cudaMallocAsync allocator (ComfyUI's default): "Pointer argument cannot be accessed from Triton". Every tensor has
+been checked to be on the GPU (a CPU tensor takes Triton's launch, which says what is wrong), so the query adds
+nothing; without it these kernels can be captured under that allocator (sage_kernels.replay). The first launch of a
+key compiles through Triton without launching, then launches the same way, so that a launch made during a capture
+never runs Triton's pointer check either.
 """
 from __future__ import annotations
 
@@ -56,6 +64,8 @@ class _Unkeyable(Exception):
 def arg_key(arg):
     """What of one positional argument can select a compiled variant (raises _Unkeyable for other types)."""
     if isinstance(arg, torch.Tensor):
+        if not _on_gpu(arg):
+            raise _Unkeyable("a CPU tensor")  # (Triton's launch says what is wrong)
         return arg.dtype, arg.data_ptr() % 16 == 0
     if arg is None or isinstance(arg, (bool, int, float)):
         return arg.__class__, arg  # (the class keeps 1, 1.0 and True apart)
@@ -93,17 +103,18 @@ class FastLaunch:
             return self.fn[grid](*args, **kwargs)
         known = self.kernels.get(key)
         if known is None:
-            kernel = self.fn.run(*args, grid=grid, warmup=False, **kwargs)
+            kernel = self.fn.run(*args, grid=grid, warmup=True, **kwargs)  # (compiles, does not launch)
             if hasattr(kernel, "result"):  # (an asynchronous compile)
                 kernel = kernel.result()
             if len(self.kernels) >= _MAX_KEYS:
                 self.kernels.clear()
-            self.kernels[key] = (kernel, self._trailing(len(args), kwargs))
-            return kernel
+            known = self.kernels[key] = (kernel, self._trailing(len(args), kwargs))
         kernel, trailing = known
         g0, g1, g2 = (grid + (1, 1))[:3]
         stream = _raw_stream(device)  # (what Triton's launch asks torch for)
-        kernel.run(g0, g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *trailing)
+        addresses = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        kernel.run(g0, g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None, *addresses,
+                   *trailing)
         return kernel
 
     def _trailing(self, n_positional: int, kwargs: dict) -> tuple:
@@ -122,6 +133,10 @@ def _fast_path_applies(fn) -> bool:
 def _no_hooks(chain) -> bool:
     """Whether a launch hook slot is empty (a profiler such as Proton adds hooks: Triton's launch then runs)."""
     return chain is None or not getattr(chain, "calls", True)
+
+
+def _on_gpu(t: torch.Tensor) -> bool:
+    return t.is_cuda
 
 
 def _raw_stream(device: int) -> int:

@@ -2,36 +2,42 @@
 
 An int8 or fp4 call costs ~0.5 ms of host time whatever its size (the pre-pass's Python, five or six kernel
 launches); at Flux's 4608 tokens that is as much as its GPU time, so a Flux step of 57 such calls waits on a slow
-host (docs/BENCHMARKS.md, "Host time per call"). A model makes the same few kinds of call every step, so the
-second call of a kind (its signature: shapes, strides, dtypes, device, stream and every argument) is captured into
-a CUDA graph on the call's own tensors, and later calls replay it: the replay and one copy out (the output must
-not be overwritten by the next replay). The graph reads its inputs where the second call's tensors were, which is
-where a model's later calls usually put theirs (the caching allocator hands the same blocks back each block and
-step); the tensors themselves are not held, so that their memory goes back to be reused. A call whose inputs sit
-elsewhere replays a second graph captured on static copies: three copies in first (~40 µs of GPU time at Flux's
-size, copies that cost as much as the host time saved on a fast host). (Replaying only when the GPU had caught up
-with the signature's previous call, eager otherwise, was tried: in a loop of calls it alternated between the two
-and was slower than either: docs/BENCHMARKS.md.)
+host (docs/BENCHMARKS.md, "Host time per call"). A model makes the same few kinds of call every step, so the second
+call of a kind (its signature: shapes, strides, dtypes, device, stream and every argument) is captured into a CUDA
+graph on the call's own tensors, and later calls replay it: the replay and one copy out (the output must not be
+overwritten by the next replay). The graph reads its inputs where the second call's tensors were, which is where a
+model's later calls usually put theirs (torch's caching allocator hands the same blocks back each block and step);
+the tensors themselves are not held, so that their memory goes back to be reused. A later call whose inputs sit
+elsewhere is captured the same way on its own tensors, up to MAX_IN_PLACE sets of addresses per signature
+(cudaMallocAsync, ComfyUI's default allocator, hands out a few different blocks in turn: Flux-dev copied the inputs
+of 358 of 803 calls with one set, 243 of 683 with four, H200); calls beyond those replay one more graph, captured on static copies: three
+copies in first (~40-60 µs of GPU time at Flux's size, about the host time saved on a fast host). (Replaying only
+when the GPU had caught up with the signature's previous call, eager otherwise, was tried: in a loop of calls it
+alternated between the two and was slower than either: docs/BENCHMARKS.md.)
 
 The graph runs the kernels the eager call runs, on tensors that select the same compiled variants (same shapes,
 strides, dtypes, 16-byte alignment), so its output bits are the eager call's (tests/test_gpu_replay.py). Calls
 that are not replayed: CPU tensors, masks, `return_lse`, autograd, `torch.compile` tracing, calls made during
 someone else's capture, calls above MAX_FLOPS (their host time is hidden behind their GPU time), plans that run
-SDPA (its host time is small), signatures whose capture failed (logged once, eager from then on) and every call
-under an allocator other than torch's own (`_native_allocator`: ComfyUI's default cudaMallocAsync).
+SDPA (its host time is small) and signatures whose capture failed (logged once, eager from then on).
 
-Memory: per signature the static inputs of its copied graph, if any; the graphs of one stream share one private
-memory pool (they replay one
-after another on that stream, and each output is copied out before the next replay), so the pool holds about the
-largest call's quantized operands. `clear()` frees it all (the ComfyUI node calls it after each sampler run).
-Set SAGE3_GRAPH_REPLAY=0 (or `set_enabled(False)`) to run every call eagerly.
+Memory: per signature the static inputs of its copied graph, if any; under torch's own allocator the graphs of one
+stream share one private memory pool (they replay one after another on that stream, and each output is copied out
+before the next replay), so the pool holds about the largest call's quantized operands. Under cudaMallocAsync
+(ComfyUI's default allocator) the tensors a capture makes are the graph's own allocations, kept by the CUDA driver
+for the graph; their addresses are valid only once the graph has run, so a graph is always replayed before anything
+it allocated can be freed (freeing earlier aborts the process: found on the H200), and the kernels are launched with
+plain addresses (sage_kernels.launch), because Triton's launcher rejects such memory. `clear()` frees it all (the
+ComfyUI node calls it after each sampler run). Set SAGE3_GRAPH_REPLAY=0 (or `set_enabled(False)`) to run every
+call eagerly.
 """
 from __future__ import annotations
 
-import functools
-import logging
+import atexit
+import ctypes
 import os
 import threading
+import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
@@ -41,6 +47,7 @@ from .logs import log_once
 
 MAX_FLOPS = 2 ** 39  # 4*B*H*Lq*Lk*D: Flux 1024^2 is 2.6e11 (~0.4 ms on an H200); 2^39 ~ 0.8 ms there
 MAX_ENTRIES = 16  # signatures remembered (least recently used dropped first)
+MAX_IN_PLACE = 4  # in-place graphs per signature, one per set of input addresses (then the copied graph)
 _enabled = os.environ.get("SAGE3_GRAPH_REPLAY", "1").strip().lower() not in ("0", "false", "off", "no")
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
@@ -69,7 +76,7 @@ class _Graph:
 @dataclass
 class _Entry:
     calls: int = 0  # eager calls of this signature so far
-    in_place: _Graph | None = None  # captured on the second call's own tensors
+    in_place: dict = field(default_factory=dict)  # input addresses -> the graph captured on tensors there
     copied: _Graph | None = None  # captured on static copies, at the first call whose inputs are elsewhere
     eager_only: bool = False  # capture failed or the plan is not a kernel's: never try again
 
@@ -83,29 +90,70 @@ class _Cache:
 
 
 _cache = _Cache()
+_stopped = ""  # why replay stopped for the rest of the process (a failed capture under cudaMallocAsync)
 counts: Counter = Counter()  # calls: "replayed", "captured" (served by their own capture), "inputs copied", "capture failed"
 
 
 def clear() -> None:
-    """Forget every captured graph and its buffers (the memory returns to torch's allocator)."""
+    """Forget every captured graph and its buffers (the memory returns to the allocator, and to the device under
+    cudaMallocAsync)."""
     with _cache.lock:
+        devices = {key[0] for key in _cache.entries}
+        for entry in _cache.entries.values():
+            _forget(entry)
         _cache.entries.clear()
         _cache.pools.clear()
+    if devices and _async_allocator():
+        _trim_graph_memory(devices)
+
+
+atexit.register(clear)  # (at exit too, before torch's teardown: under cudaMallocAsync freed quietly, `_release`)
+
+
+def _forget(entry: _Entry) -> None:
+    for graph in (*entry.in_place.values(), entry.copied):
+        if graph is not None:
+            _release(graph.out)
+    entry.in_place, entry.copied = {}, None
+
+
+def _release(t: torch.Tensor) -> None:
+    """Free a graph's output now, through a torch op. Under cudaMallocAsync torch warns when a graph's allocation is
+    freed outside a capture ("Attempting uncaptured free of a captured allocation": expected here, the graph has
+    run); from an op the warning is a Python warning, ignored here, where a tensor's destructor prints it to stderr."""
+    with warnings.catch_warnings(), torch.inference_mode(t.is_inference()):
+        warnings.filterwarnings("ignore", message="Attempting uncaptured free")
+        for x in (t, t._base):  # (a view's base holds the memory too)
+            if x is not None:
+                x.set_()
+
+
+def _async_allocator() -> bool:
+    return torch.cuda.is_initialized() and torch.cuda.memory.get_allocator_backend() == "cudaMallocAsync"
+
+
+def _trim_graph_memory(devices) -> None:
+    """Under cudaMallocAsync a graph's allocations come from the driver's graph memory, which keeps the physical
+    memory after the graphs are gone (~190 MB after five Flux-size signatures on the H200) until trimmed."""
+    try:
+        driver = ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+        for device in devices:
+            torch.cuda.synchronize(device)  # (the graphs' frees are stream-ordered)
+            handle = ctypes.c_int()
+            if driver.cuDeviceGet(ctypes.byref(handle), ctypes.c_int(device.index or 0)) == 0:
+                driver.cuDeviceGraphMemTrim(handle)
+    except (OSError, AttributeError) as exc:
+        log_once("graph replay: trim", f"sage_attention: could not return CUDA graph memory to the device ({exc})")
 
 
 def off_reason() -> str:
     """Why no call is replayed in this process ("" when calls can be)."""
-    if not _enabled:
-        return "off (SAGE3_GRAPH_REPLAY=0 or set_enabled(False))"
-    if torch.cuda.is_available() and torch.cuda.is_initialized() and not _native_allocator():
-        return (f"off under PyTorch's {torch.cuda.memory.get_allocator_backend()} allocator (ComfyUI's default; "
-                f"start ComfyUI with --disable-cuda-malloc to replay small calls from CUDA graphs)")
-    return ""
+    return _stopped if _enabled else "off (SAGE3_GRAPH_REPLAY=0 or set_enabled(False))"
 
 
 def held() -> int:
     """How many signatures have a captured graph (tests, diagnostics)."""
-    return sum(1 for e in _cache.entries.values() if e.in_place is not None)
+    return sum(1 for e in _cache.entries.values() if e.in_place)
 
 
 def _flops(q: torch.Tensor, k: torch.Tensor, layout: str) -> int:
@@ -121,7 +169,7 @@ def _flops(q: torch.Tensor, k: torch.Tensor, layout: str) -> int:
 def signature(q, k, v, settings: tuple, layout: str, attn_mask, return_lse: bool, precision: str, backend: str):
     """The replay key of a call, or None when this call must run eagerly (cheap checks only: the API validates the
     arguments itself). settings: every other argument of the call, hashable."""
-    if not _enabled or attn_mask is not None or return_lse or precision == "sdpa" or backend == "reference":
+    if not _enabled or _stopped or attn_mask is not None or return_lse or precision == "sdpa" or backend == "reference":
         return None
     tensors = (q, k, v)
     if not all(isinstance(t, torch.Tensor) and _on_gpu(t) and t.dim() == 4 for t in tensors):
@@ -132,7 +180,7 @@ def signature(q, k, v, settings: tuple, layout: str, attn_mask, return_lse: bool
         return None
     if _compiling is not None and _compiling():
         return None
-    if _flops(q, k, layout) > MAX_FLOPS or _capturing() or not _native_allocator():  # (cheapest first)
+    if _flops(q, k, layout) > MAX_FLOPS or _capturing():  # (cheapest first)
         return None
     # (inference mode too: the static inputs made under it cannot be written outside it, and the results' kind
     # follows the caller's mode as an eager call's does)
@@ -149,21 +197,6 @@ def _capturing() -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
-@functools.lru_cache(maxsize=1)
-def _native_allocator() -> bool:
-    """Whether torch runs its own caching allocator (the backend is fixed once CUDA is initialised). Under
-    cudaMallocAsync, which ComfyUI selects by default (its cuda_malloc.py; `--disable-cuda-malloc` turns it off),
-    a tensor made during capture is a graph allocation that Triton's launcher rejects ("Pointer argument cannot be
-    accessed from Triton"), and freeing what a failed capture made aborts the process: no replay there."""
-    backend = torch.cuda.memory.get_allocator_backend()
-    if backend != "native":
-        log_once("graph replay: allocator", f"sage_attention: small calls are not replayed from CUDA graphs under "
-                                            f"PyTorch's {backend} allocator (ComfyUI's default; --disable-cuda-malloc "
-                                            f"selects torch's own, where they are: ~0.5 ms less host time per call)",
-                 level=logging.INFO)
-    return backend == "native"
-
-
 def _stream_id(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
@@ -176,12 +209,15 @@ def call(key, inputs: tuple, run):
         if entry is None:
             entry = _cache.entries[key] = _Entry()
             while len(_cache.entries) > MAX_ENTRIES:
-                _cache.entries.popitem(last=False)
+                _forget(_cache.entries.popitem(last=False)[1])
         else:
             _cache.entries.move_to_end(key)
-    if entry.in_place is not None and not entry.eager_only:
-        if _addresses(inputs) == entry.in_place.addresses:  # the caller's tensors sit where the graph reads
-            return _replay(entry.in_place)
+    if entry.in_place and not entry.eager_only:
+        graph = entry.in_place.get(_addresses(inputs))
+        if graph is not None:  # the caller's tensors sit where this graph reads
+            return _replay(graph)
+        if len(entry.in_place) < MAX_IN_PLACE:
+            return _capture(key, entry, inputs, run, copied=False)
         counts["inputs copied"] += 1
         if entry.copied is None:
             return _capture(key, entry, inputs, run, copied=True)
@@ -227,6 +263,13 @@ def _pool(device: torch.device, stream_id: int):
     return _held(_cache.pools, (device, stream_id), torch.cuda.graph_pool_handle)
 
 
+def _stop(reason: str) -> None:
+    global _stopped
+    _stopped = reason
+    log_once("graph replay: stopped", f"sage_attention: small calls are no longer replayed from CUDA graphs in this "
+                                      f"process: {reason}")
+
+
 def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tensor:
     """Capture run on this call's own tensors (in place: the graph then serves every later call whose inputs sit at
     the same addresses, which a model's steady allocation pattern makes the usual case) or on static copies of them
@@ -246,22 +289,28 @@ def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tens
                  f"(logged once)")
         graph = None
         counts["capture failed"] += 1
+        if _async_allocator():  # (torch's allocator may not recover from it: captures after one failed there)
+            _stop(f"off after a failed capture under cudaMallocAsync ({reason})")
     if graph is None or not replayable:  # (not replayable: not expected, the first call said it was)
         entry.eager_only = True
+        if graph is not None:
+            _release(out)
         out, _ = run(*inputs)
         return out
     if copied:
         entry.copied = _Graph(graph, out, static=graph_inputs)
     else:  # (the tensors are not held: their memory must go back to the allocator for later calls to reuse it)
-        entry.in_place = _Graph(graph, out, addresses=_addresses(inputs))
+        addresses = _addresses(inputs)
+        entry.in_place[addresses] = _Graph(graph, out, addresses=addresses)
     counts["captured"] += 1
-    graph.replay()  # (its inputs already hold this call's)
-    return out.clone()
+    return out.clone()  # (the graph has run on this call's inputs)
 
 
 def _capture_graph(device, stream_id: int, run, static: tuple):
     """(graph, its output, replayable) of run(*static) recorded on a side stream that waits for the caller's (the
-    static inputs were filled there); the caller's stream then waits for the side stream."""
+    static inputs were filled there), then run once there; the caller's stream then waits for the side stream.
+    The graph runs even when run raised during the capture, because under cudaMallocAsync what it allocated may be
+    freed only after that (those tensors are freed when the exception is dropped)."""
     current = torch.cuda.current_stream(device)
     side = _side_stream(device)
     side.wait_stream(current)
@@ -272,7 +321,21 @@ def _capture_graph(device, stream_id: int, run, static: tuple):
             try:
                 out, replayable = run(*static)
             finally:
-                graph.capture_end()
+                _end_capture(graph)
     finally:
         current.wait_stream(side)
     return graph, out, replayable
+
+
+def _end_capture(graph) -> None:
+    """End a capture and run its graph once. Under cudaMallocAsync a capture that cannot end (invalidated) leaves
+    allocations that no graph will ever make valid, and freeing them aborts the process: what holds them (the
+    exception's frames) is kept for the life of the process instead, even through its exit (a reference never
+    released)."""
+    try:
+        graph.capture_end()
+    except BaseException as exc:
+        if _async_allocator():
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(exc))
+        raise
+    graph.replay()

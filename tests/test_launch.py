@@ -16,7 +16,8 @@ def _example(x_ptr, n, scale, D: tl.constexpr, D_POW2: tl.constexpr, BLOCK_ROWS:
 EXAMPLE = JITFunction(_example)  # (never compiled: its parameters are what the launcher reads)
 
 
-def test_tensors_are_keyed_by_dtype_and_16_byte_alignment():
+def test_tensors_are_keyed_by_dtype_and_16_byte_alignment(monkeypatch):
+    monkeypatch.setattr(launch, "_on_gpu", lambda t: True)  # (CPU tensors stand in for the GPU's)
     base = torch.zeros(64, dtype=torch.float32)
     aligned, off_by_4, off_by_16 = base[:8], base[1:9], base[4:12]
     assert launch.arg_key(aligned) == launch.arg_key(off_by_16)  # both 16-byte aligned: one variant
@@ -55,15 +56,17 @@ class _RecordingKernel:
 
 
 class _RecordingJit:
-    """Stands in for a JITFunction: `run` is Triton's launch (counted), returning the compiled kernel."""
+    """Stands in for a JITFunction: `run` is Triton's launch, or with warmup its compile alone (each counted),
+    returning the compiled kernel."""
 
     def __init__(self):
         self.params = EXAMPLE.params
         self.kernel = _RecordingKernel()
         self.triton_launches = []
+        self.triton_compiles = []
 
     def run(self, *args, grid, warmup, **kwargs):
-        self.triton_launches.append((grid, args, kwargs))
+        (self.triton_compiles if warmup else self.triton_launches).append((grid, args, kwargs))
         return self.kernel
 
     def __getitem__(self, grid):
@@ -75,18 +78,22 @@ def fast_path(monkeypatch):
     monkeypatch.setattr(launch, "_fast_path_applies", lambda fn: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(launch, "_raw_stream", lambda device: 1234)
+    monkeypatch.setattr(launch, "_on_gpu", lambda t: True)  # (CPU tensors stand in for the GPU's)
 
 
-def test_the_first_launch_goes_through_triton_later_ones_straight_to_the_kernel(fast_path):
+def test_the_first_launch_compiles_through_triton_every_launch_goes_straight_to_the_kernel(fast_path):
+    """Tensors reach the kernel's launcher as addresses: Triton's launcher would query the driver about tensors, which
+    fails for a CUDA graph's own allocations under cudaMallocAsync (ComfyUI's default allocator)."""
     jit = _RecordingJit()
     fast = launch.FastLaunch(jit)
     x = torch.zeros(32)
     fast[(7,)](x, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32, num_warps=4)
-    assert len(jit.triton_launches) == 1 and not jit.kernel.launches
+    assert len(jit.triton_compiles) == 1 and not jit.triton_launches
     fast[(9, 2)](x, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32, num_warps=4)
-    assert len(jit.triton_launches) == 1
-    assert jit.kernel.launches == [(9, 2, 1, 1234, "function handle", "packed metadata", None, None, None,
-                                    x, 5, 2.5, 128, 128, 32)]
+    assert len(jit.triton_compiles) == 1 and not jit.triton_launches
+    head = (1234, "function handle", "packed metadata", None, None, None)
+    assert jit.kernel.launches == [(7, 1, 1, *head, x.data_ptr(), 5, 2.5, 128, 128, 32),
+                                   (9, 2, 1, *head, x.data_ptr(), 5, 2.5, 128, 128, 32)]
 
 
 @pytest.mark.parametrize("change", ["int value", "alignment", "constexpr", "launch option", "device"])
@@ -107,7 +114,7 @@ def test_anything_that_may_select_another_variant_goes_through_triton_again(fast
     else:
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     fast[(1,)](*args, **kwargs)
-    assert len(jit.triton_launches) == 2 and not jit.kernel.launches
+    assert len(jit.triton_compiles) == 2 and len(jit.kernel.launches) == 2
 
 
 def test_switched_off_or_unkeyable_every_launch_is_tritons(fast_path, monkeypatch):
@@ -118,7 +125,17 @@ def test_switched_off_or_unkeyable_every_launch_is_tritons(fast_path, monkeypatc
     monkeypatch.setattr(launch, "ENABLED", False)
     for _ in range(2):
         fast[(1,)](3, 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32)
-    assert len(jit.triton_launches) == 4 and not jit.kernel.launches
+    assert len(jit.triton_launches) == 4 and not jit.kernel.launches and not jit.triton_compiles
+
+
+def test_a_cpu_tensor_takes_tritons_launch(fast_path, monkeypatch):
+    """Triton's launch rejects a CPU tensor with a clear error; its address must never reach a GPU kernel."""
+    monkeypatch.setattr(launch, "_on_gpu", lambda t: t.is_cuda)
+    jit = _RecordingJit()
+    fast = launch.FastLaunch(jit)
+    for _ in range(2):
+        fast[(1,)](torch.zeros(8), 5, 2.5, D=128, D_POW2=128, BLOCK_ROWS=32)
+    assert len(jit.triton_launches) == 2 and not jit.kernel.launches and not jit.triton_compiles
 
 
 def test_the_interpreter_gets_tritons_launch(monkeypatch):

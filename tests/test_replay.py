@@ -49,16 +49,15 @@ def test_signature_only_for_calls_that_may_be_replayed(gpu_free):
         assert _key(q.requires_grad_(), k, v) is None
     big = torch.empty(1, 24, 8192, 128)  # 4*24*8192^2*128 flops > MAX_FLOPS
     assert _key(big, big, big) is None
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(replay, "_native_allocator", lambda: False)  # cudaMallocAsync (ComfyUI's default)
-        assert _key(q, k, v) is None
     replay.set_enabled(False)
     assert _key(*_qkv(2)) is None
 
 
-def test_second_call_is_captured_later_calls_replay_with_their_own_inputs(gpu_free):
+def test_second_call_is_captured_later_calls_replay_with_their_own_inputs(gpu_free, monkeypatch):
     """The second call is captured on its own tensors; a later call whose inputs sit at those addresses replays
-    that graph as it is, one with inputs elsewhere gets a second graph on static copies, replayed after copying."""
+    that graph as it is; with MAX_IN_PLACE such graphs taken, one with inputs elsewhere gets a graph on static
+    copies, replayed after copying."""
+    monkeypatch.setattr(replay, "MAX_IN_PLACE", 1)
     log = []
     inputs = [_qkv(seed) for seed in range(5)]
     key = _key(*inputs[0])
@@ -80,6 +79,22 @@ def test_second_call_is_captured_later_calls_replay_with_their_own_inputs(gpu_fr
     graph_outs = {in_place.out.data_ptr(), copied.out.data_ptr()}
     assert len({o.data_ptr() for o in outs} | graph_outs) == 7, "every result is a fresh tensor"
     assert replay.held() == 1 and replay.counts["inputs copied"] >= 2
+
+
+def test_each_set_of_input_addresses_gets_its_own_in_place_graph_up_to_the_limit(gpu_free, monkeypatch):
+    """cudaMallocAsync hands a model's inputs a few different blocks in turn: each set of addresses is captured in
+    place (no copies), up to MAX_IN_PLACE; calls elsewhere then share one graph on static copies."""
+    monkeypatch.setattr(replay, "MAX_IN_PLACE", 3)
+    inputs = [_qkv(seed) for seed in range(5)]
+    key = _key(*inputs[0])
+    order = [0, 1, 2, 1, 3, 2, 1, 4, 3, 4]
+    copied = replay.counts["inputs copied"]
+    outs = [replay.call(key, inputs[i], _attention) for i in order]
+    on_own_tensors = [i for g in gpu_free for i in range(5) if g.static[0] is inputs[i][0]]
+    assert len(gpu_free) == 4 and on_own_tensors == [1, 2, 3], "1, 2, 3 in place; 4 (and 0, had it come back) copied"
+    assert replay.counts["inputs copied"] == copied + 2  # the two calls on inputs[4]
+    for out, i in zip(outs, order):
+        assert torch.equal(out, _attention(*inputs[i])[0])
 
 
 def test_a_result_is_not_overwritten_by_the_next_replay(gpu_free):
@@ -143,6 +158,20 @@ def test_least_recently_used_signatures_are_dropped_and_clear_forgets_all(gpu_fr
     assert len(gpu_free) == 4
     replay.clear()
     assert replay.held() == 0
+
+
+def test_a_forgotten_graphs_output_is_freed_through_an_op(gpu_free, monkeypatch):
+    """Dropped (least recently used) or cleared, a graph's output memory is freed at once through `set_()`: under
+    cudaMallocAsync torch warns on freeing a graph's allocation, and only from an op can that warning be filtered."""
+    monkeypatch.setattr(replay, "MAX_ENTRIES", 1)
+    for n in (16, 32):
+        x = _qkv(0, (1, 2, n, 32))
+        for _ in range(2):
+            replay.call(_key(*x), x, _attention)
+    dropped, kept = gpu_free
+    assert dropped.out.untyped_storage().nbytes() == 0 and kept.out.untyped_storage().nbytes() > 0
+    replay.clear()
+    assert kept.out.untyped_storage().nbytes() == 0
 
 
 def test_sage_attention_goes_through_replay(gpu_free):

@@ -76,11 +76,11 @@ def head_stats_kernel(SUMS, MEAN, ROT, MEAN_R, VMAX, V_AMAX, n_tiles, L, D, v_fa
 
 
 def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: float = 1.0,
-             rotation: torch.Tensor | None = None):
+             rotation: torch.Tensor | None = None, v_amax_out: torch.Tensor | None = None):
     """(K's mean, fp32 (B, Hk, 1, D), or None unless mean_k; with a (DP, DP) rotation also the mean times it,
-    fp32 (B, Hk, DP), else None; v_factor * |V|'s max per head, fp32 (B*Hk,), or None without v). K's mean is
-    zeros and |V|'s max 0 where there are no keys. The kernel twin of transforms.key_mean (and of key_mean @
-    rotation) and of `v.abs().amax(dim=(2, 3))`."""
+    fp32 (B, Hk, DP), else None; v_factor * |V|'s max per head, fp32 (B*Hk,), or None without v; written into
+    v_amax_out when given). K's mean is zeros and |V|'s max 0 where there are no keys. The kernel twin of
+    transforms.key_mean (and of key_mean @ rotation) and of `v.abs().amax(dim=(2, 3))`."""
     b, h, lk, d = k.shape
     dv = v.shape[3] if v is not None else 0
     # (the rotation's size when there is one: the pre-pass pads the head dim to it, which may exceed K's)
@@ -90,8 +90,10 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     mean_r = None
     if rotation is not None and mean is not None:  # zero mean
         mean_r = torch.zeros(b, h, dp, dtype=torch.float32, device=k.device)
-    v_amax = torch.zeros(b * h, dtype=torch.float32, device=k.device) if v is not None and (empty or dv == 0) \
-        else None
+    v_amax = None
+    if v is not None and (empty or dv == 0):
+        v_amax = v_amax_out.zero_() if v_amax_out is not None else torch.zeros(b * h, dtype=torch.float32,
+                                                                                 device=k.device)
     sum_k, max_v = mean_k and mean is None, v is not None and v_amax is None
     if not (sum_k or max_v):
         return mean, mean_r, v_amax
@@ -104,7 +106,7 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
         if rotate:
             mean_r = torch.empty(b, h, dp, dtype=torch.float32, device=k.device)
     if max_v:
-        v_amax = torch.empty(b * h, dtype=torch.float32, device=k.device)
+        v_amax = v_amax_out if v_amax_out is not None else torch.empty(b * h, dtype=torch.float32, device=k.device)
         vmax = torch.empty(b * h, n_tiles, dtype=torch.float32, device=k.device)
     # A switched-off half gets the other half's fp32 buffers (and K for V) as pointers it never touches: no
     # placeholder allocation per call.

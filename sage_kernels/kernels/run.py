@@ -150,10 +150,17 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     if opts.smooth_q == "global":
         q_mean, q_mean_rot = kv_stats(p.q, None, True, rotation=rot if rotate else None)[:2]
     # The operand buffers, before the fork: a block this stream freed may still be read by work it queued, which
-    # only the fork orders before the side stream's kernels (streams.py).
+    # only the fork orders before the side stream's kernels (streams.py). So are the side stream's results that
+    # outlive the join (V's statistics), so that they are freed on this stream.
     q_buf, q_scale, q_sf = _row_buffers(b, hq, lq_pad, dp, qk_fmt, dev)
     k_buf, k_scale, k_sf = _row_buffers(b, hk, lk_pad, dp, qk_fmt, dev)
     v_buf, v_scale, v_sf = _v_buffers(p, pv_fmt, dp, lk_pad)
+    quantize_v = pv_fmt != FMT_V16
+    v_fp4 = pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES)
+    v_amax = torch.empty(b * hk, dtype=torch.float32, device=dev) if v_fp4 else _empty(dev)
+    v_mean = None
+    if quantize_v and opts.smooth_v and lk:  # (padded columns stay zero)
+        v_mean = (torch.empty if p.head_dim_v == dp else torch.zeros)(b, hk, dp, dtype=torch.float32, device=dev)
     # query-mean groups per head (Q smoothing), so rows of the column-bias table per head
     q_groups = {"block": lq_pad // BLOCK_M, "global": 1}.get(opts.smooth_q, 0)
     launch = launch_config(arch, dp, qk_fmt, pv_fmt, p.v.element_size())
@@ -176,8 +183,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
     # here, the column bias in `run`) on this stream. A smoothed V spans up to twice |V|'s max.
     with PrepassFork(dev) as fork:  # (joined at once if anything below raises)
         with fork.on_side():
-            k_mean, k_mean_r, v_amax = kv_stats(p.k, p.v if pv_fmt in (FMT_FP4_VALUES, FMT_FP4_CODES) else None,
-                                                opts.smooth_k, 2.0 if opts.smooth_v else 1.0, rot if rotate else None)
+            k_mean, k_mean_r, _ = kv_stats(p.k, p.v if v_fp4 else None, opts.smooth_k, 2.0 if opts.smooth_v else 1.0,
+                                           rot if rotate else None, v_amax_out=v_amax if v_fp4 else None)
             if k_mean is None and return_lse:  # the LSE shift's key mean: zeros without K smoothing
                 k_mean = torch.zeros(b, hk, 1, p.head_dim, dtype=torch.float32, device=dev)
             kbar = _pad_cols(k_mean.squeeze(2), dp) if k_mean is not None else _empty(dev)
@@ -194,11 +201,8 @@ def prepare(p: AttentionProblem, precision: str, opts: QuantOptions, return_lse:
                 **rows_launch,
             )
             # --- V --- (16-bit P.V reads the caller's V as it is: smooth_v has nothing to do without quantization)
-            quantize_v = pv_fmt != FMT_V16
-            v_mean = _pad_cols(p.v.mean(dim=2, dtype=torch.float32), dp) if (quantize_v and opts.smooth_v and lk) \
-                else None
-            if v_amax is None:  # not an FP4 format
-                v_amax = _empty(dev)
+            if v_mean is not None:
+                torch.mean(p.v, dim=2, dtype=torch.float32, out=v_mean[..., :p.head_dim_v])
             if quantize_v:
                 fast(prep_v_kernel)[(lk_pad // BLOCK_N, b * hk)](
                     p.v, *p.v.stride()[:3], v_mean if v_mean is not None else _empty(dev), v_amax, v_buf, v_scale, v_sf,

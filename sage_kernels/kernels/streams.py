@@ -9,12 +9,15 @@ and joined back into it before the attention kernel (and at the latest when `run
 reads K's mean: that launch waits for an event instead.
 
 Memory (torch's caching allocator reuses a freed block on the stream it was made on, in that stream's order): the
-operand buffers are made on the caller's stream before the fork (a block it freed may still be read by work it had
-queued; the fork orders all of that before the side stream's kernels) and freed there after the join. The small
-statistics made on the side stream (K's mean, |V|'s max) return to the side stream's pool when freed, and the next
-call's fork makes the side stream wait for the attention that read them before it reuses them (each caller stream
-has its own side stream, so this holds for callers on several streams too). CUDA graph
-capture: the fork makes the side stream part of the capture and the join ends its part, as torch requires.
+operand buffers and the side stream's results that outlive the join (|V|'s max, V's mean) are made on the caller's
+stream before the fork (a block it freed may still be read by work it had queued; the fork orders all of that before
+the side stream's kernels) and freed there after the join. Under cudaMallocAsync a free is stream work on the
+stream that made the block, so a block made on the side stream and freed after the join would be side-stream work
+after the join, which a CUDA graph capture rejects ("capturing stream has unjoined work"). The side stream's
+temporaries (K's mean and its tile sums) are freed before the join; the next call's fork makes the side stream wait
+for the work that read them before it reuses them (each caller stream has its own side stream, so this holds for
+callers on several streams too). CUDA graph capture: the fork makes the side stream part of the capture and the
+join ends its part, as torch requires.
 """
 from __future__ import annotations
 

@@ -24,11 +24,11 @@ def gpu_free(monkeypatch):
         out, replayable = run(*static)
         graph = FakeGraph(run, static, out)
         captures.append(graph)
+        graph.replay()  # (a captured graph runs once at once)
         return graph, out, replayable
 
     monkeypatch.setattr(replay, "_on_gpu", lambda t: True)
     monkeypatch.setattr(replay, "_capturing", lambda: False)
-    monkeypatch.setattr(replay, "_native_allocator", lambda: True)
     monkeypatch.setattr(replay, "_stream_id", lambda device: 7)
     monkeypatch.setattr(replay, "_capture_graph", capture)
     was = replay.enabled()
