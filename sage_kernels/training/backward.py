@@ -17,6 +17,7 @@ from .backward_kernels import dkdv_kernel, dq_kernel
 from . import backward_ws as ws
 from ..kernels.means import key_mean
 from ..kernels.run import broadcast_strides
+from ..launch import fast
 from .operands import quantize, score_operands
 from .prepass import dequant_v_kernel, row_stats_kernel
 
@@ -45,7 +46,7 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     m_rows = torch.empty(b, hq, lq_pad, dtype=torch.float32, device=p.device)
     d_rows = torch.empty_like(m_rows)
     dlse_c = dlse.to(torch.float32).contiguous() if dlse is not None else m_rows
-    row_stats_kernel[(lq_pad // FWD_BLOCK_Q, b * hq)](
+    fast(row_stats_kernel)[(lq_pad // FWD_BLOCK_Q, b * hq)](
         out_h, *out_h.stride(), dout_h, *dout_h.stride(), lse.contiguous(), ops.shift, dlse_c, m_rows, d_rows,
         hq, lq, lq_pad, p.head_dim_v, BT=FWD_BLOCK_Q, DP=dp, HAS_DLSE=dlse is not None,
     )
@@ -55,8 +56,8 @@ def training_backward(p: AttentionProblem, qk: str, out: torch.Tensor, lse: torc
     kc, kc_scale, _ = quantize(p.k, lk_pad, dp, DQ_STEP_K, per_channel=True, mean=kbar)
     kbar_pad = torch.nn.functional.pad(kbar, (0, dp - p.head_dim)).contiguous()
     vt = torch.empty(b, hk, lk_pad, dp, dtype=compute_dtype(p.dtype), device=p.device)
-    dequant_v_kernel[(lk_pad // FWD_BLOCK_K, b * hk)](ops.v, ops.v_scale, vt, lk_pad, BT=FWD_BLOCK_K,
-                                                       BLOCK_V=FWD_BLOCK_K, DP=dp, INTERPRET=interp)
+    fast(dequant_v_kernel)[(lk_pad // FWD_BLOCK_K, b * hk)](ops.v, ops.v_scale, vt, lk_pad, BT=FWD_BLOCK_K,
+                                                             BLOCK_V=FWD_BLOCK_K, DP=dp, INTERPRET=interp)
 
     dq, dq_h = _grad_like(p.q, p.layout)
     dk, dk_h = _grad_like(p.k, p.layout)
@@ -140,7 +141,7 @@ def _launch_gluon(p: AttentionProblem, ops, vt, m_rows, d_rows, dout_h, do8, qc,
     )
     for mode, grid, descs, grad, width in launches:
         assert grad.stride(3) == 1
-        ws.grad_ws_kernel[grid](
+        fast(ws.grad_ws_kernel)[grid](
             *descs, m_desc, dd_desc, *common, grad, *grad.stride()[:3], *sizes, width, p.scale,
             MODE=ws.MODES[mode], HAS_COL=ops.has_col, HAS_DLSE=has_dlse and mode == "dq", STAGES=ws.STAGES[mode],
             BR=ws.ROWS, SC=ws.STEP, DP=dp, CONSUMER_REGS=ws.WS_CONSUMER_REGS, ISSUE_AT=ws.ISSUE_AT[mode],

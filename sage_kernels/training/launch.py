@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .._triton import interpreter_active, triton
+from ..launch import fast
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def launch(kernel: str, fn, grid, args: tuple, constexprs: dict, device: torch.d
     last_error = None
     for cfg in tried:
         try:
-            fn[grid(cfg.block)](*args, **constexprs, **{BLOCK_KWARG[kernel]: cfg.block}, num_warps=cfg.num_warps,
-                                num_stages=cfg.num_stages)
+            fast(fn)[grid(cfg.block)](*args, **constexprs, **{BLOCK_KWARG[kernel]: cfg.block},
+                                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         except triton.runtime.errors.OutOfResources as exc:
             last_error = exc
             continue

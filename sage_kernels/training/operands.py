@@ -9,6 +9,7 @@ import torch
 from .. import transforms as T
 from .._triton import interpreter_active
 from ..kernels.means import key_mean
+from ..launch import fast
 from ..problem import AttentionProblem
 from .config import FWD_BLOCK_K, FWD_BLOCK_Q, compute_dtype, rotates
 from .prepass import quantize_kernel
@@ -51,7 +52,7 @@ def quantize(x: torch.Tensor, l_pad: int, dp: int, block: int, *, per_channel: b
     m_strides = (mean_buf.stride(0), mean_buf.stride(1) if mean_buf.shape[1] > 1 else 0) if mean is not None else (0, 0)
     kbar = pad(shift_keys) if shift_keys is not None else scale
     shift = torch.empty(b, h, l_pad, dtype=torch.float32, device=dev) if shift_keys is not None else None
-    quantize_kernel[(l_pad // block, b * h)](
+    fast(quantize_kernel)[(l_pad // block, b * h)](
         x, *x.stride()[:3], mean_buf, *m_strides, rotation if rotation is not None else scale,
         kbar, *((kbar.stride(0), kbar.stride(1)) if shift_keys is not None else (0, 0)),
         shift if shift is not None else scale, codes, scale,
