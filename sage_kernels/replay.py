@@ -10,10 +10,10 @@ model's later calls usually put theirs (torch's caching allocator hands the same
 the tensors themselves are not held, so that their memory goes back to be reused. A later call whose inputs sit
 elsewhere is captured the same way on its own tensors, up to MAX_IN_PLACE sets of addresses per signature
 (cudaMallocAsync, ComfyUI's default allocator, hands out a few different blocks in turn: Flux-dev copied the inputs
-of 358 of 803 calls with one set, 243 of 683 with four, H200); calls beyond those replay one more graph, captured on static copies: three
-copies in first (~40-60 µs of GPU time at Flux's size, about the host time saved on a fast host). (Replaying only
-when the GPU had caught up with the signature's previous call, eager otherwise, was tried: in a loop of calls it
-alternated between the two and was slower than either: docs/BENCHMARKS.md.)
+of 358 of 803 calls with one set, 243 of 683 with four, H200); calls beyond those replay one more graph, captured on
+static copies: three copies in first (~40-60 µs of GPU time at Flux's size, about the host time saved on a fast
+host). (Replaying only when the GPU had caught up with the signature's previous call, eager otherwise, was tried: in
+a loop of calls it alternated between the two and was slower than either: docs/BENCHMARKS.md.)
 
 The graph runs the kernels the eager call runs, on tensors that select the same compiled variants (same shapes,
 strides, dtypes, 16-byte alignment), so its output bits are the eager call's (tests/test_gpu_replay.py). Calls
@@ -77,7 +77,7 @@ class _Graph:
 class _Entry:
     calls: int = 0  # eager calls of this signature so far
     in_place: dict = field(default_factory=dict)  # input addresses -> the graph captured on tensors there
-    copied: _Graph | None = None  # captured on static copies, at the first call whose inputs are elsewhere
+    copied: _Graph | None = None  # captured on static copies, at the first call beyond MAX_IN_PLACE places
     eager_only: bool = False  # capture failed or the plan is not a kernel's: never try again
 
 
@@ -273,8 +273,8 @@ def _stop(reason: str) -> None:
 def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tensor:
     """Capture run on this call's own tensors (in place: the graph then serves every later call whose inputs sit at
     the same addresses, which a model's steady allocation pattern makes the usual case) or on static copies of them
-    (copied: any other call), then replay it for this call. A failure leaves the signature eager, logged once per
-    reason."""
+    (copied: calls whose inputs sit beyond MAX_IN_PLACE places), then replay it for this call. A failure leaves the
+    signature eager, logged once per reason."""
     graph_inputs = inputs
     if copied:
         graph_inputs = tuple(torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) for x in inputs)
