@@ -107,7 +107,16 @@ def clear() -> None:
         _trim_graph_memory(devices)
 
 
-atexit.register(clear)  # (at exit too, before torch's teardown: under cudaMallocAsync freed quietly, `_release`)
+def _clear_at_exit() -> None:
+    """At exit, before torch's teardown (under cudaMallocAsync the graphs' outputs are then freed quietly,
+    `_release`); a GPU already in an error state has nothing more to free."""
+    try:
+        clear()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+atexit.register(_clear_at_exit)
 
 
 def _forget(entry: _Entry) -> None:
