@@ -99,8 +99,8 @@ def _auto_smoothing(run: RunStats) -> str:
 
 
 def _graph_replay(run: RunStats) -> str:
-    """sage_kernels.replay's work in this run; why it did none when Triton kernels ran ("" when no call was small
-    enough for it, or none ran a kernel)."""
+    """sage_kernels.replay's work in this run, and why it stopped if it did; why it did none when Triton kernels ran
+    ("" when no call was small enough for it, or none ran a kernel)."""
     counts = run.graph_replays()
     if not counts:
         ran_triton = any(name.startswith("triton.") for name in run.totals("kernels"))
@@ -109,6 +109,9 @@ def _graph_replay(run: RunStats) -> str:
              f"{counts['inputs copied']} calls with their inputs copied in (not where the graph reads them)"]
     if counts["capture failed"]:
         parts.append(f"{counts['capture failed']} captures failed (those signatures ran eagerly, logged once)")
+    stopped = sage_kernels.replay.off_reason()
+    if stopped:  # (e.g. a failed capture under cudaMallocAsync during this run: later calls eager)
+        parts.append(f"now {stopped}")
     return "; ".join(parts)
 
 

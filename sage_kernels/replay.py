@@ -69,8 +69,7 @@ def enabled() -> bool:
 class _Graph:
     graph: object  # torch.cuda.CUDAGraph
     out: torch.Tensor  # its output (in the pool)
-    addresses: tuple = ()  # in place: the data pointers of the inputs it reads (the tensors themselves not held)
-    static: tuple = ()  # copied: the static inputs it reads
+    static: tuple = ()  # copied: the static inputs it reads (in place: none held, _Entry.in_place's key says where)
 
 
 @dataclass
@@ -309,8 +308,7 @@ def _capture(key, entry: _Entry, inputs: tuple, run, copied: bool) -> torch.Tens
     if copied:
         entry.copied = _Graph(graph, out, static=graph_inputs)
     else:  # (the tensors are not held: their memory must go back to the allocator for later calls to reuse it)
-        addresses = _addresses(inputs)
-        entry.in_place[addresses] = _Graph(graph, out, addresses=addresses)
+        entry.in_place[_addresses(inputs)] = _Graph(graph, out)
     counts["captured"] += 1
     return out.clone()  # (the graph has run on this call's inputs)
 

@@ -9,7 +9,7 @@ Bit for bit torch's result, not just close: the sum of squares is taken in the o
 RMSNorm kernel for rows of at most 128 elements (4-element vectors, one per lane of the first warp: each lane's
 squares chained by FMA, then a shuffle-down tree over the lanes), then mean = sum / N (IEEE division),
 rstd = rsqrt(mean + eps), y = weight * (rstd * x) in fp32, rounded once. Checked bitwise against torch 2.11 on an
-H200 (tests/test_gpu_fused_ops.py); callers that need certainty compare once per signature (nodes/fused_scope.py).
+H200 (tests/test_gpu_fused_ops.py); callers that need certainty compare once per signature (nodes/norm_mod_scope.py).
 """
 from __future__ import annotations
 

@@ -437,6 +437,8 @@ def test_kv_stats_give_the_key_mean_and_v_max_in_one_pass():
     want = v.abs().amax(dim=(2, 3)).float().reshape(-1)
     mean, mean_r, vmax = kv_stats(k, v, True)
     assert torch.equal(mean, key_mean(k, True)) and mean_r is None and torch.equal(vmax, want)
+    given = torch.full((6,), 7.0, device=DEV)  # (the pre-pass makes it on the caller's stream: streams.py)
+    assert kv_stats(k, v, True, v_amax_out=given)[2] is given and torch.equal(given, want)
     rot = T.rotation(128, DEV, torch.bfloat16)[:, torch.randperm(128)]  # any column order
     mean2, mean_r, vmax2 = kv_stats(k, v, True, 1.0, rot)
     assert torch.equal(mean2, mean) and torch.equal(vmax2, vmax) and mean_r.shape == (2, 3, 128)
@@ -450,6 +452,7 @@ def test_kv_stats_give_the_key_mean_and_v_max_in_one_pass():
     assert got[0, 1].isnan() and got[1, 0] == float("inf") and torch.equal(got[0, 0], want.reshape(2, 3)[0, 0])
     empty_mean, empty_r, empty_max = kv_stats(k[:, :, :0], v[:, :, :0], True, 1.0, rot)
     assert empty_mean.shape == (2, 3, 1, 80) and not empty_mean.any() and not empty_max.any()
+    assert kv_stats(k[:, :, :0], v[:, :, :0], True, v_amax_out=given)[2] is given and not given.any()
     assert empty_r.shape == (2, 3, 128) and not empty_r.any()
 
 

@@ -190,6 +190,12 @@ def test_report_counts_graph_replays_and_the_run_end_frees_them(gpu_free, monkey
     replayed = int(line[len("graph replay: "):].split(" calls replayed")[0])
     assert replayed >= 1 and replayed + captured <= 8, line
     assert replay.held() == 0, "freed when the sampler run ended"
+    assert "now off" not in line
+    # replay stopped (a failed capture under cudaMallocAsync): the counts and why later calls ran eagerly
+    monkeypatch.setattr(replay, "off_reason", lambda: "off after a failed capture (a reason)")
+    line = next(ln for ln in REPORT.execute(model, {}).args[0].splitlines() if ln.startswith("graph replay: "))
+    assert line.startswith(f"graph replay: {replayed} calls replayed") and \
+        line.endswith("; now off after a failed capture (a reason)"), line
 
 
 @pytest.mark.interpreter
