@@ -6,6 +6,7 @@ precision.
     python bench/bench_e2e.py --models wan --precisions sdpa auto      # Wan 2.1 T2V 14B, 832x480, 81 frames
     python bench/bench_e2e.py --models flux --precisions int8
     python bench/bench_e2e.py --precisions int8 int8+watch     # the Quality node's NaN/Inf watch on top
+    python bench/bench_e2e.py --precisions int8 int8+fuseall int8+fuse22   # norm/modulation size thresholds
 
 ComfyUI comes from $COMFYUI_ROOT (bench/make_comfy_bundle.sh makes a trimmed copy for the GPU machine). The pack
 is loaded through ComfyUI's own custom-node loader. Time = median of --reps forwards after a warm-up; "no attention"
@@ -259,7 +260,8 @@ def main():
     import_comfy(cpu=False)
     from tests.support.sage3_pack import load_pack
 
-    _, comfy_nodes = load_pack()
+    pack, comfy_nodes = load_pack()
+    installed_override = pack.nodes.patching.installed_override
     patch = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
     report = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionReport"]
     quality = comfy_nodes.NODE_CLASS_MAPPINGS["Sage3AttentionQuality"]
@@ -285,13 +287,17 @@ def main():
         for spec, fused_rope, fused_norm_mod, graphs in itertools.product(
                 args.precisions, _settings(args.fused_rope), _settings(args.fused_norm_mod),
                 _settings(args.graph_replay)):
-            # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch"
+            # spec: "int8", "int8:off" (precision:qk_smoothing widget value), "int8+watch", "int8+fuseall",
+            # "int8+fuse22"
             spec_patch, _, extra = spec.partition("+")  # "+watch": then a Quality node with only its NaN/Inf watch
             precision, _, smoothing = spec_patch.partition(":")
             patched = patch.execute(model.patcher, precision=precision, qk_smoothing=smoothing or "auto",
                                     fused_rope=fused_rope, fused_norm_mod=fused_norm_mod).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
+            if extra.startswith("fuse") and fused_norm_mod:  # "+fuseall": every norm/modulation call fused;
+                # "+fuse<k>": those of at least 2**k elements (the widget's default: norm_mod_scope.MIN_ELEMENTS)
+                installed_override(patched).norm_mod.min_elements = 0 if extra == "fuseall" else 2 ** int(extra[4:])
             notes_ = ("" if fused_rope else " (ComfyUI RoPE)") + ("" if fused_norm_mod else " (ComfyUI norm/mod)")
             notes_ += "" if graphs else " (eager)"
             variants.append((f"sage3 {spec}{notes_}", patched, spec))

@@ -9,7 +9,8 @@ test.
 Per call: host microseconds to issue `--calls` calls with the GPU left to run behind, at a size where the GPU keeps
 up (1x2x512x128 attention, a 512-token RoPE), so that the host never waits for CUDA's launch queue. Per step: one
 forward of ComfyUI's Flux-dev classes at 128x128 (576 tokens: the GPU is idle, the step's wall time is host time)
-with the patch at int8 and the fused RoPE. Medians over the rounds, each round timing both paths.
+with the patch at int8 and the fused RoPE; and that step with every QK RMSNorm and modulation call fused against
+ComfyUI's torch ops for them. Medians over the rounds, each round timing both paths.
 """
 from __future__ import annotations
 
@@ -60,11 +61,17 @@ def flux_step():
 
     import_comfy(cpu=False)
     tiny_models.init_weights = fast_init
-    _, nodes = load_pack()
+    pack, nodes = load_pack()
     model = tiny_models.tiny_flux(**dict(FLUX_DEV, image_side=8), dtype=torch.bfloat16, device=torch.device("cuda"))
     patched = nodes.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"].execute(model.patcher, precision="int8",
                                                                        fused_rope=True).args[0]
-    return lambda: model.forward(patched)
+    norm_mod = pack.nodes.patching.installed_override(patched).norm_mod
+
+    def fuse_all(on: bool) -> None:
+        """Every QK RMSNorm and modulation call fused (on) or only those above the scope's default threshold."""
+        norm_mod.min_elements = 0 if on else None
+
+    return (lambda: model.forward(patched)), fuse_all
 
 
 def main():
@@ -85,7 +92,7 @@ def main():
                                                                                fallback="error"),
         "fused_rope (1 launch)": lambda: rope.fused_rope(x, freqs),
     }
-    step = None if args.no_step else flux_step()
+    step, fuse_all = (None, None) if args.no_step else flux_step()
     for switch, labels in ((_fast_launch, ("Triton launch", "fast launch")), (_graph_replay, ("eager", "replayed"))):
         print(f"\n{'host time per call':<40} {labels[0]:>14} {labels[1]:>12}  saved")
         for name, fn in cases.items():
@@ -97,6 +104,11 @@ def main():
             slow, fast = interleaved(step, args.rounds, 1, switch)
             print(f"{'Flux step, int8 + fused RoPE (57 + 114)':<40} {slow / 1e3:11.1f} ms {fast / 1e3:9.1f} ms  "
                   f"{(slow - fast) / 1e3:5.1f} ms ({1 - fast / slow:.0%})")
+    if step is not None:  # QK RMSNorm and modulation: ComfyUI's torch ops against the fused kernels' launches
+        ours, comfy = interleaved(step, args.rounds, 1, lambda on: fuse_all(not on))
+        print(f"\n{'host time per step':<40} {'ComfyUI ops':>14} {'fused':>12}  saved")
+        print(f"{'Flux step, every QK norm and modulation':<40} {comfy / 1e3:11.1f} ms {ours / 1e3:9.1f} ms  "
+              f"{(comfy - ours) / 1e3:5.1f} ms ({1 - ours / comfy:.0%})")
 
 
 if __name__ == "__main__":

@@ -26,16 +26,17 @@ NORM_MOD_SCOPE_KEY = "sage3_fused_norm_mod"
 _FUNCTIONS = {"apply_mod": ("comfy.ldm.flux.layers", "comfy.ldm.flux.layers"),
               "rms_norm": ("comfy.ldm.common_dit", "comfy.rmsnorm")}
 _MAX_SIGNATURES = 256
-# Calls on fewer elements keep ComfyUI's function: there the kernels' launch (~20-30 us of host time against torch's
-# ~6) costs about what they save on the GPU, and Flux-sized steps (4608 x 3072 activations) are bound by the host:
-# with every call fused (first kernels) a Flux-dev step measured 4-8% slower, a HunyuanVideo one (35k x 3072) 2.2%
-# faster; with this threshold Flux is unchanged and HunyuanVideo 4% faster (H200, docs/BENCHMARKS.md).
-MIN_ELEMENTS = 1 << 25
+# Calls on fewer elements keep ComfyUI's function: the text streams' (Flux 512 x 3072, HunyuanVideo 256 x 3072),
+# where a fused call costs ~20-30 us more host time than torch's op for a few us of GPU time. From 2**22 up (Flux's
+# image stream and single blocks, 4096-4608 tokens x 3072; HunyuanVideo's image stream) the kernels' GPU time
+# decides: Flux-dev int8 1.078x -> 1.170x ComfyUI's default with graph replay under cudaMallocAsync (H200,
+# docs/BENCHMARKS.md). (It was 2**25 when the norm kernel was 3x slower than now, and Flux steps got slower.)
+MIN_ELEMENTS = 1 << 22
 
 
-def _small(t) -> bool:
-    """Below MIN_ELEMENTS (or not a tensor): ComfyUI's function, by design."""
-    return not isinstance(t, torch.Tensor) or t.numel() < MIN_ELEMENTS
+def _small(t, limit: int) -> bool:
+    """Below limit elements (or not a tensor): ComfyUI's function, by design."""
+    return not isinstance(t, torch.Tensor) or t.numel() < limit
 
 
 def _signature(*tensors, extra=()) -> tuple:
@@ -55,7 +56,11 @@ class FusedNormModScope(RebindingScope):
 
     def __init__(self, log_book=None):
         self._checked: dict = {}  # call signature -> "" (fused) or why ComfyUI's function runs it
+        self.min_elements: int | None = None  # calls on fewer elements keep ComfyUI's function; None: MIN_ELEMENTS
         super().__init__(log_book)
+
+    def _limit(self) -> int:
+        return MIN_ELEMENTS if self.min_elements is None else self.min_elements
 
     def reset(self) -> None:
         self.fused = {name: 0 for name in _FUNCTIONS}
@@ -102,7 +107,7 @@ class FusedNormModScope(RebindingScope):
             args = (tensor, m_mult, m_add, modulation_dims)
             if torch.compiler.is_compiling():  # torch.compile traces ComfyUI's function (no counters, no logging)
                 return original(*args)
-            if _small(tensor):
+            if _small(tensor, self._limit()):
                 self.small["apply_mod"] += 1
                 return original(*args)
             if modulation_dims is not None:  # (Kontext-style: in place, by token ranges)
@@ -118,7 +123,7 @@ class FusedNormModScope(RebindingScope):
             args = (x, weight, eps)
             if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
                 return original(*args)
-            if _small(x):
+            if _small(x, self._limit()):
                 self.small["rms_norm"] += 1
                 return original(*args)
             w = weight
@@ -145,5 +150,5 @@ class FusedNormModScope(RebindingScope):
                     "comfy.ldm.common_dit.rms_norm, or this ComfyUI replaced them)")
         parts = ", ".join(f"{name} {self.fused[name]} fused / {self.comfy[name]} ComfyUI's" for name in _FUNCTIONS)
         small = sum(self.small.values())
-        note = f" (+{small} calls under {MIN_ELEMENTS:,} elements left to ComfyUI)" if small else ""
+        note = f" (+{small} calls under {self._limit():,} elements left to ComfyUI)" if small else ""
         return f"fused norm/modulation: {parts}{note}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import HAS_TRITON, jit, tl, triton
+from ._triton import HAS_TRITON, cdiv, jit, tl
 from .device_guard import on_device
 from .launch import fast
 
@@ -77,7 +77,7 @@ def modulate(x: torch.Tensor, mult: torch.Tensor, add: torch.Tensor | None = Non
     def batch_stride(t):
         return t.stride(0) if t.shape[0] > 1 else 0
 
-    grid = (triton.cdiv(n_tokens, BLOCK_TOKENS), triton.cdiv(n_channels, BLOCK_CHANNELS), b)
+    grid = (cdiv(n_tokens, BLOCK_TOKENS), cdiv(n_channels, BLOCK_CHANNELS), b)
     with on_device(x.device):
         fast(_modulate_kernel)[grid](x, mult, a, out, n_tokens, n_channels, batch_stride(mult), batch_stride(a),
                                      HAS_ADD=add is not None, BL=BLOCK_TOKENS, BC=BLOCK_CHANNELS, num_warps=WARPS,

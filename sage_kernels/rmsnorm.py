@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import HAS_TRITON, jit, tl, triton
+from ._triton import HAS_TRITON, cdiv, jit, next_power_of_2, tl
 from .device_guard import on_device
 from .launch import fast
 
@@ -105,10 +105,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     n_rows = d0 * d1 * d2
     if n_rows == 0:
         return out
-    lanes = triton.next_power_of_2(triton.cdiv(n, VEC))
+    lanes = next_power_of_2(cdiv(n, VEC))
     with on_device(x.device):
-        fast(_rms_norm_kernel)[(triton.cdiv(n_rows, ROWS_PER_PROGRAM),)](
+        fast(_rms_norm_kernel)[(cdiv(n_rows, ROWS_PER_PROGRAM),)](
             view, weight if weight is not None else view, out, n_rows, d1, d2, *view.stride()[:3], float(eps),
-            N=n, N_POW2=triton.next_power_of_2(n), LANES=lanes, LOG2_LANES=lanes.bit_length() - 1, R=ROWS_PER_PROGRAM,
+            N=n, N_POW2=next_power_of_2(n), LANES=lanes, LOG2_LANES=lanes.bit_length() - 1, R=ROWS_PER_PROGRAM,
             HAS_WEIGHT=weight is not None, num_warps=4)
     return out

@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from ._triton import HAS_TRITON, jit, tl, triton
+from ._triton import HAS_TRITON, cdiv, jit, next_power_of_2, tl
 from .device_guard import on_device
 from .launch import fast
 
@@ -118,10 +118,10 @@ def _launch_plan(shape: torch.Size, x_strides: tuple, f_shape: torch.Size, f_str
     bsz, a_len, c_len = (shape[i] for i in order)
     d = shape[3]
     n_rows = bsz * a_len * c_len
-    block_rows = max(1, 4096 // triton.next_power_of_2(d))  # ~4k elements per program
+    block_rows = max(1, 4096 // next_power_of_2(d))  # ~4k elements per program
     ints = (n_rows, a_len, c_len, *(x_strides[i] for i in order), *(f_strides[i] for i in order),
             *(out_strides[i] for i in order))
-    return (triton.cdiv(n_rows, block_rows),), ints, dict(D=d, D_POW2=triton.next_power_of_2(d), BLOCK_ROWS=block_rows)
+    return (cdiv(n_rows, block_rows),), ints, dict(D=d, D_POW2=next_power_of_2(d), BLOCK_ROWS=block_rows)
 
 
 def _launch(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

@@ -156,3 +156,15 @@ def test_a_profilers_launch_hooks_get_tritons_launch(monkeypatch):
     finally:
         chain.remove(hook)
     assert launch._fast_path_applies(EXAMPLE) == launch._supported_triton()
+
+
+def test_host_grid_arithmetic_equals_tritons():
+    """The host's cdiv and next_power_of_2 (plain Python, used on every launch) give Triton's values."""
+    import triton
+
+    from sage_kernels._triton import cdiv, next_power_of_2
+
+    for n in list(range(0, 300)) + [4095, 4096, 4097, 34936, 2**31 - 1, 2**31]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n)
+        for b in (1, 2, 7, 8, 128, 1024):
+            assert cdiv(n, b) == triton.cdiv(n, b)

@@ -199,6 +199,17 @@ def test_small_calls_keep_comfyuis_functions(models):
     assert "left to ComfyUI" in REPORT.execute(patched, {}).args[0]
 
 
+def test_a_scopes_own_threshold_overrides_the_default():
+    """`min_elements` (benchmarks set it per patched model) decides which calls count as small; None: MIN_ELEMENTS."""
+    x, mult = torch.randn(1, 4, 8), torch.randn(1, 1, 8)
+    for limit, small in ((None, 1), (0, 0), (x.numel(), 0), (x.numel() + 1, 1)):
+        scope = scope_module.FusedNormModScope()
+        scope.min_elements = limit
+        assert torch.equal(scope(lambda: flux_layers.apply_mod(x, mult)), ORIGINAL_MOD(x, mult))
+        # (not small: the kernel's checks decide; a CPU tensor keeps ComfyUI's function, counted as such)
+        assert (scope.small["apply_mod"], scope.comfy["apply_mod"]) == (small, 1 - small)
+
+
 def test_modulation_dims_run_comfyuis_function(monkeypatch):
     monkeypatch.setattr(scope_module, "MIN_ELEMENTS", 0)
     """Flux Kontext-style per-segment modulation (in place, by token ranges) is ComfyUI's to do."""

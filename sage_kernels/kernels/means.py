@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import jit, tl, triton
+from .._triton import cdiv, jit, next_power_of_2, tl
 from ..formats.common import amax_keep_nan, max_keep_nan
 from ..launch import fast
 
@@ -84,7 +84,7 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     b, h, lk, d = k.shape
     dv = v.shape[3] if v is not None else 0
     # (the rotation's size when there is one: the pre-pass pads the head dim to it, which may exceed K's)
-    dp = rotation.shape[0] if rotation is not None else triton.next_power_of_2(d)
+    dp = rotation.shape[0] if rotation is not None else next_power_of_2(d)
     empty = b * h * lk == 0
     mean = torch.zeros(b, h, 1, d, dtype=torch.float32, device=k.device) if mean_k and (empty or d == 0) else None
     mean_r = None
@@ -97,8 +97,8 @@ def kv_stats(k: torch.Tensor, v: torch.Tensor | None, mean_k: bool, v_factor: fl
     sum_k, max_v = mean_k and mean is None, v is not None and v_amax is None
     if not (sum_k or max_v):
         return mean, mean_r, v_amax
-    n_tiles = triton.cdiv(lk, TILE)
-    dpv = triton.next_power_of_2(max(dv, 1))
+    n_tiles = cdiv(lk, TILE)
+    dpv = next_power_of_2(max(dv, 1))
     rotate = sum_k and rotation is not None
     if sum_k:
         mean = torch.empty(b, h, 1, d, dtype=torch.float32, device=k.device)  # every column is written

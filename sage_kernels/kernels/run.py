@@ -13,7 +13,7 @@ import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import transforms as T
-from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, triton
+from .._triton import UNTESTED_TRITON_NOTE, interpreter_active, next_power_of_2
 from ..capabilities import device_info
 from ..capture import device_cache
 from ..device_guard import on_problem_device
@@ -329,7 +329,7 @@ def _bias_chunk(p: AttentionProblem, ops: Operands, t0: int, t1: int,
     kb = p.key_bias
     kb_strides = (kb.stride(0) if kb.shape[0] > 1 else 0, kb.stride(1) if kb.shape[1] > 1 else 0) if kb is not None else (0, 0)
     qm = ops.q_means
-    bg = min(_BIAS_ROWS, max(16, triton.next_power_of_2(min(g, t1 - t0))))  # no all-masked rows when few
+    bg = min(_BIAS_ROWS, max(16, next_power_of_2(min(g, t1 - t0))))  # no all-masked rows when few
     bh0 = t0 // g
     fast(column_bias_kernel)[(ops.lk_pad // BLOCK_N, -(-min(g, t1 - t0) // bg), -(-t1 // g) - bh0)](
         qm, qm.stride(0), qm.stride(1), qm.stride(2), p.k, *p.k.stride()[:3],
