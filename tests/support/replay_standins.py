@@ -5,6 +5,7 @@ import pytest
 
 from sage_kernels import replay
 
+
 class FakeGraph:
     def __init__(self, run, static, out):
         self.run, self.static, self.out, self.replays = run, static, out, 0
