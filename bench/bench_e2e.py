@@ -295,9 +295,11 @@ def main():
                                     fused_rope=fused_rope, fused_norm_mod=fused_norm_mod).args[0]
             if extra == "watch":
                 patched = quality.execute(patched, watch_nonfinite=True).args[0]
-            if extra.startswith("fuse") and fused_norm_mod:  # "+fuseall": every norm/modulation call fused;
-                # "+fuse<k>": those of at least 2**k elements (the widget's default: norm_mod_scope.MIN_ELEMENTS)
-                installed_override(patched).norm_mod.min_elements = 0 if extra == "fuseall" else 2 ** int(extra[4:])
+            if extra.startswith("fuse") and fused_norm_mod:  # "+fuseall": every norm/modulation/GELU call fused;
+                # "+fuse<k>": those of at least 2**k elements (the widget's default: checked_calls.MIN_ELEMENTS)
+                override = installed_override(patched)
+                for scope in (override.norm_mod, override.strided):
+                    scope.min_elements = 0 if extra == "fuseall" else 2 ** int(extra[4:])
             notes_ = ("" if fused_rope else " (ComfyUI RoPE)") + ("" if fused_norm_mod else " (ComfyUI norm/mod)")
             notes_ += "" if graphs else " (eager)"
             variants.append((f"sage3 {spec}{notes_}", patched, spec))
@@ -324,7 +326,8 @@ def main():
                 text = report.execute(patched, {}).args[0]
                 kernels = next((ln[len("kernels: "):] for ln in text.splitlines() if ln.startswith("kernels: ")), "?")
                 kernels += "".join(f"; {ln}" for ln in text.splitlines()
-                                   if ln.startswith(("fused RoPE: ", "fused norm/modulation: ", "qk_smoothing auto: ")))
+                                   if ln.startswith(("fused RoPE: ", "fused norm/modulation: ", "strided activations: ",
+                                                     "qk_smoothing auto: ")))
                 row["kernels"] = kernels
             rows.append(row)
         rows[-len(variants)]["peak_gb"] = peak_all

@@ -24,11 +24,12 @@ from .compare import cosine
 from .log import LogBook, logger
 from .policy import DEFAULT_FP4_HYBRID, Policy
 from .q_smoothing import PROBE
-from .norm_mod_scope import FusedNormModScope
-from .rope_scope import FusedRopeScope
+from .norm_mod_scope import NORM_MOD_SCOPE_KEY, FusedNormModScope
+from .rope_scope import ROPE_SCOPE_KEY, FusedRopeScope
 from .run_stats import RunRecorder, RunStats, SiteStats
 from .sites import SiteKey, SiteTracker
 from .steps import StepLocator
+from .strided_scope import STRIDED_SCOPE_KEY, StridedActivationScope
 
 PRECISIONS = ("auto", "fp4", "int8", "sdpa")
 FALLBACKS = ("sdpa", "error")
@@ -77,6 +78,7 @@ class Sage3Override:
         self.recorder = RunRecorder()
         self.rope = FusedRopeScope(self.log_book) if settings.fused_rope else None  # wrapper: patching.py
         self.norm_mod = FusedNormModScope(self.log_book) if settings.fused_norm_mod else None  # (also)
+        self.strided = StridedActivationScope(self.log_book) if settings.fused_norm_mod else None  # (also)
         self._plans: dict = {}  # (precision, call signature) -> plan: _plan
         self._steps = StepLocator()
         self._sites = SiteTracker()
@@ -88,6 +90,11 @@ class Sage3Override:
     def with_policy(self, policy: Policy) -> "Sage3Override":
         """A new override with the same settings, chain and log book, a new policy and fresh stats."""
         return Sage3Override(self.settings, policy, self.prior, self.log_book, self.failed)
+
+    @property
+    def model_scopes(self) -> dict:
+        """The DIFFUSION_MODEL wrappers of this patch by key, None where switched off (patching.py installs them)."""
+        return {ROPE_SCOPE_KEY: self.rope, NORM_MOD_SCOPE_KEY: self.norm_mod, STRIDED_SCOPE_KEY: self.strided}
 
     @property
     def effective_policy(self) -> Policy:
@@ -293,7 +300,7 @@ class Sage3Override:
     def begin_sampler_run(self) -> None:
         self._plans.clear()  # (a new run re-decides: the GPU, Triton or the capability table may have changed)
         self.recorder.enter_sampler()
-        for scope in (self.rope, self.norm_mod):
+        for scope in self.model_scopes.values():
             if scope is not None:
                 scope.reset()
 

@@ -2,14 +2,13 @@
 
 The input model is never touched: the clone gets a copy of transformer_options with the override, plus an
 OUTER_SAMPLE wrapper that tells the override where each sampler run starts and ends, and DIFFUSION_MODEL wrappers
-that bind the fused RoPE (fused_rope on: rope_scope.py) and the fused QK RMSNorm and modulation (fused_norm_mod on:
-norm_mod_scope.py) while the model runs.
+that bind the fused RoPE (fused_rope on: rope_scope.py), and the fused QK RMSNorm and modulation and the strided-
+activation fixes (fused_norm_mod on: norm_mod_scope.py, strided_scope.py) while the model runs.
 """
 from __future__ import annotations
 
 from .override import SamplerRunScope, Sage3Override
-from .norm_mod_scope import NORM_MOD_SCOPE_KEY
-from .rope_scope import DIFFUSION_MODEL, ROPE_SCOPE_KEY
+from .rope_scope import DIFFUSION_MODEL
 
 OVERRIDE_KEY = "optimized_attention_override"
 RUN_SCOPE_KEY = "sage3_attention_run_scope"
@@ -55,7 +54,7 @@ def patched_clone(model, override: Sage3Override):
     if hasattr(clone, "add_wrapper_with_key"):
         clone.remove_wrappers_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY)
         clone.add_wrapper_with_key(OUTER_SAMPLE, RUN_SCOPE_KEY, SamplerRunScope(override))
-        for key, scope in ((ROPE_SCOPE_KEY, override.rope), (NORM_MOD_SCOPE_KEY, override.norm_mod)):
+        for key, scope in override.model_scopes.items():
             clone.remove_wrappers_with_key(DIFFUSION_MODEL, key)
             if scope is not None:
                 clone.add_wrapper_with_key(DIFFUSION_MODEL, key, scope)

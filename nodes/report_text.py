@@ -166,7 +166,7 @@ def report(override) -> str:
     opt_outs = {k: s.opt_outs for k, s in run.sites.items() if s.opt_outs}
     lines.append(f"low_precision_attention=False opt-outs: {sum(opt_outs.values()) or 'none'}")
     lines.extend(f"  {k.label()}: x{n}" for k, n in opt_outs.items())
-    lines.extend(scope.describe() for scope in (override.rope, override.norm_mod) if scope is not None)
+    lines.extend(scope.describe() for scope in override.model_scopes.values() if scope is not None)
     replays = _graph_replay(run)
     if replays:
         lines.append(f"graph replay: {replays}")

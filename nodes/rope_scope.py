@@ -26,7 +26,7 @@ ROPE_SCOPE_KEY = "sage3_fused_rope"
 DIFFUSION_MODEL = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 _TORCH_ROPE_MODULE = "comfy.ldm.flux.math"
 _NAMES = ("apply_rope1", "apply_rope")
-_swap_lock = threading.RLock()
+swap_lock = threading.RLock()
 
 
 def comfy_own(functions: dict) -> dict:
@@ -49,7 +49,7 @@ def torch_rope_functions() -> dict:
 def rebound(originals: dict, replacements: dict):
     """Within the block, every comfy.ldm module attribute `name` that holds originals[name] (the defining module's,
     and any that imported it by name) holds replacements[name]; restored after, also when the block raises."""
-    with _swap_lock:
+    with swap_lock:
         swapped = []
         try:
             for module in _ldm_modules():

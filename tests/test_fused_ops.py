@@ -1,13 +1,15 @@
-"""sage_kernels.modulation and sage_kernels.rmsnorm: the one-pass kernels behind the Patch node's `fused_norm_mod`.
+"""sage_kernels.modulation, .rmsnorm and .gelu: the one-pass kernels behind the Patch node's `fused_norm_mod`.
 
 On a GPU each must equal torch's own result bit for bit (what ComfyUI computes); on the CPU the kernels run in
 Triton's interpreter, whose fp32 -> 16-bit casts truncate, so there fp32 is compared: modulation bit for bit with
-torch's two roundings (product, then sum), the norm against float64.
+torch's two roundings (product, then sum), the norm and GELU against float64 (the interpreter has no libdevice tanhf).
 """
+import math
+
 import pytest
 import torch
 
-from sage_kernels import modulation, rmsnorm
+from sage_kernels import gelu, modulation, rmsnorm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16] if DEVICE == "cuda" else [torch.float32]
@@ -123,3 +125,54 @@ def test_rms_norm_refuses_what_it_does_not_mirror():
     assert "aligned" in rmsnorm.unsupported_reason(torch.randn(2 * 128 + 1, device=DEVICE)[1:].view(2, 128), w,
                                                    1e-6)
     assert "grad" in rmsnorm.unsupported_reason(x, w.clone().requires_grad_(), 1e-6)
+
+
+GELU_DTYPES = [torch.bfloat16, torch.float16, torch.float32] if DEVICE == "cuda" else [torch.float32]
+
+
+def gelu_cases(dtype):
+    gen = torch.Generator().manual_seed(6)
+    fused = (torch.randn(2, 37, 3 * 40 + 96, generator=gen) * 3).to(DEVICE, dtype)  # a single block's projection
+    return [
+        ("the MLP slice (rows 216 apart, 96 long, batch 2)", fused[..., 120:]),
+        ("a leading slice", fused[..., :50]),
+        ("one token", fused[:1, :1, 120:]),
+        ("4-D rows", (torch.randn(2, 3, 5, 70, generator=gen) * 3).to(DEVICE, dtype)[..., 3:67]),
+        ("contiguous, two column blocks", (torch.randn(7, gelu.BLOCK_COLS + 6, generator=gen) * 3).to(DEVICE, dtype)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", GELU_DTYPES)
+@pytest.mark.parametrize("case", range(5))
+def test_gelu_reads_strided_rows_and_equals_torch(dtype, case):
+    name, x = gelu_cases(dtype)[case]
+    if DEVICE == "cuda":
+        assert gelu.unsupported_reason(x) == "", name
+    before = x.clone()
+    out = gelu.gelu_tanh(x)
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous(), name
+    assert torch.equal(x, before)
+    if DEVICE == "cuda":
+        assert torch.equal(out, gelu.reference_gelu_tanh(x)), name  # bit for bit
+    else:
+        xd = x.double()
+        ref = 0.5 * xd * (1 + torch.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+        torch.testing.assert_close(out.double(), ref, rtol=4e-6, atol=1e-6, msg=name)
+
+
+def test_gelu_rows_view_and_refusals():
+    x = torch.randn(4, 6, 8, device=DEVICE)
+    assert gelu.rows_view(x) == (24, 8)
+    assert gelu.rows_view(x[..., 2:5]) == (24, 8)
+    assert gelu.rows_view(x[1:2, 2:3, :]) == (1, 8)
+    assert gelu.rows_view(x[::2, 1:, :]) is None  # (batch stride is not 6 rows)
+    assert gelu.rows_view(x.transpose(1, 2)) is None
+    assert gelu.rows_view(x[0, 0]) is None  # (1-D: not rows)
+    cuda = "" if DEVICE == "cuda" else "not on a CUDA device"
+    assert cuda in gelu.unsupported_reason(x[..., 2:5])
+    assert "rows" in gelu.unsupported_reason(x.transpose(1, 2))
+    assert "dtype" in gelu.unsupported_reason(x.double())
+    assert "grad" in gelu.unsupported_reason(x.clone().requires_grad_())
+    with torch.no_grad():
+        assert "grad" not in gelu.unsupported_reason(x.clone().requires_grad_())
+    assert gelu.gelu_tanh(torch.zeros(0, 3, 8, device=DEVICE)).shape == (0, 3, 8)

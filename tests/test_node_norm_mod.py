@@ -20,6 +20,7 @@ PACK, COMFY_NODES = load_pack()
 PATCH = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionPatch"]
 REPORT = COMFY_NODES.NODE_CLASS_MAPPINGS["Sage3AttentionReport"]
 scope_module = PACK.nodes.norm_mod_scope
+checks = PACK.nodes.checked_calls
 import comfy.ldm.common_dit as common_dit  # noqa: E402  (ComfyUI is importable once the pack is loaded)
 import comfy.ldm.flux.layers as flux_layers  # noqa: E402
 
@@ -53,9 +54,9 @@ def kernels_on_cpu(monkeypatch):
             return "" if reason == "tensors are not on one CUDA device" else reason
 
         monkeypatch.setattr(module, "unsupported_reason", allow_cpu)
-    monkeypatch.setattr(scope_module, "bitwise_equal",
+    monkeypatch.setattr(checks, "bitwise_equal",
                         lambda a, b: a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-6))
-    monkeypatch.setattr(scope_module, "MIN_ELEMENTS", 0)  # (the tiny models' calls are far below it)
+    monkeypatch.setattr(checks, "MIN_ELEMENTS", 0)  # (the tiny models' calls are far below it)
     # the tiny models are fp32, which CUDA's addcmul rounds otherwise; the interpreter rounds as the kernel's order
     monkeypatch.setattr(sage_kernels.modulation, "_DTYPES", (torch.float32, torch.float16, torch.bfloat16))
 
@@ -120,7 +121,7 @@ def test_patched_models_run_the_fused_kernels(models, family, kernels_on_cpu):
 @pytest.mark.interpreter
 def test_a_signature_whose_result_differs_keeps_comfyuis_function(models, kernels_on_cpu, monkeypatch, caplog):
     tiny, reference = models["flux"]
-    monkeypatch.setattr(scope_module, "bitwise_equal", lambda a, b: False)  # e.g. another torch's reduction order
+    monkeypatch.setattr(checks, "bitwise_equal", lambda a, b: False)  # e.g. another torch's reduction order
     patched = _patched(tiny)
     with caplog.at_level(logging.INFO):
         outs = [tiny.forward(patched) for _ in range(2)]
@@ -133,7 +134,7 @@ def test_a_signature_whose_result_differs_keeps_comfyuis_function(models, kernel
 
 
 def test_calls_the_kernels_refuse_run_comfyuis_functions_and_say_why(models, caplog, monkeypatch):
-    monkeypatch.setattr(scope_module, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(checks, "MIN_ELEMENTS", 0)
     tiny, reference = models["flux"]
     patched = _patched(tiny)
     with caplog.at_level(logging.INFO):
@@ -211,7 +212,7 @@ def test_a_scopes_own_threshold_overrides_the_default():
 
 
 def test_modulation_dims_run_comfyuis_function(monkeypatch):
-    monkeypatch.setattr(scope_module, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(checks, "MIN_ELEMENTS", 0)
     """Flux Kontext-style per-segment modulation (in place, by token ranges) is ComfyUI's to do."""
     scope = scope_module.FusedNormModScope()
     x = torch.randn(1, 6, 8)
@@ -233,7 +234,7 @@ def test_fused_norm_mod_off_installs_nothing(models):
 def test_torch_compile_traces_comfyuis_functions_without_a_graph_break(monkeypatch):
     """Under torch.compile (ComfyUI's TorchCompileModel node) the swapped names hand the calls to ComfyUI's
     functions: inductor fuses those itself, and our counters stay out of the graph (fullgraph=True)."""
-    monkeypatch.setattr(scope_module, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(checks, "MIN_ELEMENTS", 0)
     scope = scope_module.FusedNormModScope()
     x, mult, shift, weight = torch.randn(1, 5, 16), torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.randn(16)
 
