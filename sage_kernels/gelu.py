@@ -2,8 +2,9 @@
 
 Flux's and HunyuanVideo's single blocks apply `nn.GELU(approximate="tanh")` to the MLP half of one fused projection:
 a slice whose rows are 21504 elements apart but 12288 long. torch runs elementwise ops on such views through its
-generic strided kernel (per-element index arithmetic): 1.62 ms per HunyuanVideo call on an H200, 3x its time on a
-contiguous tensor (docs/BENCHMARKS.md). This kernel reads the rows where they are and writes a contiguous result.
+generic strided kernel (per-element index arithmetic): 1.13 ms per HunyuanVideo call on an H200, 2.4x its time on
+a contiguous tensor. This kernel reads the rows where they are and writes a contiguous result: 0.52 ms
+(docs/BENCHMARKS.md, "Strided activations").
 
 Same arithmetic as torch's CUDA kernel (ActivationGeluKernel.cu, compiled with nvcc's default FMA contraction):
 fp32, x_cube = (x * x) * x, inner = kBeta * fma(kKappa, x_cube, x), y = (0.5 * x) * (1 + tanhf(inner)), one rounding
