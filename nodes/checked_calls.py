@@ -21,11 +21,6 @@ _MAX_SIGNATURES = 256
 MIN_ELEMENTS = 1 << 22
 
 
-def small(t, limit: int) -> bool:
-    """Below limit elements (or not a tensor): ComfyUI's function, by design."""
-    return not isinstance(t, torch.Tensor) or t.numel() < limit
-
-
 def signature(*tensors, extra=()) -> tuple:
     """Everything about the call that the kernels' checks read (never tensor values)."""
     return tuple((t.shape, t.stride(), t.dtype, t.device, t.requires_grad) if isinstance(t, torch.Tensor) else t
@@ -57,8 +52,9 @@ class CheckedCalls:
         return MIN_ELEMENTS if self.min_elements is None else self.min_elements
 
     def is_small(self, name, t) -> bool:
-        """Counts and says whether t is below the limit (then the caller runs ComfyUI's function)."""
-        if small(t, self.limit()):
+        """Counts and says whether t is below the limit or not a tensor (then the caller runs ComfyUI's function,
+        by design)."""
+        if not isinstance(t, torch.Tensor) or t.numel() < self.limit():
             self.small[name] += 1
             return True
         return False

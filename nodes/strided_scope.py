@@ -36,7 +36,6 @@ class StridedActivationScope(CountedScope):
 
     def __init__(self, log_book: LogBook | None = None):
         self.calls = CheckedCalls(("gelu",), log_book)
-        self.log_book = self.calls.log_book
         self._targets = weakref.WeakKeyDictionary()  # diffusion model -> (embedding modules, GELU modules)
         self._gelu = self._make_gelu()  # every taken module's forward: one object, every run (torch.compile guards)
         self._hook = self._token_major  # (likewise: one bound method for every registration)
